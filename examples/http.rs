@@ -1,0 +1,166 @@
+//! An HTTP/1.1 server that upgrades itself on SIGHUP without refusing or losing a request.
+//!
+//! ```text
+//! HTTP_ADDR=127.0.0.1:8080 FLIP_PID_FILE=/tmp/flip-http.pid cargo run --release --example http
+//! curl http://127.0.0.1:8080/            # hello from <pid>
+//! curl http://127.0.0.1:8080/sleep/500   # waits 500 ms, then the same
+//! kill -HUP "$(cat /tmp/flip-http.pid)"  # upgrade: the pid changes, no request fails
+//! ```
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONNECTION, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How long an idle keep-alive connection may still send one more request once draining began.
+const LINGER: Duration = Duration::from_secs(1);
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,flip=debug".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    // The upgrader reads the handoff from the environment: do it before any thread exists.
+    let mut options = flip::Options::new();
+    if let Some(path) = std::env::var_os("FLIP_PID_FILE") {
+        options = options.pid_file(path);
+    }
+    let upgrader = match flip::Upgrader::new(options) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!("{e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(upgrader)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(upgrader: flip::Upgrader) -> Result<(), Box<dyn std::error::Error>> {
+    let addr = std::env::var("HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let listener = tokio::net::TcpListener::from_std(upgrader.fds().tcp_listener(&addr)?)?;
+    let mut hup = flip::upgrade_signal()?;
+    upgrader.ready()?;
+    tracing::info!(pid = std::process::id(), %addr, "serving");
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let exit = upgrader.exit();
+    tokio::pin!(exit);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let upgrader = upgrader.clone();
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    match upgrader.upgrade().await {
+                        Ok(pid) => tracing::info!(pid, elapsed = ?started.elapsed(), "upgraded"),
+                        Err(e) => tracing::warn!("upgrade failed: {e}"),
+                    }
+                });
+            }
+            () = &mut exit => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(connection(stream, draining.clone(), drain_rx.clone()));
+                }
+                Err(e) => tracing::warn!("accept failed: {e}"),
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    // Stop accepting: the new process accepts from the same socket from now on.
+    drop(listener);
+    draining.store(true, Ordering::SeqCst);
+    let _ = drain_tx.send(true);
+    tracing::info!(connections = connections.len(), "draining");
+    while connections.join_next().await.is_some() {}
+    tracing::info!("drained, exiting");
+    Ok(())
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    draining: Arc<AtomicBool>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| respond(req, draining.clone()));
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.wait_for(|d| *d) => {}
+    }
+    // Draining: every response now says `Connection: close`, so a connection that sends a
+    // request within the linger window is served and then closed by hyper. One that stays idle
+    // that long is shut down.
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = tokio::time::sleep(LINGER) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    draining: Arc<AtomicBool>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    let mut response = if path == "/" {
+        hello()
+    } else if let Some(ms) = path
+        .strip_prefix("/sleep/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
+        hello()
+    } else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+        *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+        r
+    };
+    if draining.load(Ordering::SeqCst) {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
+fn hello() -> Response<Full<Bytes>> {
+    Response::new(Full::new(Bytes::from(format!(
+        "hello from {}\n",
+        std::process::id()
+    ))))
+}

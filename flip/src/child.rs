@@ -1,0 +1,218 @@
+//! The new process's side of an upgrade: receiving the handoff, telling the parent we are
+//! ready, and learning when the parent has exited.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::error::HandoffError;
+use crate::handoff::{MARKER_VAR, MAX_MANIFEST_BYTES, Manifest, Marker};
+use crate::key::{Key, Kind};
+use crate::{socket, sys};
+
+/// How long the child waits for the manifest. The parent writes it completely before spawning,
+/// so this only bounds a pathological case (a pipe that is not ours after all).
+const MANIFEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What a process started by an upgrade received.
+#[derive(Debug)]
+pub(crate) struct Inherited {
+    pub(crate) fds: Vec<(Key, OwnedFd)>,
+    pub(crate) parent: ParentLink,
+}
+
+/// The pipes that connect a new process with the one that started it.
+#[derive(Debug)]
+pub(crate) struct ParentLink {
+    pub(crate) pid: u32,
+    /// Write end of the ready pipe; `None` once readiness was sent.
+    ready: Option<OwnedFd>,
+    /// Read end of the pipe the parent holds open until it exits; EOF means it is gone.
+    alive: OwnedFd,
+}
+
+impl ParentLink {
+    /// Tells the parent that this process is ready. Sent once; later calls do nothing.
+    pub(crate) fn notify_ready(&mut self) -> io::Result<()> {
+        match self.ready.take() {
+            Some(fd) => nix::unistd::write(&fd, b"R")
+                .map(drop)
+                .map_err(io::Error::from),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the parent has exited, without blocking.
+    pub(crate) fn parent_exited(&self) -> io::Result<bool> {
+        let mut buf = [0u8; 16];
+        loop {
+            match nix::unistd::read(self.alive.as_fd(), &mut buf) {
+                Ok(0) => return Ok(true),
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The pipe that reaches EOF when the parent exits (non-blocking), for waiting on it.
+    pub(crate) fn alive_fd(&self) -> &OwnedFd {
+        &self.alive
+    }
+}
+
+/// Reads the handoff if this process was started by an upgrade, and removes the marker from the
+/// environment so no process we spawn later sees it.
+///
+/// Returns `Ok(None)` on a first start. Every inherited descriptor that is accepted is made
+/// close-on-exec; a descriptor that does not match the manifest is left untouched and the whole
+/// handoff is rejected.
+pub(crate) fn take_handoff() -> Result<Option<Inherited>, HandoffError> {
+    let Some(value) = sys::env::take_var(MARKER_VAR) else {
+        return Ok(None);
+    };
+    let marker = Marker::decode(&value)?;
+    let not_for_us = |reason: String| HandoffError::NotForUs { reason };
+
+    // Only a pipe with the inode the parent wrote into the marker is read: a process that
+    // inherited the variable by accident has another file (or nothing) at that number.
+    match sys::fd::identity_raw(marker.control_fd) {
+        Ok((_, ino, kind)) if kind == libc::S_IFIFO && ino == marker.pipe_inode => {}
+        Ok(_) => {
+            return Err(not_for_us(format!(
+                "fd {} is not the handoff pipe",
+                marker.control_fd
+            )));
+        }
+        Err(e) => {
+            return Err(not_for_us(format!(
+                "fd {} is not open ({e})",
+                marker.control_fd
+            )));
+        }
+    }
+    let control = sys::fd::adopt(marker.control_fd).map_err(HandoffError::Io)?;
+    let bytes = read_manifest(&control)?;
+    drop(control);
+    let manifest = Manifest::decode(&bytes)?;
+    if manifest.token != marker.token {
+        return Err(not_for_us(
+            "the token in the manifest differs from the marker's".into(),
+        ));
+    }
+    adopt_all(manifest).map(Some)
+}
+
+/// Reads until the manifest's final `end` line, EOF, the size limit or the deadline.
+fn read_manifest(fd: &OwnedFd) -> Result<Vec<u8>, HandoffError> {
+    let deadline = Instant::now() + MANIFEST_DEADLINE;
+    let mut bytes = Vec::with_capacity(4096);
+    let mut buf = [0u8; 8192];
+    loop {
+        if bytes.ends_with(b"\nend\n") || bytes.len() > MAX_MANIFEST_BYTES {
+            return Ok(bytes);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HandoffError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the manifest did not arrive in time",
+            )));
+        }
+        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(HandoffError::Io(e.into())),
+        }
+        match nix::unistd::read(fd.as_fd(), &mut buf) {
+            Ok(0) => return Ok(bytes),
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+            Err(e) => return Err(HandoffError::Io(e.into())),
+        }
+    }
+}
+
+fn check_identity(
+    fd: RawFd,
+    what: &str,
+    want: Option<(u64, u64)>,
+    want_type: u32,
+) -> Result<(), HandoffError> {
+    let bad = |reason: String| HandoffError::Fd {
+        fd,
+        what: what.to_owned(),
+        reason,
+    };
+    let (dev, ino, kind) = sys::fd::identity_raw(fd).map_err(|e| bad(format!("not open ({e})")))?;
+    if kind != want_type {
+        return Err(bad(format!("file type {kind:o}, expected {want_type:o}")));
+    }
+    if let Some(want) = want {
+        if (dev, ino) != want {
+            return Err(bad(format!(
+                "device/inode {dev}/{ino}, the parent handed over {}/{}",
+                want.0, want.1
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn adopt_all(m: Manifest) -> Result<Inherited, HandoffError> {
+    // Check every number before touching any: a mismatch leaves all of them as they were.
+    check_identity(m.ready_fd, "ready pipe", None, libc::S_IFIFO)?;
+    check_identity(m.alive_fd, "parent pipe", None, libc::S_IFIFO)?;
+    for e in &m.entries {
+        let want_type = match e.key.kind {
+            Kind::File => sys::fd::identity_raw(e.fd).map(|(_, _, t)| t).unwrap_or(0),
+            Kind::Listener | Kind::Packet => libc::S_IFSOCK,
+        };
+        check_identity(e.fd, &e.key.to_string(), Some((e.dev, e.ino)), want_type)?;
+    }
+
+    let adopt = |fd: RawFd, what: &str| {
+        sys::fd::adopt(fd).map_err(|e| HandoffError::Fd {
+            fd,
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })
+    };
+    let ready = adopt(m.ready_fd, "ready pipe")?;
+    let alive = adopt(m.alive_fd, "parent pipe")?;
+    let mut owned = Vec::with_capacity(m.entries.len());
+    for e in &m.entries {
+        owned.push((e, adopt(e.fd, &e.key.to_string())?));
+    }
+    sys::fd::set_nonblocking(alive.as_fd()).map_err(HandoffError::Io)?;
+
+    let mut fds = Vec::with_capacity(owned.len());
+    for (e, fd) in owned {
+        let bad = |reason: String| HandoffError::Fd {
+            fd: e.fd,
+            what: e.key.to_string(),
+            reason,
+        };
+        if e.key.kind != Kind::File {
+            let actual = socket::inspect(&fd, e.key.kind, &e.key.network).map_err(bad)?;
+            if actual != e.key.address {
+                return Err(bad(format!("bound to {actual}, not {}", e.key.address)));
+            }
+            sys::fd::set_nonblocking(fd.as_fd()).map_err(|e| bad(e.to_string()))?;
+        }
+        fds.push((e.key.clone(), fd));
+    }
+    Ok(Inherited {
+        fds,
+        parent: ParentLink {
+            pid: m.parent_pid,
+            ready: Some(ready),
+            alive,
+        },
+    })
+}

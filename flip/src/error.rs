@@ -1,0 +1,181 @@
+//! The error type of flip.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong in flip.
+///
+/// Upgrade refusals and failures are distinct variants so a caller can tell "try again later"
+/// ([`Error::InProgress`], [`Error::ParentAlive`]) from "the new binary is broken"
+/// ([`Error::ChildExited`], [`Error::Timeout`]). After any upgrade error the old process still
+/// owns every socket and keeps serving; a later upgrade may succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `upgrade()` was called before `ready()`.
+    #[error("upgrade refused: this process is not ready yet")]
+    NotReady,
+    /// Another upgrade is running; only one runs at a time.
+    #[error("upgrade refused: an upgrade is already in progress")]
+    InProgress,
+    /// An upgrade already succeeded: the new process serves and this one is draining.
+    #[error("upgrade refused: this process was already upgraded")]
+    AlreadyUpgraded,
+    /// `stop()` was called; no upgrade will start and the one in flight was cancelled.
+    #[error("upgrade refused: the upgrader is terminating")]
+    Terminating,
+    /// This process was started by an upgrade and its parent has not exited yet: upgrading now
+    /// would leave three generations alive.
+    #[error("upgrade refused: the parent process {parent_pid} has not exited yet")]
+    ParentAlive {
+        /// Pid of the process that started this one.
+        parent_pid: u32,
+    },
+    /// The new process ended before it declared itself ready (even with exit status 0).
+    #[error("the new process {pid} exited before it was ready ({status})")]
+    ChildExited {
+        /// Pid of the new process.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The new process did not declare itself ready in time; it was killed and reaped.
+    #[error("the new process {pid} was not ready within {timeout:?}; it was killed")]
+    Timeout {
+        /// Pid of the new process.
+        pid: u32,
+        /// The upgrade timeout in force.
+        timeout: Duration,
+    },
+    /// The new process could not be started at all.
+    #[error("could not start {program}: {source}")]
+    Spawn {
+        /// The executable flip tried to start.
+        program: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// The handoff from the parent process is unusable. Nothing from it was adopted.
+    #[error("invalid handoff from the parent process: {0}")]
+    Handoff(#[from] HandoffError),
+    /// The pid file could not be written.
+    #[error("pid file {path}: {source}")]
+    PidFile {
+        /// The pid file path.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// An address or network name given to the fd registry is not valid.
+    #[error("invalid address {address:?} for network {network:?}: {reason}")]
+    Address {
+        /// The network asked for (`tcp`, `unix`, ...).
+        network: String,
+        /// The address asked for.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Opening, binding or adopting a socket or file failed.
+    #[error("{network} {address}: {source}")]
+    Socket {
+        /// The network (`tcp`, `unix`, ... or `file`).
+        network: String,
+        /// The address or name.
+        address: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A second [`Upgrader`](crate::Upgrader) was created in one process.
+    #[error("an Upgrader already exists in this process")]
+    AlreadyCreated,
+    /// Any other system error, with what flip was doing.
+    #[error("{context}: {source}")]
+    Io {
+        /// What flip was doing.
+        context: &'static str,
+        /// What the system said.
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: &'static str) -> impl FnOnce(io::Error) -> Error {
+        move |source| Error::Io { context, source }
+    }
+}
+
+/// Why a handoff from the parent process was rejected.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandoffError {
+    /// The `FLIP_HANDOFF` environment variable is malformed.
+    #[error("malformed FLIP_HANDOFF marker {value:?}: {reason}")]
+    Marker {
+        /// The variable's value (lossy).
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The marker is well formed but was not made for this process: it was inherited by a
+    /// process that no upgrade started (its handoff pipe is missing, or the token differs).
+    #[error("the FLIP_HANDOFF marker was not made for this process: {reason}")]
+    NotForUs {
+        /// What did not match.
+        reason: String,
+    },
+    /// The manifest sent by the parent is malformed.
+    #[error("malformed manifest at line {line}: {reason}")]
+    Manifest {
+        /// Line number (1-based).
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A descriptor named by the manifest is not what the manifest says.
+    #[error("fd {fd} ({what}): {reason}")]
+    Fd {
+        /// Descriptor number.
+        fd: i32,
+        /// What it should be.
+        what: String,
+        /// What it is instead.
+        reason: String,
+    },
+    /// Reading the handoff failed.
+    #[error("reading the handoff: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitStatus {
+    /// It called `exit` with this code.
+    Code(i32),
+    /// It was killed by this signal number.
+    Signal(i32),
+    /// It ended, but its status was collected by someone else (a `SIGCHLD` handler of the
+    /// application that reaps every child).
+    Unknown,
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(sig) => {
+                let name = nix::sys::signal::Signal::try_from(*sig)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
+                write!(f, "killed by signal {sig} ({name})")
+            }
+            ExitStatus::Unknown => f.write_str("exit status unknown"),
+        }
+    }
+}
+
+/// flip's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,349 @@
+//! The registry of sockets and files that survive an upgrade.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::error::Error;
+use crate::key::{FILE_NETWORK, Key, Kind};
+use crate::{socket, sys};
+
+/// A listening socket from the registry: TCP or unix stream.
+///
+/// Both variants are non-blocking and close-on-exec, ready for `tokio::net::TcpListener::from_std`
+/// or `tokio::net::UnixListener::from_std`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Listener {
+    /// `tcp`, `tcp4`, `tcp6`
+    Tcp(TcpListener),
+    /// `unix`
+    Unix(UnixListener),
+}
+
+/// A datagram socket from the registry: UDP or unix datagram.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PacketSocket {
+    /// `udp`, `udp4`, `udp6`
+    Udp(UdpSocket),
+    /// `unixgram`
+    Unix(UnixDatagram),
+}
+
+/// Every socket and file that is handed to the next process on upgrade.
+///
+/// Ask it for sockets instead of binding them yourself: on first start it binds a new one, and
+/// in a process started by an upgrade it returns the very socket the old process was serving on,
+/// with its accept queue intact, so no connection is refused. Each call returns a new descriptor
+/// for the socket; the registry keeps its own, so the socket survives even when the application
+/// drops what it was given.
+///
+/// ```no_run
+/// # fn demo(upgrader: &flip::Upgrader) -> Result<(), flip::Error> {
+/// let listener = upgrader.fds().tcp_listener("127.0.0.1:8080")?;
+/// let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| flip::Error::Io {
+///     context: "registering the listener with tokio",
+///     source,
+/// })?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Fds {
+    registry: Mutex<Registry>,
+    has_parent: bool,
+    backlog: i32,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    /// Handed over by the parent and not asked for yet.
+    inherited: BTreeMap<Key, OwnedFd>,
+    /// Asked for (or created) by this process: what the next process receives.
+    used: BTreeMap<Key, OwnedFd>,
+}
+
+fn socket_error(network: &str, address: &str) -> impl FnOnce(io::Error) -> Error {
+    let (network, address) = (network.to_owned(), address.to_owned());
+    move |source| Error::Socket {
+        network,
+        address,
+        source,
+    }
+}
+
+impl Fds {
+    pub(crate) fn new(inherited: Vec<(Key, OwnedFd)>, has_parent: bool, backlog: i32) -> Fds {
+        Fds {
+            registry: Mutex::new(Registry {
+                inherited: inherited.into_iter().collect(),
+                used: BTreeMap::new(),
+            }),
+            has_parent,
+            backlog,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding this lock cannot leave the maps half-updated (each operation is
+        // a single insert or remove), so a poisoned lock is still consistent.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this process was started by an upgrade (sockets were inherited).
+    pub fn has_parent(&self) -> bool {
+        self.has_parent
+    }
+
+    /// A listening socket: `network` is `tcp`, `tcp4`, `tcp6` or `unix`; `address` is
+    /// `host:port` (`:port` for every interface) or a socket path.
+    ///
+    /// On first start, an existing unix socket path that nobody listens on (left by a crash) is
+    /// removed before binding; a live socket, or a path that is not a socket, is an error. In a
+    /// process started by an upgrade nothing is ever removed: the parent still serves there.
+    pub fn listen(&self, network: &str, address: &str) -> Result<Listener, Error> {
+        match network {
+            "tcp" | "tcp4" | "tcp6" => {
+                let fd = self.inet(Kind::Listener, network, address, |addr| {
+                    socket::tcp_listener(network, addr, self.backlog)
+                })?;
+                Ok(Listener::Tcp(TcpListener::from(fd)))
+            }
+            "unix" => {
+                let fd = self.unix(Kind::Listener, network, address, |path| {
+                    socket::unix_listener(path, self.backlog)
+                })?;
+                Ok(Listener::Unix(UnixListener::from(fd)))
+            }
+            _ => Err(Error::Address {
+                network: network.to_owned(),
+                address: address.to_owned(),
+                reason: "listeners take the networks tcp, tcp4, tcp6 and unix".into(),
+            }),
+        }
+    }
+
+    /// A TCP listener on `address` (`host:port`), IPv4 or IPv6 as the address says.
+    pub fn tcp_listener(&self, address: &str) -> Result<TcpListener, Error> {
+        match self.listen("tcp", address)? {
+            Listener::Tcp(l) => Ok(l),
+            Listener::Unix(_) => unreachable_kind("tcp", address),
+        }
+    }
+
+    /// A unix stream listener at `path`.
+    pub fn unix_listener(&self, path: &str) -> Result<UnixListener, Error> {
+        match self.listen("unix", path)? {
+            Listener::Unix(l) => Ok(l),
+            Listener::Tcp(_) => unreachable_kind("unix", path),
+        }
+    }
+
+    /// A datagram socket: `network` is `udp`, `udp4`, `udp6` or `unixgram`.
+    pub fn packet(&self, network: &str, address: &str) -> Result<PacketSocket, Error> {
+        match network {
+            "udp" | "udp4" | "udp6" => {
+                let fd = self.inet(Kind::Packet, network, address, |addr| {
+                    socket::udp_socket(network, addr)
+                })?;
+                Ok(PacketSocket::Udp(UdpSocket::from(fd)))
+            }
+            "unixgram" => {
+                let fd = self.unix(Kind::Packet, network, address, socket::unix_datagram)?;
+                Ok(PacketSocket::Unix(UnixDatagram::from(fd)))
+            }
+            _ => Err(Error::Address {
+                network: network.to_owned(),
+                address: address.to_owned(),
+                reason: "datagram sockets take the networks udp, udp4, udp6 and unixgram".into(),
+            }),
+        }
+    }
+
+    /// A UDP socket bound to `address`.
+    pub fn udp_socket(&self, address: &str) -> Result<UdpSocket, Error> {
+        match self.packet("udp", address)? {
+            PacketSocket::Udp(s) => Ok(s),
+            PacketSocket::Unix(_) => unreachable_kind("udp", address),
+        }
+    }
+
+    /// A unix datagram socket bound to `path`.
+    pub fn unix_datagram(&self, path: &str) -> Result<UnixDatagram, Error> {
+        match self.packet("unixgram", path)? {
+            PacketSocket::Unix(s) => Ok(s),
+            PacketSocket::Udp(_) => unreachable_kind("unixgram", path),
+        }
+    }
+
+    /// The file registered under `name` by this process or its parent, if any.
+    pub fn file(&self, name: &str) -> Result<Option<File>, Error> {
+        let key = Key::new(Kind::File, FILE_NETWORK, name);
+        let mut reg = self.lock();
+        let fd = match reg.used.get(&key) {
+            Some(fd) => fd,
+            None => match reg.inherited.remove(&key) {
+                Some(fd) => reg.used.entry(key).or_insert(fd),
+                None => return Ok(None),
+            },
+        };
+        let copy = sys::fd::dup(fd.as_fd()).map_err(socket_error(FILE_NETWORK, name))?;
+        Ok(Some(File::from(copy)))
+    }
+
+    /// Registers `file` under `name`, so the next process finds it with [`Fds::file`]. The
+    /// registry keeps its own descriptor; a file already registered under that name is replaced.
+    pub fn add_file(&self, name: &str, file: &impl AsFd) -> Result<(), Error> {
+        let copy = sys::fd::dup(file.as_fd()).map_err(socket_error(FILE_NETWORK, name))?;
+        let key = Key::new(Kind::File, FILE_NETWORK, name);
+        let mut reg = self.lock();
+        reg.inherited.remove(&key);
+        reg.used.insert(key, copy);
+        Ok(())
+    }
+
+    fn inet(
+        &self,
+        kind: Kind,
+        network: &str,
+        address: &str,
+        bind: impl FnOnce(&std::net::SocketAddr) -> io::Result<OwnedFd>,
+    ) -> Result<OwnedFd, Error> {
+        let addr = socket::resolve_inet(network, address)?;
+        if addr.port() != 0 {
+            if let Some(fd) = self.claim(&Key::new(kind, network, &addr.to_string()))? {
+                return Ok(fd);
+            }
+        }
+        let fd = bind(&addr).map_err(socket_error(network, address))?;
+        let bound = socket::local_inet(&fd).map_err(socket_error(network, address))?;
+        self.insert(Key::new(kind, network, &bound.to_string()), fd)
+    }
+
+    fn unix(
+        &self,
+        kind: Kind,
+        network: &str,
+        path: &str,
+        bind: impl Fn(&Path) -> io::Result<OwnedFd>,
+    ) -> Result<OwnedFd, Error> {
+        if path.is_empty() {
+            return Err(Error::Address {
+                network: network.to_owned(),
+                address: path.to_owned(),
+                reason: "the socket path is empty".into(),
+            });
+        }
+        let key = Key::new(kind, network, path);
+        if let Some(fd) = self.claim(&key)? {
+            return Ok(fd);
+        }
+        let fs_path = Path::new(path);
+        let fd = match bind(fs_path) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && !self.has_parent => {
+                remove_stale_socket(fs_path, kind).map_err(socket_error(network, path))?;
+                bind(fs_path)
+            }
+            other => other,
+        }
+        .map_err(socket_error(network, path))?;
+        self.insert(key, fd)
+    }
+
+    /// A new descriptor for an inherited or already used socket, if there is one.
+    fn claim(&self, key: &Key) -> Result<Option<OwnedFd>, Error> {
+        let mut reg = self.lock();
+        let fd = match reg.used.get(key) {
+            Some(fd) => fd,
+            None => match reg.inherited.remove(key) {
+                Some(fd) => reg.used.entry(key.clone()).or_insert(fd),
+                None => return Ok(None),
+            },
+        };
+        sys::fd::dup(fd.as_fd())
+            .map(Some)
+            .map_err(socket_error(&key.network, &key.address))
+    }
+
+    fn insert(&self, key: Key, fd: OwnedFd) -> Result<OwnedFd, Error> {
+        let copy = sys::fd::dup(fd.as_fd()).map_err(socket_error(&key.network, &key.address))?;
+        self.lock().used.insert(key, fd);
+        Ok(copy)
+    }
+
+    /// Closes inherited descriptors nobody asked for, and removes their unix socket paths (this
+    /// process is the successor: nobody will serve there any more). Returns their keys.
+    pub(crate) fn close_unclaimed(&self) -> Vec<Key> {
+        let unclaimed = std::mem::take(&mut self.lock().inherited);
+        let keys: Vec<Key> = unclaimed.keys().cloned().collect();
+        drop(unclaimed);
+        for key in &keys {
+            if key.is_unix_path() {
+                if let Err(e) = std::fs::remove_file(&key.address) {
+                    tracing::warn!(path = %key.address, error = %e, "could not remove the socket path of an unclaimed inherited socket");
+                }
+            }
+        }
+        keys
+    }
+
+    /// New descriptors for everything this process uses, for handing to a new process.
+    pub(crate) fn snapshot(&self) -> io::Result<Vec<(Key, OwnedFd)>> {
+        let reg = self.lock();
+        reg.used
+            .iter()
+            .chain(reg.inherited.iter())
+            .map(|(k, fd)| Ok((k.clone(), sys::fd::dup(fd.as_fd())?)))
+            .collect()
+    }
+
+    /// Keys of everything registered, used or inherited.
+    pub fn keys(&self) -> Vec<Key> {
+        let reg = self.lock();
+        reg.used
+            .keys()
+            .chain(reg.inherited.keys())
+            .cloned()
+            .collect()
+    }
+}
+
+fn unreachable_kind<T>(network: &str, address: &str) -> Result<T, Error> {
+    Err(Error::Address {
+        network: network.to_owned(),
+        address: address.to_owned(),
+        reason: "the registry returned a socket of another family".into(),
+    })
+}
+
+/// Removes a unix socket left behind by a process that no longer runs. Refuses when a server
+/// still accepts on it, or when the path is not a socket at all.
+fn remove_stale_socket(path: &Path, kind: Kind) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "the path exists and is not a socket; refusing to remove it",
+        ));
+    }
+    if kind == Kind::Listener {
+        match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process is serving on this socket",
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(e),
+        }
+    }
+    tracing::info!(path = %path.display(), "removing a stale unix socket");
+    std::fs::remove_file(path)
+}

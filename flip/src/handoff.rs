@@ -1,0 +1,460 @@
+//! The handoff wire format: the environment marker and the manifest.
+//!
+//! An upgrade hands over three things:
+//! - the marker, in the environment variable [`MARKER_VAR`]: `1:<control fd>:<pipe inode>:<token>`.
+//!   The child checks that the control fd is a pipe with that inode before it reads anything,
+//!   so a process that merely inherited the variable never touches a descriptor of its own;
+//! - the manifest, a small text document the parent writes into the control pipe before it
+//!   spawns the child. It repeats the token, so a marker that leaked into some other process
+//!   (which cannot have that pipe) is never mistaken for a handoff;
+//! - the descriptors themselves, placed at the numbers the manifest gives.
+//!
+//! ```text
+//! flip-handoff/1
+//! token 5f0c...32 hex digits
+//! parent 4242
+//! ready 4
+//! alive 5
+//! entry listener tcp 127.0.0.1:8080 6 8 123456
+//! entry listener unix /run/app.sock 7 8 123457
+//! end
+//! ```
+//!
+//! Each `entry` is kind, network, address (percent-encoded), fd, and the device and inode the
+//! parent saw, which the child checks with `fstat` before adopting the descriptor. This module
+//! only encodes and decodes; it opens nothing and trusts nothing it parses.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::io::{self, Read};
+use std::os::fd::RawFd;
+
+use crate::error::HandoffError;
+use crate::key::{Key, Kind};
+
+/// The environment variable that tells a process it was started by an upgrade.
+pub const MARKER_VAR: &str = "FLIP_HANDOFF";
+
+const MANIFEST_HEADER: &str = "flip-handoff/1";
+const MARKER_VERSION: &str = "1";
+
+/// Upper bound of a manifest; a larger one is rejected before it is parsed.
+pub(crate) const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// Highest descriptor number a manifest may name.
+const MAX_FD: RawFd = 1 << 20;
+
+/// A one-time secret that ties a marker to the manifest of the same spawn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Token([u8; 16]);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl Token {
+    /// A fresh random token from the kernel.
+    pub(crate) fn generate() -> io::Result<Token> {
+        let mut bytes = [0u8; 16];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(Token(bytes))
+    }
+
+    fn to_hex(self) -> String {
+        self.0.iter().fold(String::with_capacity(32), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+
+    fn from_hex(s: &str) -> Option<Token> {
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Token(bytes))
+    }
+}
+
+/// The content of [`MARKER_VAR`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Marker {
+    pub(crate) control_fd: RawFd,
+    pub(crate) pipe_inode: u64,
+    pub(crate) token: Token,
+}
+
+impl Marker {
+    pub(crate) fn encode(&self) -> String {
+        format!(
+            "{MARKER_VERSION}:{}:{}:{}",
+            self.control_fd,
+            self.pipe_inode,
+            self.token.to_hex()
+        )
+    }
+
+    pub(crate) fn decode(value: &OsStr) -> Result<Marker, HandoffError> {
+        let bad = |reason| HandoffError::Marker {
+            value: value.to_string_lossy().chars().take(100).collect(),
+            reason,
+        };
+        let text = value.to_str().ok_or_else(|| bad("not UTF-8"))?;
+        let mut parts = text.split(':');
+        let (Some(version), Some(fd), Some(inode), Some(token), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(bad("expected <version>:<fd>:<inode>:<token>"));
+        };
+        if version != MARKER_VERSION {
+            return Err(bad("unknown version (this binary speaks version 1)"));
+        }
+        let control_fd = parse_fd(fd).ok_or_else(|| bad("fd is not a number from 3 up"))?;
+        let pipe_inode = inode
+            .parse::<u64>()
+            .ok()
+            .filter(|_| inode.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| bad("inode is not a number"))?;
+        let token = Token::from_hex(token).ok_or_else(|| bad("token is not 32 hex digits"))?;
+        Ok(Marker {
+            control_fd,
+            pipe_inode,
+            token,
+        })
+    }
+}
+
+/// One handed-over descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) key: Key,
+    pub(crate) fd: RawFd,
+    pub(crate) dev: u64,
+    pub(crate) ino: u64,
+}
+
+/// Everything the parent tells the child besides the descriptors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Manifest {
+    pub(crate) token: Token,
+    pub(crate) parent_pid: u32,
+    /// Write end of the pipe on which the child says it is ready.
+    pub(crate) ready_fd: RawFd,
+    /// Read end of the pipe the parent holds open until it exits.
+    pub(crate) alive_fd: RawFd,
+    pub(crate) entries: Vec<Entry>,
+}
+
+impl Manifest {
+    pub(crate) fn encode(&self) -> String {
+        let mut out = format!(
+            "{MANIFEST_HEADER}\ntoken {}\nparent {}\nready {}\nalive {}\n",
+            self.token.to_hex(),
+            self.parent_pid,
+            self.ready_fd,
+            self.alive_fd
+        );
+        for e in &self.entries {
+            let _ = writeln!(
+                out,
+                "entry {} {} {} {} {} {}",
+                e.key.kind.as_str(),
+                e.key.network,
+                escape(&e.key.address),
+                e.fd,
+                e.dev,
+                e.ino
+            );
+        }
+        out.push_str("end\n");
+        out
+    }
+
+    /// Parses and checks a manifest: structure, numbers, kinds, networks, and that no descriptor
+    /// number or key appears twice.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest, HandoffError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(HandoffError::Manifest {
+                line: 0,
+                reason: format!("{} bytes, more than {MAX_MANIFEST_BYTES}", bytes.len()),
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| HandoffError::Manifest {
+            line: 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            reason: "not UTF-8".into(),
+        })?;
+        let mut lines = text.split('\n').enumerate().map(|(i, l)| (i + 1, l));
+        let mut next = |want: &str| -> Result<(usize, Vec<&str>), HandoffError> {
+            let (n, line) = lines.next().ok_or_else(|| HandoffError::Manifest {
+                line: 0,
+                reason: format!("truncated: expected {want}"),
+            })?;
+            Ok((n, line.split(' ').collect()))
+        };
+        let bad = |line: usize, reason: String| HandoffError::Manifest { line, reason };
+
+        let (n, header) = next("the header")?;
+        if header != [MANIFEST_HEADER] {
+            return Err(bad(n, format!("expected {MANIFEST_HEADER:?}")));
+        }
+        let (n, f) = next("token")?;
+        let token = match f.as_slice() {
+            ["token", hex] => Token::from_hex(hex),
+            _ => None,
+        }
+        .ok_or_else(|| bad(n, "expected `token <32 hex digits>`".into()))?;
+        let (n, f) = next("parent")?;
+        let parent_pid = match f.as_slice() {
+            ["parent", pid] => pid.parse::<u32>().ok().filter(|&p| p > 0),
+            _ => None,
+        }
+        .ok_or_else(|| bad(n, "expected `parent <pid>`".into()))?;
+        let mut fds_seen = HashSet::new();
+        let mut fd_line = |n: usize, f: &[&str], name: &str| -> Result<RawFd, HandoffError> {
+            let fd = match f {
+                [word, fd] if *word == name => parse_fd(fd),
+                _ => None,
+            }
+            .ok_or_else(|| bad(n, format!("expected `{name} <fd from 3 up>`")))?;
+            if !fds_seen.insert(fd) {
+                return Err(bad(n, format!("fd {fd} appears twice")));
+            }
+            Ok(fd)
+        };
+        let (n, f) = next("ready")?;
+        let ready_fd = fd_line(n, &f, "ready")?;
+        let (n, f) = next("alive")?;
+        let alive_fd = fd_line(n, &f, "alive")?;
+
+        let mut entries = Vec::new();
+        let mut keys = HashSet::new();
+        loop {
+            let (n, f) = next("`entry ...` or `end`")?;
+            match f.as_slice() {
+                ["end"] => break,
+                ["entry", kind, network, address, fd, dev, ino] => {
+                    let kind = Kind::parse(kind)
+                        .ok_or_else(|| bad(n, format!("unknown kind {kind:?}")))?;
+                    if !kind.accepts(network) {
+                        return Err(bad(n, format!("network {network:?} is not a {kind:?}")));
+                    }
+                    let address = unescape(address)
+                        .ok_or_else(|| bad(n, "address is not percent-encoded UTF-8".into()))?;
+                    let fd = fd_line(n, &["fd", fd], "fd")?;
+                    let (Ok(dev), Ok(ino)) = (dev.parse(), ino.parse()) else {
+                        return Err(bad(n, "device and inode must be numbers".into()));
+                    };
+                    let key = Key::new(kind, network, &address);
+                    if !keys.insert(key.clone()) {
+                        return Err(bad(n, format!("{key} appears twice")));
+                    }
+                    entries.push(Entry { key, fd, dev, ino });
+                }
+                _ => {
+                    return Err(bad(
+                        n,
+                        "expected `entry <kind> <network> <address> <fd> <dev> <ino>` or `end`"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        match lines.next() {
+            Some((_, "")) if lines.next().is_none() => {}
+            Some((n, _)) => return Err(bad(n, "unexpected text after `end`".into())),
+            None => return Err(bad(0, "`end` must be followed by a newline".into())),
+        }
+        Ok(Manifest {
+            token,
+            parent_pid,
+            ready_fd,
+            alive_fd,
+            entries,
+        })
+    }
+}
+
+fn parse_fd(s: &str) -> Option<RawFd> {
+    if s.is_empty() || s.len() > 8 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse::<RawFd>()
+        .ok()
+        .filter(|fd| (3..MAX_FD).contains(fd))
+}
+
+/// Percent-encodes everything but printable ASCII other than `%` and space.
+fn escape(s: &str) -> String {
+    if s.is_empty() {
+        return "%".to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> Option<String> {
+    if s == "%" {
+        return Some(String::new());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b if b.is_ascii_graphic() => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            token: Token([7; 16]),
+            parent_pid: 42,
+            ready_fd: 4,
+            alive_fd: 5,
+            entries: vec![
+                Entry {
+                    key: Key::new(Kind::Listener, "tcp", "127.0.0.1:8080"),
+                    fd: 6,
+                    dev: 8,
+                    ino: 99,
+                },
+                Entry {
+                    key: Key::new(Kind::Listener, "unix", "/tmp/a b%c\u{e9}.sock"),
+                    fd: 7,
+                    dev: 8,
+                    ino: 100,
+                },
+                Entry {
+                    key: Key::new(Kind::File, "file", "state"),
+                    fd: 8,
+                    dev: 1,
+                    ino: 2,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let m = sample();
+        let text = m.encode();
+        assert!(text.contains("/tmp/a%20b%25c%C3%A9.sock"), "{text}");
+        assert_eq!(Manifest::decode(text.as_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn marker_round_trips() {
+        let m = Marker {
+            control_fd: 3,
+            pipe_inode: 12345,
+            token: Token::generate().unwrap(),
+        };
+        assert_eq!(Marker::decode(OsStr::new(&m.encode())).unwrap(), m);
+    }
+
+    #[test]
+    fn bad_markers_are_rejected() {
+        for bad in [
+            "",
+            "1",
+            "1:3",
+            "1:3:7",
+            "2:3:7:00000000000000000000000000000000",
+            "1:2:7:00000000000000000000000000000000",
+            "1:-3:7:00000000000000000000000000000000",
+            "1:3:-7:00000000000000000000000000000000",
+            "1:3:+7:00000000000000000000000000000000",
+            "1:3:7:0000",
+            "1:3:7:zz000000000000000000000000000000",
+            "1:3:7:00000000000000000000000000000000:x",
+            "1:99999999999:7:00000000000000000000000000000000",
+        ] {
+            assert!(Marker::decode(OsStr::new(bad)).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_rejected() {
+        let text = sample().encode();
+        for cut in 0..text.len() {
+            let err = Manifest::decode(&text.as_bytes()[..cut]);
+            assert!(err.is_err(), "truncated at {cut} accepted");
+        }
+    }
+
+    #[test]
+    fn duplicates_and_bad_fields_are_rejected() {
+        let good = sample().encode();
+        let cases = [
+            good.replace("entry file file state 8", "entry file file state 7"),
+            good.replace("ready 4", "ready 5"),
+            good.replace("unix /tmp", "tcp /tmp"),
+            good.replace("listener tcp", "socket tcp"),
+            good.replace(" 6 8 99", " 2 8 99"),
+            good.replace(" 6 8 99", " 6 x 99"),
+            good.replace("parent 42", "parent 0"),
+            good.replace("end\n", "end\nentry\n"),
+            good.replace("%20", "%2"),
+            good.replace("%C3%A9", "%C3"),
+            good.replace("flip-handoff/1", "flip-handoff/2"),
+            format!("{good}{good}"),
+        ];
+        for case in cases {
+            assert!(
+                Manifest::decode(case.as_bytes()).is_err(),
+                "accepted:\n{case}"
+            );
+        }
+        let mut twice = sample();
+        twice.entries.push(twice.entries[0].clone());
+        twice.entries[3].fd = 9;
+        assert!(Manifest::decode(twice.encode().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn huge_manifest_is_rejected_before_parsing() {
+        let big = vec![b'a'; MAX_MANIFEST_BYTES + 1];
+        assert!(matches!(
+            Manifest::decode(&big),
+            Err(HandoffError::Manifest { line: 0, .. })
+        ));
+    }
+}

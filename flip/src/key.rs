@@ -1,0 +1,88 @@
+//! What identifies a socket or file across an upgrade.
+
+use std::fmt;
+
+/// The kind of object behind a registry key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A listening stream socket: `tcp`, `tcp4`, `tcp6`, `unix`.
+    Listener,
+    /// A datagram socket: `udp`, `udp4`, `udp6`, `unixgram`.
+    Packet,
+    /// Any file registered by name.
+    File,
+}
+
+impl Kind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Listener => "listener",
+            Kind::Packet => "packet",
+            Kind::File => "file",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "listener" => Some(Kind::Listener),
+            "packet" => Some(Kind::Packet),
+            "file" => Some(Kind::File),
+            _ => None,
+        }
+    }
+
+    /// Whether `network` names a network of this kind.
+    pub(crate) fn accepts(self, network: &str) -> bool {
+        match self {
+            Kind::Listener => matches!(network, "tcp" | "tcp4" | "tcp6" | "unix"),
+            Kind::Packet => matches!(network, "udp" | "udp4" | "udp6" | "unixgram"),
+            Kind::File => network == FILE_NETWORK,
+        }
+    }
+}
+
+/// The network name stored for files, which have none.
+pub(crate) const FILE_NETWORK: &str = "file";
+
+/// Identifies one socket or file: (kind, network, address).
+///
+/// For TCP and UDP the address is the canonical form of the bound address (`127.0.0.1:8080`,
+/// `[::1]:8080`), so `localhost:8080` and `127.0.0.1:8080` are one key and a socket bound to
+/// port 0 is keyed by the port it got. For unix sockets it is the path as given; for files, the
+/// name they were registered under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// What it is.
+    pub kind: Kind,
+    /// `tcp`, `tcp4`, `tcp6`, `unix`, `udp`, `udp4`, `udp6`, `unixgram`, or `file`.
+    pub network: String,
+    /// The canonical address, path or name.
+    pub address: String,
+}
+
+impl Key {
+    pub(crate) fn new(kind: Kind, network: &str, address: &str) -> Key {
+        Key {
+            kind,
+            network: network.to_owned(),
+            address: address.to_owned(),
+        }
+    }
+
+    /// Whether the address is a filesystem path (unix sockets).
+    pub(crate) fn is_unix_path(&self) -> bool {
+        matches!(self.network.as_str(), "unix" | "unixgram")
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.kind.as_str(),
+            self.network,
+            self.address
+        )
+    }
+}

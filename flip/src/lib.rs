@@ -1,0 +1,49 @@
+//! Zero-downtime binary upgrades for network servers.
+//!
+//! A running server gets SIGHUP, starts its new binary, hands it every listening socket, waits
+//! until the new process says it is ready, then drains its in-flight work and exits. No
+//! connection is refused: the new process accepts from the very same sockets, accept queues
+//! included.
+//!
+//! The core is [`Upgrader`]: open sockets through its registry ([`Upgrader::fds`]), call
+//! [`Upgrader::ready`] once serving, call [`Upgrader::upgrade`] on SIGHUP
+//! ([`upgrade_signal`]), and stop accepting when [`Upgrader::exit`] resolves.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let upgrader = flip::Upgrader::new(flip::Options::new().pid_file("/tmp/app.pid"))?;
+//! let listener = tokio::net::TcpListener::from_std(upgrader.fds().tcp_listener("127.0.0.1:8080")?)?;
+//! let mut hup = flip::upgrade_signal()?;
+//! upgrader.ready()?;
+//! loop {
+//!     tokio::select! {
+//!         _ = hup.recv() => match upgrader.upgrade().await {
+//!             Ok(pid) => println!("upgraded to {pid}"),
+//!             Err(e) => eprintln!("upgrade failed: {e}"),
+//!         },
+//!         () = upgrader.exit() => break, // drain, then return
+//!         conn = listener.accept() => { let _ = conn?; /* serve it */ }
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod child;
+mod error;
+mod fds;
+pub mod handoff;
+mod key;
+mod parent;
+mod pidfile;
+mod signal;
+mod socket;
+mod sys;
+mod upgrader;
+
+pub use error::{Error, ExitStatus, HandoffError, Result};
+pub use fds::{Fds, Listener, PacketSocket};
+pub use key::{Key, Kind};
+pub use signal::upgrade_signal;
+pub use upgrader::{DEFAULT_BACKLOG, DEFAULT_UPGRADE_TIMEOUT, Options, Upgrader};

@@ -1,0 +1,111 @@
+//! The pid file: always names the process that serves.
+
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+
+/// Default mode of a new pid file: readable by all, writable by the owner.
+pub const DEFAULT_MODE: u32 = 0o644;
+
+/// Writes `pid` to `path` atomically: a temporary file in the same directory, renamed over the
+/// target, so a reader sees the old pid or the new one, never a partial write.
+pub(crate) fn write(path: &Path, pid: u32, mode: u32) -> Result<(), Error> {
+    let fail = |source: io::Error| Error::PidFile {
+        path: path.to_owned(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| fail(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+    if path.is_dir() {
+        return Err(fail(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "the path is a directory",
+        )));
+    }
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{pid}.tmp"));
+    let tmp: PathBuf = path.with_file_name(tmp_name);
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| {
+            f.write_all(format!("{pid}\n").as_bytes())?;
+            f.flush()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    Ok(())
+}
+
+/// Checks, at first start, that a pid file can be written at `path`, without writing it.
+pub(crate) fn check_dir(path: &Path) -> Result<(), Error> {
+    let fail = |source: io::Error| Error::PidFile {
+        path: path.to_owned(),
+        source,
+    };
+    if path.file_name().is_none() {
+        return Err(fail(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no file name",
+        )));
+    }
+    if path.is_dir() {
+        return Err(fail(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "the path is a directory",
+        )));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::metadata(dir).map_err(|e| {
+        fail(io::Error::new(
+            e.kind(),
+            format!("directory {}: {e}", dir.display()),
+        ))
+    })?;
+    if !meta.is_dir() {
+        return Err(fail(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_and_replaces() {
+        let dir = std::env::temp_dir().join(format!("flip-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.pid");
+        write(&path, 41, DEFAULT_MODE).unwrap();
+        write(&path, 42, DEFAULT_MODE).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "42\n");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            1,
+            "temp file left behind"
+        );
+        assert!(write(&dir, 1, DEFAULT_MODE).is_err());
+        assert!(write(&dir.join("missing/app.pid"), 1, DEFAULT_MODE).is_err());
+        assert!(check_dir(&dir.join("missing/app.pid")).is_err());
+        assert!(check_dir(&path).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,92 @@
+//! File descriptor flags and adoption of descriptors handed over by a parent.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+
+/// Takes ownership of a descriptor number received from the parent process.
+///
+/// Fails with `EBADF` when no such descriptor is open, so a handoff that names a closed number
+/// cannot make us own (and later close) something else. The descriptor is made close-on-exec
+/// before it is returned.
+pub(crate) fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
+    if raw < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_SETFD on an arbitrary number has no memory effects; it fails with EBADF when the
+    // number is not an open descriptor, which is exactly the check we need before adoption.
+    let rc = unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open (checked just above) and the handoff protocol transfers its
+    // ownership to this process: the parent placed it here for us alone, and the caller adopts
+    // each number at most once (duplicates are rejected when the manifest is parsed).
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Makes the open file description non-blocking. This flag is shared with every process that
+/// holds the same description (our parent, our successor), all of which want it set.
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    if !flags.contains(OFlag::O_NONBLOCK) {
+        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    }
+    Ok(())
+}
+
+/// A new descriptor for the same open file, close-on-exec.
+pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    fd.try_clone_to_owned()
+}
+
+/// Creates a pipe whose two ends are close-on-exec.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
+}
+
+/// Identity of the file behind a descriptor: (device, inode, file type bits).
+pub(crate) fn identity(fd: impl AsFd) -> io::Result<(u64, u64, u32)> {
+    let st = nix::sys::stat::fstat(fd.as_fd())?;
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    Ok((
+        st.st_dev as u64,
+        st.st_ino as u64,
+        st.st_mode as u32 & libc::S_IFMT,
+    ))
+}
+
+/// Identity of the file behind a descriptor number that we do not own: (device, inode, file
+/// type bits). Used to check a descriptor before adopting it, so that a number that is not what
+/// the handoff says is never touched.
+pub(crate) fn identity_raw(raw: RawFd) -> io::Result<(u64, u64, u32)> {
+    if raw < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `struct stat` into the storage it is given and nothing else; on an
+    // invalid number it fails with EBADF and writes nothing.
+    let rc = unsafe { libc::fstat(raw, st.as_mut_ptr()) };
+    if rc == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so the structure is initialised.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    Ok((
+        st.st_dev as u64,
+        st.st_ino as u64,
+        st.st_mode as u32 & libc::S_IFMT,
+    ))
+}
+
+/// Registers a descriptor we own with tokio's reactor, for readiness to read.
+pub(crate) fn async_readable(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `OwnedFd` owns a valid descriptor, and the `AsyncFd` owns the `OwnedFd` until it
+    // is dropped: nothing closes or replaces the descriptor while it is registered.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            .map_err(io::Error::from)
+    }
+}

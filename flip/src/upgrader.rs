@@ -1,0 +1,407 @@
+//! The upgrade state machine.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+
+use crate::child::{self, ParentLink};
+use crate::error::{Error, Result};
+use crate::fds::Fds;
+use crate::parent::{self, Launch};
+use crate::pidfile;
+
+/// Default time a new process has to become ready.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default listen backlog of new stream sockets.
+pub const DEFAULT_BACKLOG: i32 = 1024;
+
+/// Settings of an [`Upgrader`].
+///
+/// ```
+/// use std::time::Duration;
+/// let options = flip::Options::new()
+///     .pid_file("/run/app.pid")
+///     .upgrade_timeout(Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pid_file: Option<PathBuf>,
+    pid_file_mode: u32,
+    upgrade_timeout: Duration,
+    executable: Option<PathBuf>,
+    backlog: i32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            pid_file: None,
+            pid_file_mode: pidfile::DEFAULT_MODE,
+            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            executable: None,
+            backlog: DEFAULT_BACKLOG,
+        }
+    }
+}
+
+impl Options {
+    /// Defaults: no pid file, 60 s upgrade timeout, the running executable's path.
+    pub fn new() -> Options {
+        Options::default()
+    }
+
+    /// Where the serving process writes its pid when it becomes ready.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Options {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Mode bits of the pid file (default `0o644`).
+    pub fn pid_file_mode(mut self, mode: u32) -> Options {
+        self.pid_file_mode = mode;
+        self
+    }
+
+    /// How long a new process has to become ready before it is killed (default 60 s).
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Options {
+        self.upgrade_timeout = timeout;
+        self
+    }
+
+    /// Start this executable on upgrade instead of the path this process was started by.
+    pub fn executable(mut self, path: impl Into<PathBuf>) -> Options {
+        self.executable = Some(path.into());
+        self
+    }
+
+    /// Listen backlog of stream sockets created by the registry (default 1024).
+    pub fn backlog(mut self, backlog: i32) -> Options {
+        self.backlog = backlog;
+        self
+    }
+
+    /// The configured pid file, if any.
+    pub fn pid_file_path(&self) -> Option<&Path> {
+        self.pid_file.as_deref()
+    }
+
+    /// The configured upgrade timeout.
+    pub fn upgrade_timeout_value(&self) -> Duration {
+        self.upgrade_timeout
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Created; `ready()` not called yet.
+    Starting,
+    /// Serving; upgrades may start.
+    Ready,
+    /// A new process is starting. `stop()` wakes the notify to cancel it.
+    Upgrading(Arc<Notify>),
+    /// A new process took over; this one drains and exits.
+    Upgraded,
+    /// `stop()` was called.
+    Stopped,
+}
+
+#[derive(Debug)]
+struct Shared {
+    options: Options,
+    fds: Fds,
+    launch: Launch,
+    phase: Mutex<Phase>,
+    parent: Mutex<Option<ParentLink>>,
+    /// Write end of the pipe the successor watches; held open until this process exits.
+    successor_link: Mutex<Option<OwnedFd>>,
+    exit: watch::Sender<bool>,
+}
+
+/// Hands every socket to a new instance of the binary, and tells the old one when to go.
+///
+/// One `Upgrader` per process. Create it first thing in `main`, before other threads exist
+/// (it reads and removes the `FLIP_HANDOFF` environment variable, which is only safe while no
+/// other thread reads the environment through C code): `#[flip::main]` does this for you.
+///
+/// An upgrade reads as a straight path:
+/// 1. [`upgrade`](Upgrader::upgrade) starts the executable again (see [`Options::executable`])
+///    with the same arguments, the working directory of the first start, the same environment
+///    plus the handoff marker, and every socket of [`fds`](Upgrader::fds);
+/// 2. the new process builds its `Upgrader`, gets the very same sockets from its registry, and
+///    calls [`ready`](Upgrader::ready): unclaimed sockets are closed, the pid file names it;
+/// 3. `upgrade` resolves with the new pid and [`exit`](Upgrader::exit) resolves: the old process
+///    stops accepting, drains, and exits;
+/// 4. the new process notices its parent is gone and accepts upgrades itself.
+///
+/// If the new process exits or is not ready within the upgrade timeout, `upgrade` fails and the
+/// old process simply keeps serving.
+///
+/// The executable is resolved at upgrade time from the path the process was started by: a
+/// binary replaced at that path (or a symlink switched to a new release) is what runs.
+#[derive(Debug, Clone)]
+pub struct Upgrader {
+    shared: Arc<Shared>,
+}
+
+static CREATED: AtomicBool = AtomicBool::new(false);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a plain assignment, so a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Upgrader {
+    /// Reads the handoff (if this process was started by an upgrade) and builds the upgrader.
+    ///
+    /// Fails when the handoff is unusable, the pid file's directory does not exist, or an
+    /// upgrader already exists in this process. Needs no tokio runtime.
+    pub fn new(options: Options) -> Result<Upgrader> {
+        if CREATED.swap(true, Ordering::SeqCst) {
+            return Err(Error::AlreadyCreated);
+        }
+        let result = Self::build(options);
+        if result.is_err() {
+            CREATED.store(false, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn build(options: Options) -> Result<Upgrader> {
+        let inherited = child::take_handoff()?;
+        if let Some(path) = &options.pid_file {
+            pidfile::check_dir(path)?;
+        }
+        let launch = Launch::capture(options.executable.clone()).map_err(Error::io(
+            "finding the executable, arguments and working directory",
+        ))?;
+        let (fds, parent) = match inherited {
+            Some(inh) => (Fds::new(inh.fds, true, options.backlog), Some(inh.parent)),
+            None => (Fds::new(Vec::new(), false, options.backlog), None),
+        };
+        if let Some(p) = &parent {
+            tracing::debug!(
+                parent = p.pid,
+                sockets = fds.keys().len(),
+                "started by an upgrade"
+            );
+        }
+        let (exit, _) = watch::channel(false);
+        Ok(Upgrader {
+            shared: Arc::new(Shared {
+                options,
+                fds,
+                launch,
+                phase: Mutex::new(Phase::Starting),
+                parent: Mutex::new(parent),
+                successor_link: Mutex::new(None),
+                exit,
+            }),
+        })
+    }
+
+    /// The registry to open every socket and file through.
+    pub fn fds(&self) -> &Fds {
+        &self.shared.fds
+    }
+
+    /// The settings this upgrader was built with.
+    pub fn options(&self) -> &Options {
+        &self.shared.options
+    }
+
+    /// Whether this process was started by an upgrade.
+    pub fn has_parent(&self) -> bool {
+        self.shared.fds.has_parent()
+    }
+
+    /// Declares this process ready to serve: closes inherited sockets nobody asked for (removing
+    /// their unix socket paths), writes the pid file, and tells the parent, which then exits.
+    ///
+    /// Call it once every listener is open. If the pid file cannot be written the parent is not
+    /// told, so it keeps serving, and the error is returned. Calling it again does nothing.
+    pub fn ready(&self) -> Result<()> {
+        let mut phase = lock(&self.shared.phase);
+        match *phase {
+            Phase::Starting => {}
+            Phase::Stopped => return Err(Error::Terminating),
+            _ => return Ok(()),
+        }
+        for key in self.shared.fds.close_unclaimed() {
+            tracing::info!(%key, "closed an inherited socket that nobody asked for");
+        }
+        if let Some(path) = &self.shared.options.pid_file {
+            pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)?;
+        }
+        if let Some(parent) = lock(&self.shared.parent).as_mut() {
+            if let Err(e) = parent.notify_ready() {
+                // The parent is gone already; this process serves either way.
+                tracing::warn!(parent = parent.pid, error = %e, "could not tell the parent that we are ready");
+            }
+        }
+        *phase = Phase::Ready;
+        Ok(())
+    }
+
+    /// Starts the new process and resolves with its pid once it is ready.
+    ///
+    /// Refused (with nothing started) before [`ready`](Upgrader::ready), while another upgrade
+    /// runs, after a successful one, after [`stop`](Upgrader::stop), and while the process that
+    /// started this one is still alive. Fails when the new process exits or is not ready within
+    /// the upgrade timeout (it is then killed and reaped). After a failure this process keeps
+    /// serving, and a later call may succeed. Needs a tokio runtime with I/O and time enabled.
+    pub async fn upgrade(&self) -> Result<u32> {
+        let cancel = self.begin_upgrade()?;
+        // Back to Ready on every path but success, including this future being dropped.
+        let mut reset = PhaseReset {
+            phase: &self.shared.phase,
+            armed: true,
+        };
+        let started = Instant::now();
+        let fds = self
+            .shared
+            .fds
+            .snapshot()
+            .map_err(Error::io("duplicating the sockets to hand over"))?;
+        let mut child = parent::spawn(&self.shared.launch, fds)?;
+        let pid = child.pid();
+        tracing::debug!(pid, program = %self.shared.launch.program.display(), "started the new process");
+        let timeout = self.shared.options.upgrade_timeout;
+        tokio::select! {
+            ready = child.wait_ready() => {
+                if let Err(status) = ready {
+                    return Err(Error::ChildExited { pid, status });
+                }
+            }
+            () = tokio::time::sleep(timeout) => {
+                child.kill().await;
+                return Err(Error::Timeout { pid, timeout });
+            }
+            () = cancel.notified() => {
+                child.kill().await;
+                return Err(Error::Terminating);
+            }
+        }
+        *lock(&self.shared.successor_link) = child.into_successor();
+        {
+            let mut phase = lock(&self.shared.phase);
+            reset.armed = false;
+            match *phase {
+                // stop() raced with success: the new process serves; this one exits either way.
+                Phase::Stopped => {}
+                _ => *phase = Phase::Upgraded,
+            }
+        }
+        self.shared.exit.send_replace(true);
+        tracing::debug!(pid, elapsed = ?started.elapsed(), "the new process is ready");
+        Ok(pid)
+    }
+
+    fn begin_upgrade(&self) -> Result<Arc<Notify>> {
+        let mut phase = lock(&self.shared.phase);
+        match *phase {
+            Phase::Starting => return Err(Error::NotReady),
+            Phase::Upgrading(_) => return Err(Error::InProgress),
+            Phase::Upgraded => return Err(Error::AlreadyUpgraded),
+            Phase::Stopped => return Err(Error::Terminating),
+            Phase::Ready => {}
+        }
+        let mut parent = lock(&self.shared.parent);
+        if let Some(link) = parent.as_ref() {
+            match link.parent_exited() {
+                Ok(true) => *parent = None,
+                Ok(false) => {
+                    return Err(Error::ParentAlive {
+                        parent_pid: link.pid,
+                    });
+                }
+                Err(e) => return Err(Error::io("checking whether the parent exited")(e)),
+            }
+        }
+        let cancel = Arc::new(Notify::new());
+        *phase = Phase::Upgrading(cancel.clone());
+        Ok(cancel)
+    }
+
+    /// Resolves when this process should exit: a new process took over, or
+    /// [`stop`](Upgrader::stop) was called.
+    pub fn exit(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shared.exit.subscribe();
+        async move {
+            let _ = rx.wait_for(|done| *done).await;
+        }
+    }
+
+    /// Whether [`exit`](Upgrader::exit) has resolved.
+    pub fn is_exiting(&self) -> bool {
+        *self.shared.exit.borrow()
+    }
+
+    /// Cancels an upgrade in flight (killing the new process), refuses later ones, and resolves
+    /// [`exit`](Upgrader::exit).
+    pub fn stop(&self) {
+        let mut phase = lock(&self.shared.phase);
+        if let Phase::Upgrading(cancel) = &*phase {
+            cancel.notify_one();
+        }
+        *phase = Phase::Stopped;
+        drop(phase);
+        self.shared.exit.send_replace(true);
+    }
+
+    /// Resolves once the process that started this one has exited (at once on a first start).
+    /// Upgrades are refused until then.
+    pub async fn parent_exited(&self) -> Result<()> {
+        let fd = {
+            let parent = lock(&self.shared.parent);
+            match parent.as_ref() {
+                None => return Ok(()),
+                Some(link) => crate::sys::fd::dup(std::os::fd::AsFd::as_fd(link.alive_fd()))
+                    .map_err(Error::io("watching the parent"))?,
+            }
+        };
+        let afd = crate::sys::fd::async_readable(fd).map_err(Error::io("watching the parent"))?;
+        loop {
+            {
+                let parent = lock(&self.shared.parent);
+                match parent.as_ref() {
+                    None => return Ok(()),
+                    Some(link)
+                        if link
+                            .parent_exited()
+                            .map_err(Error::io("watching the parent"))? =>
+                    {
+                        return Ok(());
+                    }
+                    Some(_) => {}
+                }
+            }
+            let mut guard = afd
+                .readable()
+                .await
+                .map_err(Error::io("watching the parent"))?;
+            guard.clear_ready();
+        }
+    }
+}
+
+/// Puts the phase back to `Ready` unless disarmed (the upgrade succeeded).
+struct PhaseReset<'a> {
+    phase: &'a Mutex<Phase>,
+    armed: bool,
+}
+
+impl Drop for PhaseReset<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut phase = lock(self.phase);
+            if let Phase::Upgrading(_) = *phase {
+                *phase = Phase::Ready;
+            }
+        }
+    }
+}
