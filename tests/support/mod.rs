@@ -1,0 +1,444 @@
+//! Shared harness of the integration tests: scratch directories, real server processes, and
+//! waiting for conditions with deadlines.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// Generous deadline for anything a healthy server does; a loaded 2-core machine stays far below.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Becomes the subreaper of every process the tests start, so servers re-parented when their
+/// parent exits come back to us to be reaped, not to init.
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        nix::sys::prctl::set_child_subreaper(true).expect("PR_SET_CHILD_SUBREAPER");
+        // Descriptors this test process inherited without close-on-exec (from whatever started
+        // it) would reach every server and make descriptor checks lie.
+        for entry in std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .flatten()
+        {
+            if let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>()
+                && fd > 2 {
+                    // SAFETY: F_SETFD only changes a flag of the descriptor; on a number that
+                    // is not open (the directory handle of this very loop, closed since) it
+                    // fails with EBADF and changes nothing.
+                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+                }
+        }
+    });
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` at the deadline.
+pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::park_timeout(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// A directory that is removed at the end of the test.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "flip-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1 (and ::1 when `v6`).
+pub fn free_port() -> u16 {
+    static TAKEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind 127.0.0.1:0")
+            .port();
+        let mut taken = TAKEN.lock().unwrap();
+        if !taken.contains(&port) && std::net::TcpListener::bind(("::1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
+}
+
+/// Path of a binary built from this package (`flip-testserver`) or of an example.
+pub fn example_path(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("current_exe");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// Whether `pid` still runs (reaping it if it is our child and has ended).
+pub fn alive(pid: u32) -> bool {
+    let p = Pid::from_raw(pid as i32);
+    match waitpid(p, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => true,
+        Ok(_) => false,
+        Err(_) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !stat.rsplit(')').next().is_some_and(|rest| {
+                rest.trim_start().starts_with('Z') || rest.trim_start().starts_with('X')
+            }),
+            Err(_) => false,
+        },
+    }
+}
+
+pub fn wait_exit(pid: u32, deadline: Duration) {
+    wait_for(&format!("process {pid} to exit"), deadline, || {
+        (!alive(pid)).then_some(())
+    });
+}
+
+pub fn signal(pid: u32, sig: Signal) {
+    kill(Pid::from_raw(pid as i32), sig).unwrap_or_else(|e| panic!("kill -{sig} {pid}: {e}"));
+}
+
+/// Number of open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Targets of a process's descriptors (`socket:[123]`, `/dev/null`, ...), by number.
+pub fn fd_links(pid: u32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in dir.flatten() {
+            let n = e.file_name().to_string_lossy().parse().unwrap_or(-1);
+            if let Ok(t) = std::fs::read_link(e.path()) {
+                out.push((n, t.to_string_lossy().into_owned()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The environment a process was started with.
+pub fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
+/// Inode of the listening unix socket bound at `path`, from /proc/net/unix.
+pub fn unix_socket_inode(path: &Path) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let path = path.to_str()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() >= 8 && f[7] == path)
+            .then(|| f[6].parse().ok())
+            .flatten()
+    })
+}
+
+/// Connects and reads the `pid N` greeting of a test server.
+pub fn tcp_pid(addr: &str) -> Option<u32> {
+    let addr: SocketAddr = addr.parse().ok()?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    read_pid(s)
+}
+
+pub fn unix_pid(path: &Path) -> Option<u32> {
+    read_pid(UnixStream::connect(path).ok()?)
+}
+
+fn read_pid(s: impl Read) -> Option<u32> {
+    let mut line = String::new();
+    let mut r = BufReader::new(s);
+    r.read_line(&mut line).ok()?;
+    line.trim().strip_prefix("pid ")?.parse().ok()
+}
+
+pub fn udp_pid(addr: &str) -> Option<u32> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.send_to(b"?", addr).ok()?;
+    let mut buf = [0u8; 64];
+    let (n, _) = s.recv_from(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .trim()
+        .strip_prefix("pid ")?
+        .parse()
+        .ok()
+}
+
+pub fn unixgram_pid(server: &Path, me: &Path) -> Option<u32> {
+    let _ = std::fs::remove_file(me);
+    let s = UnixDatagram::bind(me).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.send_to(b"?", server).ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.recv(&mut buf).ok()?;
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .trim()
+        .strip_prefix("pid ")?
+        .parse()
+        .ok()
+}
+
+/// A test server process family (every generation), killed and reaped when dropped.
+pub struct Server {
+    pub scratch: Scratch,
+    pub pid_file: PathBuf,
+    pub events: PathBuf,
+    pub behaviour: PathBuf,
+    pub first_pid: u32,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `program` (first start) with `env`, and waits until it is ready.
+    pub fn start(name: &str, program: &Path, env: &[(&str, String)]) -> Server {
+        Self::start_in(Scratch::new(name), program, env)
+    }
+
+    pub fn start_in(scratch: Scratch, program: &Path, env: &[(&str, String)]) -> Server {
+        init();
+        let pid_file = scratch.path("server.pid");
+        let events = scratch.path("events");
+        let behaviour = scratch.path("behaviour");
+        let log = scratch.path("log");
+        std::fs::write(&behaviour, "ok").unwrap();
+        let mut cmd = Command::new(program);
+        cmd.env("FLIP_PID_FILE", &pid_file)
+            .env("TS_EVENTS", &events)
+            .env("TS_BEHAVIOUR", &behaviour)
+            .env("RUST_LOG", "debug")
+            .env_remove("FLIP_HANDOFF")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // Reaped by pid in `Drop` (with every later generation), not through `Child::wait`.
+        #[allow(clippy::zombie_processes)]
+        let child = cmd.spawn().expect("start server");
+        let first_pid = child.id();
+        let server = Server {
+            scratch,
+            pid_file,
+            events,
+            behaviour,
+            first_pid,
+            log,
+        };
+        server.wait_pid_file(first_pid);
+        server
+    }
+
+    pub fn set_behaviour(&self, b: &str) {
+        std::fs::write(&self.behaviour, b).unwrap();
+    }
+
+    /// The pid in the pid file, if any.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn wait_pid_file(&self, pid: u32) {
+        wait_for(&format!("pid file to name {pid}"), DEADLINE, || {
+            assert!(
+                alive(pid) || self.pid() == Some(pid),
+                "server {pid} died; log:\n{}",
+                self.log()
+            );
+            (self.pid() == Some(pid)).then_some(())
+        });
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits for an event line starting with `prefix`, at or after index `from`; returns the
+    /// line's index and text.
+    pub fn wait_event(&self, from: usize, prefix: &str) -> (usize, String) {
+        wait_for(&format!("event {prefix:?}"), DEADLINE, || {
+            self.events()
+                .into_iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, l)| l.starts_with(prefix))
+        })
+    }
+
+    /// Sends SIGHUP to the serving process and waits for the outcome. Returns the new pid, or
+    /// the failure reason.
+    pub fn upgrade(&self) -> Result<u32, String> {
+        let old = self.pid().expect("a serving pid");
+        let from = self.events().len();
+        signal(old, Signal::SIGHUP);
+        let (_, line) = wait_for("the upgrade outcome", DEADLINE, || {
+            self.events()
+                .into_iter()
+                .enumerate()
+                .skip(from)
+                .find(|(_, l)| {
+                    l.starts_with(&format!("upgraded {old} "))
+                        || l.starts_with(&format!("upgrade-failed {old} "))
+                })
+        });
+        let rest = line.splitn(3, ' ').nth(2).unwrap_or_default().to_owned();
+        if line.starts_with("upgraded") {
+            Ok(rest.parse().expect("new pid"))
+        } else {
+            Err(rest)
+        }
+    }
+
+    /// Upgrade that must succeed: waits until the new process serves and the old one exited.
+    pub fn upgrade_ok(&self) -> u32 {
+        let old = self.pid().expect("serving pid");
+        let new = self
+            .upgrade()
+            .unwrap_or_else(|e| panic!("upgrade failed: {e}\nlog:\n{}", self.log()));
+        self.wait_pid_file(new);
+        wait_exit(old, DEADLINE);
+        new
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every pid this server family reported (servers, new processes, spawned children).
+    pub fn all_pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.first_pid];
+        for line in self.events() {
+            let w: Vec<&str> = line.split(' ').collect();
+            let take = match w.first().copied() {
+                Some("upgraded" | "spawned") => 3,
+                Some("upgrade-failed") if w.get(2) == Some(&"timeout") => 4,
+                _ => 2,
+            };
+            for (i, word) in w.iter().enumerate().take(take).skip(1) {
+                if i == 2 && w[0] == "upgrade-failed" {
+                    continue;
+                }
+                if let Ok(p) = word.parse::<u32>() {
+                    pids.push(p);
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+}
+
+/// Pids of the processes whose parent is `parent`.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- server log ---\n{}\n--- events ---\n{}",
+                self.log(),
+                self.events().join("\n")
+            );
+        }
+        let pids = self.all_pids();
+        for &pid in &pids {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        for &pid in &pids {
+            let end = Instant::now() + DEADLINE;
+            while alive(pid) && Instant::now() < end {
+                std::thread::park_timeout(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Writes `line` to a file, for tests that need a marker on disk.
+pub fn write_file(path: &Path, line: &str) {
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()))
+        .unwrap();
+}

@@ -1,0 +1,215 @@
+//! A server for the integration tests: one socket of every kind, and behaviour the tests steer.
+//!
+//! Environment:
+//! - `TS_EVENTS`: file that receives one line per event (`ready <pid>`, `upgraded <pid> <new>`,
+//!   `upgrade-failed <pid> <reason>`, `spawned <pid> <child>`, `exiting <pid>`).
+//! - `TS_BEHAVIOUR`: file read at startup: `ok`, `crash` (exit 3 before ready), `exit0`, `hang`
+//!   (never ready), `skip-unix` (ready without asking for the unix listener).
+//! - `TS_TCP`, `TS_TCP6`, `TS_UNIX`, `TS_UDP`, `TS_UNIXGRAM`, `TS_FILE`: sockets and a file to
+//!   open through the registry (each optional).
+//! - `FLIP_PID_FILE`, `TS_UPGRADE_TIMEOUT_MS`, `TS_LINGER_MS` (how long the old process stays
+//!   after an upgrade, as if draining).
+//!
+//! Every stream socket answers each connection with `pid <pid>\n`; every datagram socket answers
+//! each datagram the same way. SIGUSR1 spawns `sleep 30` (stdio to /dev/null) and reports its pid.
+
+use std::io::Write;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{SignalKind, signal};
+
+fn event(line: &str) {
+    if let Some(path) = std::env::var_os("TS_EVENTS")
+        && let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = f.write_all(format!("{line}\n").as_bytes());
+        }
+}
+
+fn env_ms(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()?
+        .parse()
+        .ok()
+        .map(Duration::from_millis)
+}
+
+fn main() {
+    let pid = std::process::id();
+    let behaviour = std::env::var_os("TS_BEHAVIOUR")
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_else(|| "ok".into());
+    let behaviour = behaviour.trim();
+    let mut options = flip::Options::new();
+    if let Some(p) = std::env::var_os("FLIP_PID_FILE") {
+        options = options.pid_file(p);
+    }
+    if let Some(t) = env_ms("TS_UPGRADE_TIMEOUT_MS") {
+        options = options.upgrade_timeout(t);
+    }
+    let upgrader = match flip::Upgrader::new(options) {
+        Ok(u) => u,
+        Err(e) => {
+            event(&format!("error {pid} {e}"));
+            eprintln!("testserver: {e}");
+            std::process::exit(1);
+        }
+    };
+    match behaviour {
+        "crash" => std::process::exit(3),
+        "exit0" => std::process::exit(0),
+        _ => {}
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = rt.block_on(serve(
+        upgrader,
+        behaviour == "hang",
+        behaviour == "skip-unix",
+    ));
+    if let Err(e) = result {
+        event(&format!("error {pid} {e}"));
+        eprintln!("testserver: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(
+    upgrader: flip::Upgrader,
+    hang: bool,
+    skip_unix: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pid = std::process::id();
+    if hang {
+        // Never ready, and serving nothing: the process being upgraded from keeps every client.
+        std::future::pending::<()>().await;
+    }
+    let fds = upgrader.fds();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Ok(addr) = std::env::var("TS_TCP") {
+        let l = tokio::net::TcpListener::from_std(fds.listen("tcp4", &addr).map(tcp)?)?;
+        tasks.spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(format!("pid {pid}\n").as_bytes()).await;
+            }
+        });
+    }
+    if let Ok(addr) = std::env::var("TS_TCP6") {
+        let l = tokio::net::TcpListener::from_std(fds.listen("tcp6", &addr).map(tcp)?)?;
+        tasks.spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(format!("pid {pid}\n").as_bytes()).await;
+            }
+        });
+    }
+    if let (Ok(path), false) = (std::env::var("TS_UNIX"), skip_unix) {
+        let l = tokio::net::UnixListener::from_std(fds.unix_listener(&path)?)?;
+        tasks.spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(format!("pid {pid}\n").as_bytes()).await;
+            }
+        });
+    }
+    if let Ok(addr) = std::env::var("TS_UDP") {
+        let s = tokio::net::UdpSocket::from_std(fds.udp_socket(&addr)?)?;
+        tasks.spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = s.recv_from(&mut buf).await {
+                let _ = s.send_to(format!("pid {pid}\n").as_bytes(), from).await;
+            }
+        });
+    }
+    if let Ok(path) = std::env::var("TS_UNIXGRAM") {
+        let s = tokio::net::UnixDatagram::from_std(fds.unix_datagram(&path)?)?;
+        tasks.spawn(async move {
+            let mut buf = [0u8; 64];
+            while let Ok((_, from)) = s.recv_from(&mut buf).await {
+                if let Some(to) = from.as_pathname() {
+                    let _ = s.send_to(format!("pid {pid}\n").as_bytes(), to).await;
+                }
+            }
+        });
+    }
+    if let Ok(path) = std::env::var("TS_FILE") {
+        let file = match fds.file("state")? {
+            Some(f) => {
+                event(&format!("file {pid} inherited"));
+                f
+            }
+            None => {
+                event(&format!("file {pid} created"));
+                let f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&path)?;
+                fds.add_file("state", &f)?;
+                f
+            }
+        };
+        (&file).write_all(format!("{pid}\n").as_bytes())?;
+    }
+
+    let mut hup = flip::upgrade_signal()?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    upgrader.ready()?;
+    event(&format!("ready {pid}"));
+    let exit = upgrader.exit();
+    tokio::pin!(exit);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let upgrader = upgrader.clone();
+                tokio::spawn(async move {
+                    match upgrader.upgrade().await {
+                        Ok(new) => event(&format!("upgraded {pid} {new}")),
+                        Err(e) => event(&format!("upgrade-failed {pid} {}", reason(&e))),
+                    }
+                });
+            }
+            _ = usr1.recv() => {
+                let child = std::process::Command::new("sleep")
+                    .arg("30")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()?;
+                event(&format!("spawned {pid} {}", child.id()));
+            }
+            () = &mut exit => break,
+        }
+    }
+    // Stop serving: the new process accepts from the same sockets now.
+    tasks.abort_all();
+    if let Some(linger) = env_ms("TS_LINGER_MS") {
+        tokio::time::sleep(linger).await;
+    }
+    event(&format!("exiting {pid}"));
+    Ok(())
+}
+
+fn tcp(l: flip::Listener) -> std::net::TcpListener {
+    match l {
+        flip::Listener::Tcp(l) => l,
+        _ => unreachable!("tcp networks give tcp listeners"),
+    }
+}
+
+fn reason(e: &flip::Error) -> String {
+    match e {
+        flip::Error::NotReady => "not-ready".into(),
+        flip::Error::InProgress => "in-progress".into(),
+        flip::Error::AlreadyUpgraded => "already-upgraded".into(),
+        flip::Error::Terminating => "terminating".into(),
+        flip::Error::ParentAlive { .. } => "parent-alive".into(),
+        flip::Error::ChildExited { status, .. } => format!("child-exited {status}"),
+        flip::Error::Timeout { pid, .. } => format!("timeout {pid}"),
+        other => format!("other {other}"),
+    }
+}
