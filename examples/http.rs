@@ -66,6 +66,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(upgrader: flip::Upgrader) -> Result<(), Box<dyn std::error::Error>> {
+    let _ballast = ballast()?;
     let addr = std::env::var("HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let listener = tokio::net::TcpListener::from_std(upgrader.fds().tcp_listener(&addr)?)?;
     let mut hup = flip::upgrade_signal()?;
@@ -163,4 +164,20 @@ fn hello() -> Response<Full<Bytes>> {
         "hello from {}\n",
         std::process::id()
     ))))
+}
+
+/// `BALLAST_MB` MiB of touched memory, so a big server can be upgraded in a benchmark.
+fn ballast() -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let mb: usize = match std::env::var("BALLAST_MB") {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map_err(|_| format!("BALLAST_MB must be a number of MiB, not {v:?}"))?,
+        _ => 0,
+    };
+    let mut ballast = vec![0u8; mb << 20];
+    // Touch every page so it is resident, as a real server's heap is.
+    for page in ballast.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    Ok(ballast)
 }

@@ -31,12 +31,13 @@ pub fn init() {
             .flatten()
         {
             if let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>()
-                && fd > 2 {
-                    // SAFETY: F_SETFD only changes a flag of the descriptor; on a number that
-                    // is not open (the directory handle of this very loop, closed since) it
-                    // fails with EBADF and changes nothing.
-                    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-                }
+                && fd > 2
+            {
+                // SAFETY: F_SETFD only changes a flag of the descriptor; on a number that
+                // is not open (the directory handle of this very loop, closed since) it
+                // fails with EBADF and changes nothing.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
         }
     });
 }

@@ -25,9 +25,9 @@ fn event(line: &str) {
             .append(true)
             .create(true)
             .open(path)
-        {
-            let _ = f.write_all(format!("{line}\n").as_bytes());
-        }
+    {
+        let _ = f.write_all(format!("{line}\n").as_bytes());
+    }
 }
 
 fn env_ms(name: &str) -> Option<Duration> {

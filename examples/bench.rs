@@ -1,0 +1,394 @@
+//! Upgrade benchmark: drives HTTP load at the `http` example while upgrading it again and again,
+//! and prints what was lost and how long upgrades took, beside a steady-state run without
+//! upgrades in the same command.
+//!
+//! ```text
+//! cargo build --release --examples
+//! ./target/release/examples/bench --upgrades 20 --mode close
+//! ./target/release/examples/bench --upgrades 20 --mode keepalive
+//! ./target/release/examples/bench --upgrades 20 --mode none   # upgrades only: bring your own load (wrk)
+//! ```
+//!
+//! Options: `--upgrades N` (20), `--mode close|keepalive|none` (close: a new connection per
+//! request), `--clients N` (16 short-request clients), `--slow N` (4 clients of 200 ms requests),
+//! `--interval-ms N` (200: pause between upgrades), `--ballast-mb N` (0), `--addr HOST:PORT`
+//! (127.0.0.1:18080), `--baseline-secs N` (3), `--tail-secs N` (0: how long the server
+//! keeps serving after the last upgrade, for an outside load generator). Traffic goes to loopback only and every loop is
+//! bounded by the number of upgrades and a deadline.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+
+#[derive(Clone)]
+struct Config {
+    upgrades: usize,
+    mode: String,
+    clients: usize,
+    slow: usize,
+    interval: Duration,
+    ballast_mb: usize,
+    addr: String,
+    baseline: Duration,
+    tail: Duration,
+}
+
+fn parse_args() -> Result<Config, String> {
+    let mut c = Config {
+        upgrades: 20,
+        mode: "close".into(),
+        clients: 16,
+        slow: 4,
+        interval: Duration::from_millis(200),
+        ballast_mb: 0,
+        addr: "127.0.0.1:18080".into(),
+        baseline: Duration::from_secs(3),
+        tail: Duration::ZERO,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        let num = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{flag}: {value:?} is not a number"))
+        };
+        match flag.as_str() {
+            "--upgrades" => c.upgrades = num()? as usize,
+            "--mode" if ["close", "keepalive", "none"].contains(&value.as_str()) => c.mode = value,
+            "--clients" => c.clients = num()? as usize,
+            "--slow" => c.slow = num()? as usize,
+            "--interval-ms" => c.interval = Duration::from_millis(num()?),
+            "--ballast-mb" => c.ballast_mb = num()? as usize,
+            "--addr" => c.addr = value,
+            "--baseline-secs" => c.baseline = Duration::from_secs(num()?),
+            "--tail-secs" => c.tail = Duration::from_secs(num()?),
+            _ => return Err(format!("unknown option {flag} {value}")),
+        }
+    }
+    if !c.addr.starts_with("127.")
+        && !c.addr.starts_with("[::1]")
+        && !c.addr.starts_with("localhost")
+    {
+        return Err("--addr must be a loopback address".into());
+    }
+    Ok(c)
+}
+
+#[derive(Default)]
+struct Stats {
+    ok: u64,
+    connect: u64,
+    no_response: u64,
+    bad_status: u64,
+    other: u64,
+    idle_close_races: u64,
+    /// (start, latency)
+    latencies: Vec<(Instant, Duration)>,
+}
+
+impl Stats {
+    fn merge(&mut self, o: Stats) {
+        self.ok += o.ok;
+        self.connect += o.connect;
+        self.no_response += o.no_response;
+        self.bad_status += o.bad_status;
+        self.other += o.other;
+        self.idle_close_races += o.idle_close_races;
+        self.latencies.extend(o.latencies);
+    }
+    fn failed(&self) -> u64 {
+        self.connect + self.no_response + self.bad_status + self.other
+    }
+}
+
+enum Outcome {
+    Ok { close: bool },
+    NoResponse,
+    BadStatus,
+    Other,
+}
+
+/// Sends one request on `stream` and reads the whole response.
+fn exchange(stream: &mut BufReader<TcpStream>, path: &str, keepalive: bool) -> Outcome {
+    let conn = if keepalive { "keep-alive" } else { "close" };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: {conn}\r\n\r\n");
+    if stream.get_mut().write_all(req.as_bytes()).is_err() {
+        return Outcome::NoResponse;
+    }
+    let mut status = String::new();
+    match stream.read_line(&mut status) {
+        Ok(0) | Err(_) => return Outcome::NoResponse,
+        Ok(_) => {}
+    }
+    if !status.starts_with("HTTP/1.1 200") {
+        return Outcome::BadStatus;
+    }
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        let mut line = String::new();
+        match stream.read_line(&mut line) {
+            Ok(0) | Err(_) => return Outcome::Other,
+            Ok(_) => {}
+        }
+        let l = line.trim_end().to_ascii_lowercase();
+        if l.is_empty() {
+            break;
+        }
+        if let Some(v) = l.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if l == "connection: close" {
+            close = true;
+        }
+    }
+    let mut body = vec![0u8; length];
+    if stream.read_exact(&mut body).is_err() || !body.starts_with(b"hello from") {
+        return Outcome::Other;
+    }
+    Outcome::Ok { close }
+}
+
+fn client(addr: String, path: &'static str, keepalive: bool, stop: Arc<AtomicBool>) -> Stats {
+    let mut s = Stats::default();
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let reused = conn.is_some();
+        let mut stream = match conn.take() {
+            Some(c) => c,
+            None => match TcpStream::connect(&addr) {
+                Ok(c) => {
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                    BufReader::new(c)
+                }
+                Err(_) => {
+                    s.connect += 1;
+                    continue;
+                }
+            },
+        };
+        match exchange(&mut stream, path, keepalive) {
+            Outcome::Ok { close } => {
+                s.ok += 1;
+                s.latencies.push((started, started.elapsed()));
+                if keepalive && !close {
+                    conn = Some(stream);
+                }
+            }
+            // On a reused keep-alive connection, a close without a response is the race between
+            // the server closing an idle connection and our next request (retried, as HTTP
+            // clients do for idempotent requests; counted apart).
+            Outcome::NoResponse if reused => s.idle_close_races += 1,
+            Outcome::NoResponse => s.no_response += 1,
+            Outcome::BadStatus => s.bad_status += 1,
+            Outcome::Other => s.other += 1,
+        }
+    }
+    s
+}
+
+fn run_load(c: &Config, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<Stats>> {
+    let mut handles = Vec::new();
+    if c.mode == "none" {
+        return handles;
+    }
+    let keepalive = c.mode == "keepalive";
+    for i in 0..c.clients + c.slow {
+        let path = if i < c.clients { "/" } else { "/sleep/200" };
+        let (addr, stop) = (c.addr.clone(), stop.clone());
+        handles.push(std::thread::spawn(move || {
+            client(addr, path, keepalive, stop)
+        }));
+    }
+    handles
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn read_pid(path: &PathBuf) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    let _ = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG));
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < deadline {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    None
+}
+
+fn print_stats(label: &str, s: &Stats, elapsed: Duration, windows: &[(Instant, Instant)]) {
+    let (mut during, mut outside): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
+    for (start, lat) in &s.latencies {
+        if windows.iter().any(|(a, b)| start >= a && start <= b) {
+            during.push(*lat);
+        } else {
+            outside.push(*lat);
+        }
+    }
+    during.sort();
+    outside.sort();
+    println!(
+        "{label}: {} answered ({:.0}/s), {} failed (connect {}, no response {}, bad status {}, other {}), {} idle keep-alive close races",
+        s.ok,
+        s.ok as f64 / elapsed.as_secs_f64(),
+        s.failed(),
+        s.connect,
+        s.no_response,
+        s.bad_status,
+        s.other,
+        s.idle_close_races
+    );
+    println!(
+        "{label}: latency outside upgrades p50 {} p99 {} ({} requests); during upgrades p50 {} p99 {} ({} requests)",
+        ms(percentile(&outside, 0.5)),
+        ms(percentile(&outside, 0.99)),
+        outside.len(),
+        ms(percentile(&during, 0.5)),
+        ms(percentile(&during, 0.99)),
+        during.len()
+    );
+}
+
+fn main() -> Result<(), String> {
+    let c = parse_args()?;
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("subreaper: {e}"))?;
+    let mut exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    exe.set_file_name("http");
+    if !exe.exists() {
+        return Err(format!(
+            "{} is missing: run `cargo build --release --examples` first",
+            exe.display()
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("flip-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let pid_file = dir.join("http.pid");
+    let log = std::fs::File::create(dir.join("log")).map_err(|e| e.to_string())?;
+    let first = Command::new(&exe)
+        .env("HTTP_ADDR", &c.addr)
+        .env("FLIP_PID_FILE", &pid_file)
+        .env("BALLAST_MB", c.ballast_mb.to_string())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+    let first_pid = first.id() as i32;
+    wait_until(Duration::from_secs(30), || {
+        read_pid(&pid_file) == Some(first_pid)
+    })
+    .ok_or("the server did not become ready")?;
+    println!(
+        "bench: mode {}, {} clients + {} slow (200 ms), {} upgrades, ballast {} MiB, {}",
+        c.mode, c.clients, c.slow, c.upgrades, c.ballast_mb, c.addr
+    );
+
+    // Baseline: the same load, no upgrade.
+    if c.mode != "none" && !c.baseline.is_zero() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let handles = run_load(&c, &stop);
+        std::thread::sleep(c.baseline);
+        stop.store(true, Ordering::SeqCst);
+        let mut total = Stats::default();
+        for h in handles {
+            total.merge(h.join().map_err(|_| "a client panicked")?);
+        }
+        print_stats("baseline (no upgrades)", &total, started.elapsed(), &[]);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let handles = run_load(&c, &stop);
+    let windows = Arc::new(Mutex::new(Vec::new()));
+    let (mut to_ready, mut to_exit) = (Vec::new(), Vec::new());
+    let mut failures = 0;
+    for _ in 0..c.upgrades {
+        std::thread::sleep(c.interval);
+        let old = read_pid(&pid_file).ok_or("no pid in the pid file")?;
+        let t0 = Instant::now();
+        kill(Pid::from_raw(old), Signal::SIGHUP).map_err(|e| format!("kill -HUP {old}: {e}"))?;
+        let ready = wait_until(Duration::from_secs(60), || {
+            read_pid(&pid_file).is_some_and(|p| p != old)
+        });
+        let Some(ready) = ready else {
+            failures += 1;
+            continue;
+        };
+        let exited = wait_until(Duration::from_secs(120), || !alive(old));
+        let end = Instant::now();
+        windows.lock().map_err(|_| "lock")?.push((t0, end));
+        to_ready.push(ready);
+        if let Some(exited) = exited {
+            to_exit.push(ready + exited);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut total = Stats::default();
+    for h in handles {
+        total.merge(h.join().map_err(|_| "a client panicked")?);
+    }
+    let elapsed = started.elapsed();
+    to_ready.sort();
+    to_exit.sort();
+    if c.mode != "none" {
+        print_stats(
+            "upgrades",
+            &total,
+            elapsed,
+            &windows.lock().map_err(|_| "lock")?,
+        );
+    }
+    println!(
+        "upgrades: {} succeeded, {} failed; SIGHUP to new process ready (pid file) p50 {} p99 {}; SIGHUP to old process exit p50 {} p99 {}",
+        to_ready.len(),
+        failures,
+        ms(percentile(&to_ready, 0.5)),
+        ms(percentile(&to_ready, 0.99)),
+        ms(percentile(&to_exit, 0.5)),
+        ms(percentile(&to_exit, 0.99)),
+    );
+    // Keep serving a while, for an outside load generator (wrk) that ends after the upgrades.
+    std::thread::sleep(c.tail);
+    if let Some(pid) = read_pid(&pid_file) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        wait_until(Duration::from_secs(10), || !alive(pid));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
