@@ -294,3 +294,77 @@ fn a_bad_handoff_is_a_clear_error() {
         assert!(!stderr.contains("panicked"), "{marker}: {stderr}");
     }
 }
+
+#[test]
+fn the_new_process_starts_in_the_directory_of_the_first_start() {
+    let scratch = Scratch::new("cwd");
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let start_dir = scratch.0.clone();
+    let mut cmd_env = vec![("TS_TCP", tcp.clone()), ("TS_CHDIR", "/".to_owned())];
+    cmd_env.push(("PWD", start_dir.display().to_string()));
+    let server = Server::start_in(scratch, &testserver(), &cmd_env);
+    let old = server.first_pid;
+    wait_for("the server to leave its directory", DEADLINE, || {
+        (std::fs::read_link(format!("/proc/{old}/cwd")).ok()? == Path::new("/")).then_some(())
+    });
+    let new = server.upgrade_ok();
+    let (_, line) = server.wait_event(0, &format!("cwd {new} "));
+    let start = std::env::current_dir().unwrap();
+    assert_eq!(line, format!("cwd {new} {}", start.display()));
+}
+
+#[test]
+fn an_early_sighup_does_not_kill_a_starting_process() {
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let server = Server::start("early-hup", &testserver(), &[("TS_TCP", tcp.clone())]);
+    let old = server.first_pid;
+    server.set_behaviour("slow");
+    let from = server.events().len();
+    signal(old, Signal::SIGHUP);
+    let child = wait_for("the new process to start", DEADLINE, || {
+        children_of(old).first().copied()
+    });
+    // The child sleeps before installing its handler: these arrive while SIGHUP's default
+    // action would still kill it.
+    for _ in 0..5 {
+        signal(child, Signal::SIGHUP);
+    }
+    server.set_behaviour("ok");
+    let (_, line) = server.wait_event(from, &format!("upgraded {old} "));
+    assert_eq!(line, format!("upgraded {old} {child}"));
+    wait_exit(old, DEADLINE);
+    // The pending SIGHUP reached the child's handler once it was ready; whatever came of it
+    // (refused while the parent lived, or a further upgrade), the server keeps serving.
+    let serving = wait_for("a serving process", DEADLINE, || {
+        let pid = server.pid()?;
+        (tcp_pid(&tcp) == Some(pid)).then_some(pid)
+    });
+    assert!(serving == child || server.all_pids().contains(&serving));
+    assert!(
+        !server.events().iter().any(|l| l.starts_with("error")),
+        "{:?}",
+        server.events()
+    );
+}
+
+#[test]
+fn stop_cancels_an_upgrade_in_flight() {
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let server = Server::start("stop", &testserver(), &[("TS_TCP", tcp.clone())]);
+    let old = server.first_pid;
+    server.set_behaviour("hang");
+    signal(old, Signal::SIGHUP);
+    let child = wait_for("the new process to start", DEADLINE, || {
+        children_of(old).first().copied()
+    });
+    signal(old, Signal::SIGUSR2);
+    server.wait_event(0, &format!("upgrade-failed {old} terminating"));
+    let proc_dir = format!("/proc/{child}");
+    wait_for(
+        "the cancelled child to be killed and reaped",
+        DEADLINE,
+        || (!Path::new(&proc_dir).exists()).then_some(()),
+    );
+    server.wait_event(0, &format!("exiting {old}"));
+    wait_exit(old, DEADLINE);
+}

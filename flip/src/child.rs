@@ -216,3 +216,93 @@ fn adopt_all(m: Manifest) -> Result<Inherited, HandoffError> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    use super::*;
+    use crate::handoff::{Entry, Token};
+
+    fn manifest(entries: Vec<Entry>) -> Manifest {
+        let (r1, w1) = sys::fd::pipe().unwrap();
+        let (r2, w2) = sys::fd::pipe().unwrap();
+        drop((r1, w2));
+        Manifest {
+            token: Token::generate().unwrap(),
+            parent_pid: 1,
+            ready_fd: w1.into_raw_fd(),
+            alive_fd: r2.into_raw_fd(),
+            entries,
+        }
+    }
+
+    fn entry(kind: Kind, network: &str, address: &str, fd: &impl AsFd) -> Entry {
+        let (dev, ino, _) = sys::fd::identity(fd).unwrap();
+        Entry {
+            key: Key::new(kind, network, address),
+            fd: fd.as_fd().as_raw_fd(),
+            dev,
+            ino,
+        }
+    }
+
+    #[test]
+    fn a_socket_of_the_right_kind_is_adopted() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let e = entry(Kind::Listener, "tcp", &addr, &l);
+        let fd = l.into_raw_fd();
+        let inherited = adopt_all(manifest(vec![e])).unwrap();
+        assert_eq!(inherited.fds.len(), 1);
+        assert_eq!(inherited.fds[0].1.as_raw_fd(), fd);
+    }
+
+    #[test]
+    fn a_socket_of_another_kind_is_rejected() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = udp.local_addr().unwrap().to_string();
+        let err = adopt_all(manifest(vec![entry(Kind::Listener, "tcp", &addr, &udp)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("socket type"), "{err}");
+        std::mem::forget(udp); // adopt_all owned and closed it
+    }
+
+    #[test]
+    fn a_listener_on_another_address_is_rejected() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = adopt_all(manifest(vec![entry(
+            Kind::Listener,
+            "tcp",
+            "127.0.0.1:1",
+            &l,
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bound to"), "{err}");
+        std::mem::forget(l);
+    }
+
+    #[test]
+    fn a_descriptor_with_another_identity_is_left_untouched() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mut e = entry(Kind::Listener, "tcp", &addr, &l);
+        e.ino += 1;
+        let err = adopt_all(manifest(vec![e])).unwrap_err().to_string();
+        assert!(err.contains("device/inode"), "{err}");
+        // Still open and ours: it was not adopted, so not closed.
+        assert!(l.local_addr().is_ok());
+    }
+
+    #[test]
+    fn a_closed_descriptor_is_rejected() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mut e = entry(Kind::Listener, "tcp", &addr, &l);
+        e.fd = 1 << 19;
+        let err = adopt_all(manifest(vec![e])).unwrap_err().to_string();
+        assert!(err.contains("not open"), "{err}");
+    }
+}

@@ -347,3 +347,76 @@ fn remove_stale_socket(path: &Path, kind: Kind) -> io::Result<()> {
     tracing::info!(path = %path.display(), "removing a stale unix socket");
     std::fs::remove_file(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_is_keyed_by_the_bound_port() {
+        let fds = Fds::new(Vec::new(), false, 16);
+        let l = fds.tcp_listener("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        let key = Key::new(Kind::Listener, "tcp", &format!("127.0.0.1:{port}"));
+        assert_eq!(fds.keys(), vec![key]);
+        // Asking again for the bound address gives the same socket, not a new bind.
+        let again = fds.tcp_listener(&format!("localhost:{port}")).unwrap();
+        assert_eq!(again.local_addr().unwrap().port(), port);
+        assert_eq!(fds.keys().len(), 1);
+        // A second port 0 is a second socket.
+        let other = fds.tcp_listener("127.0.0.1:0").unwrap();
+        assert_ne!(other.local_addr().unwrap().port(), port);
+        assert_eq!(fds.keys().len(), 2);
+    }
+
+    #[test]
+    fn sockets_are_nonblocking_and_cloexec() {
+        use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
+        let fds = Fds::new(Vec::new(), false, 16);
+        let l = fds.tcp_listener("127.0.0.1:0").unwrap();
+        let fl = OFlag::from_bits_truncate(fcntl(&l, FcntlArg::F_GETFL).unwrap());
+        let fd = FdFlag::from_bits_truncate(fcntl(&l, FcntlArg::F_GETFD).unwrap());
+        assert!(fl.contains(OFlag::O_NONBLOCK));
+        assert!(fd.contains(FdFlag::FD_CLOEXEC));
+    }
+
+    #[test]
+    fn bad_addresses_are_named() {
+        let fds = Fds::new(Vec::new(), false, 16);
+        for (network, address) in [
+            ("tcp", "nonsense"),
+            ("tcp", "127.0.0.1:99999"),
+            ("tcp4", "[::1]:80"),
+            ("tcp6", "127.0.0.1:80"),
+            ("sctp", "127.0.0.1:80"),
+            ("unix", ""),
+        ] {
+            let err = fds.listen(network, address).unwrap_err().to_string();
+            assert!(err.contains(address) && err.contains(network), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_live_unix_socket_is_not_stolen_and_a_stale_one_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("flip-fds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let path_str = path.to_str().unwrap();
+        let live = UnixListener::bind(&path).unwrap();
+        let fds = Fds::new(Vec::new(), false, 16);
+        let err = fds.unix_listener(path_str).unwrap_err().to_string();
+        assert!(err.contains("another process is serving"), "{err}");
+        drop(live); // std does not remove the path: now it is stale
+        fds.unix_listener(path_str).unwrap();
+        let plain = dir.join("plain");
+        std::fs::write(&plain, "data").unwrap();
+        let err = fds
+            .unix_listener(plain.to_str().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&plain).unwrap(), "data");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

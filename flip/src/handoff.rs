@@ -253,6 +253,7 @@ impl Manifest {
                     }
                     let address = unescape(address)
                         .ok_or_else(|| bad(n, "address is not percent-encoded UTF-8".into()))?;
+                    check_address(network, &address).map_err(|reason| bad(n, reason))?;
                     let fd = fd_line(n, &["fd", fd], "fd")?;
                     let (Ok(dev), Ok(ino)) = (dev.parse(), ino.parse()) else {
                         return Err(bad(n, "device and inode must be numbers".into()));
@@ -285,6 +286,25 @@ impl Manifest {
             entries,
         })
     }
+}
+
+/// An address must be what the parent's registry could have produced for its network: the
+/// canonical form of an IP socket address, or a non-empty path or name.
+fn check_address(network: &str, address: &str) -> Result<(), String> {
+    if address.is_empty() {
+        return Err("empty address".into());
+    }
+    if network.starts_with("tcp") || network.starts_with("udp") {
+        match address.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.to_string() == address && a.port() != 0 => {}
+            _ => {
+                return Err(format!(
+                    "{address:?} is not a bound IP address for {network}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_fd(s: &str) -> Option<RawFd> {
@@ -427,12 +447,15 @@ mod tests {
             good.replace("entry file file state 8", "entry file file state 7"),
             good.replace("ready 4", "ready 5"),
             good.replace("unix /tmp", "tcp /tmp"),
+            good.replace("127.0.0.1:8080", "127.0.0.1:0"),
+            good.replace("127.0.0.1:8080", "localhost:8080"),
+            good.replace("state", "%"),
             good.replace("listener tcp", "socket tcp"),
             good.replace(" 6 8 99", " 2 8 99"),
             good.replace(" 6 8 99", " 6 x 99"),
             good.replace("parent 42", "parent 0"),
             good.replace("end\n", "end\nentry\n"),
-            good.replace("%20", "%2"),
+            good.replace("%20", "%2z"),
             good.replace("%C3%A9", "%C3"),
             good.replace("flip-handoff/1", "flip-handoff/2"),
             format!("{good}{good}"),

@@ -11,7 +11,9 @@
 //!   after an upgrade, as if draining).
 //!
 //! Every stream socket answers each connection with `pid <pid>\n`; every datagram socket answers
-//! each datagram the same way. SIGUSR1 spawns `sleep 30` (stdio to /dev/null) and reports its pid.
+//! each datagram the same way. SIGUSR1 spawns `sleep 30` (stdio to /dev/null) and reports its pid;
+//! SIGUSR2 calls `Upgrader::stop`. `TS_CHDIR` makes the server change directory once started;
+//! behaviour `slow` sleeps 500 ms before installing its SIGHUP handler.
 
 use std::io::Write;
 use std::time::Duration;
@@ -62,7 +64,19 @@ fn main() {
     match behaviour {
         "crash" => std::process::exit(3),
         "exit0" => std::process::exit(0),
+        // Slow to start: SIGHUPs sent now must wait, not kill us.
+        "slow" => std::thread::sleep(Duration::from_millis(500)),
         _ => {}
+    }
+    event(&format!(
+        "cwd {pid} {}",
+        std::env::current_dir()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default()
+    ));
+    if let Some(dir) = std::env::var_os("TS_CHDIR") {
+        // Wander off: an upgrade must still start in the directory of the first start.
+        let _ = std::env::set_current_dir(dir);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -158,15 +172,17 @@ async fn serve(
 
     let mut hup = flip::upgrade_signal()?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     upgrader.ready()?;
     event(&format!("ready {pid}"));
     let exit = upgrader.exit();
     tokio::pin!(exit);
+    let mut upgrades = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = hup.recv() => {
                 let upgrader = upgrader.clone();
-                tokio::spawn(async move {
+                upgrades.spawn(async move {
                     match upgrader.upgrade().await {
                         Ok(new) => event(&format!("upgraded {pid} {new}")),
                         Err(e) => event(&format!("upgrade-failed {pid} {}", reason(&e))),
@@ -182,11 +198,14 @@ async fn serve(
                     .spawn()?;
                 event(&format!("spawned {pid} {}", child.id()));
             }
+            _ = usr2.recv() => upgrader.stop(),
             () = &mut exit => break,
         }
     }
     // Stop serving: the new process accepts from the same sockets now.
     tasks.abort_all();
+    // Let a cancelled upgrade report how it ended.
+    while upgrades.join_next().await.is_some() {}
     if let Some(linger) = env_ms("TS_LINGER_MS") {
         tokio::time::sleep(linger).await;
     }
