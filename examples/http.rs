@@ -1,7 +1,7 @@
 //! An HTTP/1.1 server that upgrades itself on SIGHUP without refusing or losing a request.
 //!
 //! ```text
-//! HTTP_ADDR=127.0.0.1:8080 FLIP_PID_FILE=/tmp/flip-http.pid cargo run --release --example http
+//! cargo run --release --example http     # HTTP_ADDR (127.0.0.1:8080), FLIP_PID_FILE (/tmp/flip-http.pid)
 //! curl http://127.0.0.1:8080/            # hello from <pid>
 //! curl http://127.0.0.1:8080/sleep/500   # waits 500 ms, then the same
 //! kill -HUP "$(cat /tmp/flip-http.pid)"  # upgrade: the pid changes, no request fails
@@ -26,71 +26,34 @@ use tokio::task::JoinSet;
 /// How long an idle keep-alive connection may still send one more request once draining began.
 const LINGER: Duration = Duration::from_secs(1);
 
-fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,flip=debug".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    // The upgrader reads the handoff from the environment: do it before any thread exists.
-    let mut options = flip::Options::new();
-    if let Some(path) = std::env::var_os("FLIP_PID_FILE") {
-        options = options.pid_file(path);
-    }
-    let upgrader = match flip::Upgrader::new(options) {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!("{e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(upgrader)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+/// Opens the listener through flip and serves it in the drain group.
+#[flip::starter]
+async fn http(ctx: &flip::StartContext) -> Result<(), flip::Error> {
+    let addr = std::env::var("HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let listener = ctx.tcp_listener(&addr)?;
+    tracing::info!(%addr, "listening");
+    ctx.serve(serve(listener, ctx.shutdown()));
+    Ok(())
 }
 
-async fn serve(upgrader: flip::Upgrader) -> Result<(), Box<dyn std::error::Error>> {
-    let _ballast = ballast()?;
-    let addr = std::env::var("HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
-    let listener = tokio::net::TcpListener::from_std(upgrader.fds().tcp_listener(&addr)?)?;
-    let mut hup = flip::upgrade_signal()?;
-    upgrader.ready()?;
-    tracing::info!(pid = std::process::id(), %addr, "serving");
+#[flip::main(pidfile = "/tmp/flip-http.pid")]
+fn main() -> Result<(), String> {
+    // Live as long as the process, as a real server's heap does.
+    Box::leak(ballast()?.into_boxed_slice());
+    Ok(())
+}
 
+/// Accepts until the graceful stop begins, then drains every connection.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    mut shutdown: flip::Shutdown,
+) -> std::io::Result<()> {
     let draining = Arc::new(AtomicBool::new(false));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
-    let exit = upgrader.exit();
-    tokio::pin!(exit);
     loop {
         tokio::select! {
-            _ = hup.recv() => {
-                let upgrader = upgrader.clone();
-                tokio::spawn(async move {
-                    let started = std::time::Instant::now();
-                    match upgrader.upgrade().await {
-                        Ok(pid) => tracing::info!(pid, elapsed = ?started.elapsed(), "upgraded"),
-                        Err(e) => tracing::warn!("upgrade failed: {e}"),
-                    }
-                });
-            }
-            () = &mut exit => break,
+            () = shutdown.wait() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     connections.spawn(connection(stream, draining.clone(), drain_rx.clone()));
@@ -106,7 +69,7 @@ async fn serve(upgrader: flip::Upgrader) -> Result<(), Box<dyn std::error::Error
     let _ = drain_tx.send(true);
     tracing::info!(connections = connections.len(), "draining");
     while connections.join_next().await.is_some() {}
-    tracing::info!("drained, exiting");
+    tracing::info!("drained");
     Ok(())
 }
 
@@ -167,7 +130,7 @@ fn hello() -> Response<Full<Bytes>> {
 }
 
 /// `BALLAST_MB` MiB of touched memory, so a big server can be upgraded in a benchmark.
-fn ballast() -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+fn ballast() -> Result<Vec<u8>, String> {
     let mb: usize = match std::env::var("BALLAST_MB") {
         Ok(v) if !v.is_empty() => v
             .parse()

@@ -30,6 +30,7 @@
 
 #![warn(missing_docs)]
 
+mod bootstrap;
 mod child;
 mod error;
 mod fds;
@@ -37,13 +38,24 @@ pub mod handoff;
 mod key;
 mod parent;
 mod pidfile;
+#[doc(hidden)]
+pub mod __rt {
+    //! Support for the macros' expansions; not a stable API.
+    pub use crate::rt::*;
+}
+mod rt;
 mod signal;
 mod socket;
 mod sys;
 mod upgrader;
 
+pub use bootstrap::{
+    Bootstrap, BoxError, BoxFuture, DEFAULT_GRACE_PERIOD, Drain, ErrorSender, Outcome, Shutdown,
+    StartContext, StartError,
+};
 pub use error::{Error, ExitStatus, HandoffError, Result};
 pub use fds::{Fds, Listener, PacketSocket};
+pub use flip_macros::{main, starter};
 pub use key::{Key, Kind};
 pub use signal::upgrade_signal;
 pub use upgrader::{DEFAULT_BACKLOG, DEFAULT_UPGRADE_TIMEOUT, Options, Upgrader};

@@ -1,0 +1,474 @@
+//! Starters, signals, readiness, the wait loop and the grace period: Gitaly's `bootstrap`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::error::Error;
+use crate::fds::Listener;
+use crate::upgrader::{Options, Upgrader};
+
+/// Default time the old process has to drain after an upgrade.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Any error a starter or a server reports.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A boxed future, as starters and stop actions return them.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+type StarterFn = Box<dyn FnOnce(StartContext) -> BoxFuture<Result<(), BoxError>> + Send>;
+type StopAction = Box<dyn FnOnce() -> BoxFuture<()> + Send>;
+
+/// Sends runtime errors of a server to [`Bootstrap::wait`], which then stops at once.
+///
+/// During the grace period after an upgrade, errors are logged and otherwise ignored: a listener
+/// that fails while draining does not cut the drain short.
+#[derive(Debug, Clone)]
+pub struct ErrorSender(mpsc::UnboundedSender<BoxError>);
+
+impl ErrorSender {
+    /// Reports a runtime error.
+    pub fn send(&self, error: impl Into<BoxError>) {
+        // The receiver lives as long as the Bootstrap's wait: after that nobody listens.
+        let _ = self.0.send(error.into());
+    }
+}
+
+/// Resolves when the graceful stop begins: the signal for a server to stop accepting and drain.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Waits until the graceful stop begins.
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+
+    /// Whether the graceful stop has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.0.borrow()
+    }
+}
+
+/// What a starter receives: the listen function, the error channel, and the drain group.
+///
+/// Serving tasks spawned with [`StartContext::serve`] form the drain group: the default stop
+/// action signals [`Shutdown`] and waits for all of them, so a server that watches its
+/// [`StartContext::shutdown`] token needs no other wiring to drain on upgrade.
+#[derive(Clone)]
+pub struct StartContext {
+    upgrader: Upgrader,
+    errors: ErrorSender,
+    shutdown: watch::Receiver<bool>,
+    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+}
+
+impl std::fmt::Debug for StartContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartContext").finish_non_exhaustive()
+    }
+}
+
+impl StartContext {
+    /// The listen function: a listener from the upgrader's registry (`tcp`, `tcp4`, `tcp6`,
+    /// `unix`). On first boot a stale unix socket path is replaced; during an upgrade the
+    /// inherited socket is returned.
+    pub fn listen(&self, network: &str, address: &str) -> Result<Listener, Error> {
+        self.upgrader.fds().listen(network, address)
+    }
+
+    /// A tokio TCP listener on `address` from the registry.
+    pub fn tcp_listener(&self, address: &str) -> Result<tokio::net::TcpListener, Error> {
+        let l = self.upgrader.fds().tcp_listener(address)?;
+        tokio::net::TcpListener::from_std(l).map_err(|source| Error::Socket {
+            network: "tcp".into(),
+            address: address.into(),
+            source,
+        })
+    }
+
+    /// A tokio unix listener at `path` from the registry.
+    pub fn unix_listener(&self, path: &str) -> Result<tokio::net::UnixListener, Error> {
+        let l = self.upgrader.fds().unix_listener(path)?;
+        tokio::net::UnixListener::from_std(l).map_err(|source| Error::Socket {
+            network: "unix".into(),
+            address: path.into(),
+            source,
+        })
+    }
+
+    /// The upgrader, for its registry (datagram sockets, files) and state.
+    pub fn upgrader(&self) -> &Upgrader {
+        &self.upgrader
+    }
+
+    /// The channel for runtime errors.
+    pub fn errors(&self) -> ErrorSender {
+        self.errors.clone()
+    }
+
+    /// A token that resolves when the graceful stop begins.
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown(self.shutdown.clone())
+    }
+
+    /// Runs a serving task in the drain group: an error it returns is a runtime error, and the
+    /// graceful stop waits for it to end (within the grace period).
+    pub fn serve<F, E>(&self, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let errors = self.errors.clone();
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        tasks.spawn(async move {
+            if let Err(e) = task.await {
+                errors.send(e);
+            }
+        });
+    }
+}
+
+/// How [`Bootstrap::wait`] ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// SIGTERM or SIGINT: immediate stop, nothing drained.
+    Signaled(&'static str),
+    /// A starter reported a runtime error: immediate stop.
+    Failed(BoxError),
+    /// A new process took over; this one drained.
+    Upgraded {
+        /// Pid of the new process.
+        new_pid: Option<u32>,
+        /// How the drain ended.
+        drain: Drain,
+    },
+}
+
+/// How the grace period after an upgrade ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Drain {
+    /// Every server finished its work.
+    Completed,
+    /// The grace period ran out first.
+    GracePeriodExpired,
+    /// A second SIGTERM or SIGINT ended it.
+    Forced(&'static str),
+}
+
+impl Outcome {
+    /// The exit code `#[flip::main]` ends the process with:
+    ///
+    /// | code | meaning |
+    /// |---|---|
+    /// | 0 | stopped by SIGTERM/SIGINT, or upgraded and fully drained |
+    /// | 1 | a starter failed (at setup or at run time) |
+    /// | 2 | bad environment or configuration (reported before start) |
+    /// | 3 | upgraded, but the drain was cut short (grace period expired, or forced) |
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Signaled(_) => 0,
+            Outcome::Failed(_) => 1,
+            Outcome::Upgraded {
+                drain: Drain::Completed,
+                ..
+            } => 0,
+            Outcome::Upgraded { .. } => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Signaled(sig) => write!(f, "stopped by {sig}"),
+            Outcome::Failed(e) => write!(f, "a server failed: {e}"),
+            Outcome::Upgraded { new_pid, drain } => {
+                match new_pid {
+                    Some(pid) => write!(f, "upgraded to pid {pid}; ")?,
+                    None => write!(f, "upgraded; ")?,
+                }
+                match drain {
+                    Drain::Completed => write!(f, "drain completed"),
+                    Drain::GracePeriodExpired => {
+                        write!(f, "grace period expired before the drain completed")
+                    }
+                    Drain::Forced(sig) => write!(f, "drain forced to end by {sig}"),
+                }
+            }
+        }
+    }
+}
+
+/// Graceful upgrades for a set of servers, as Gitaly's `bootstrap` package.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let mut bootstrap = flip::Bootstrap::new(Some("/run/app.pid"), true)?;
+/// bootstrap.register_starter("http", |ctx: flip::StartContext| async move {
+///     let listener = ctx.tcp_listener("127.0.0.1:8080")?;
+///     let mut shutdown = ctx.shutdown();
+///     ctx.serve(async move {
+///         loop {
+///             tokio::select! {
+///                 _ = shutdown.wait() => return Ok::<_, std::io::Error>(()),
+///                 conn = listener.accept() => { let _ = conn?; /* serve */ }
+///             }
+///         }
+///     });
+///     Ok(())
+/// });
+/// bootstrap.start().await?;
+/// let outcome = bootstrap.wait().await;
+/// println!("{outcome}");
+/// # Ok(()) }
+/// ```
+pub struct Bootstrap {
+    upgrader: Upgrader,
+    upgrades_enabled: bool,
+    grace: Duration,
+    starters: Vec<(String, StarterFn)>,
+    stop_action: Option<StopAction>,
+    errors_tx: ErrorSender,
+    errors_rx: mpsc::UnboundedReceiver<BoxError>,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bootstrap")
+            .field("upgrades_enabled", &self.upgrades_enabled)
+            .field("grace", &self.grace)
+            .field(
+                "starters",
+                &self.starters.iter().map(|s| &s.0).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bootstrap {
+    /// Builds the upgrader (reading the handoff, if any) with an optional pid file.
+    pub fn new(
+        pid_file: Option<impl Into<PathBuf>>,
+        upgrades_enabled: bool,
+    ) -> Result<Bootstrap, Error> {
+        let mut options = Options::new();
+        if let Some(p) = pid_file {
+            options = options.pid_file(p);
+        }
+        Self::with_options(options, upgrades_enabled)
+    }
+
+    /// Builds the upgrader with full [`Options`].
+    pub fn with_options(options: Options, upgrades_enabled: bool) -> Result<Bootstrap, Error> {
+        let upgrader = Upgrader::new(options)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (shutdown_tx, _) = watch::channel(false);
+        Ok(Bootstrap {
+            upgrader,
+            upgrades_enabled,
+            grace: DEFAULT_GRACE_PERIOD,
+            starters: Vec::new(),
+            stop_action: None,
+            errors_tx: ErrorSender(tx),
+            errors_rx: rx,
+            shutdown_tx,
+            tasks: Arc::new(std::sync::Mutex::new(JoinSet::new())),
+        })
+    }
+
+    /// The upgrader underneath.
+    pub fn upgrader(&self) -> &Upgrader {
+        &self.upgrader
+    }
+
+    /// Whether SIGHUP upgrades.
+    pub fn upgrades_enabled(&self) -> bool {
+        self.upgrades_enabled
+    }
+
+    /// How long the old process may drain after an upgrade (default 60 s).
+    pub fn set_grace_period(&mut self, grace: Duration) -> &mut Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The grace period in force.
+    pub fn grace_period(&self) -> Duration {
+        self.grace
+    }
+
+    /// Replaces the stop action, which runs at the start of the grace period after
+    /// [`Shutdown`] has been signalled. The drain waits for it and for every task of the drain
+    /// group ([`StartContext::serve`]).
+    pub fn set_stop_action<F, Fut>(&mut self, action: F) -> &mut Self
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.stop_action = Some(Box::new(move || Box::pin(action())));
+        self
+    }
+
+    /// Adds a starter; [`start`](Bootstrap::start) calls starters in registration order.
+    pub fn register_starter<F, Fut, E>(&mut self, name: impl Into<String>, starter: F) -> &mut Self
+    where
+        F: FnOnce(StartContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let run: StarterFn = Box::new(move |ctx| {
+            let fut = starter(ctx);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
+        self.starters.push((name.into(), run));
+        self
+    }
+
+    /// Names of the registered starters, in the order they run.
+    pub fn starter_names(&self) -> Vec<&str> {
+        self.starters.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Calls every starter in order. The first setup error stops here and is returned.
+    pub async fn start(&mut self) -> Result<(), StartError> {
+        let starters = std::mem::take(&mut self.starters);
+        for (name, run) in starters {
+            let ctx = StartContext {
+                upgrader: self.upgrader.clone(),
+                errors: self.errors_tx.clone(),
+                shutdown: self.shutdown_tx.subscribe(),
+                tasks: self.tasks.clone(),
+            };
+            tracing::debug!(starter = %name, "starting");
+            run(ctx).await.map_err(|source| StartError {
+                starter: name,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Declares readiness, then waits for the end: SIGTERM/SIGINT or a runtime error stop at
+    /// once; a successful upgrade starts the graceful stop, bounded by the grace period and
+    /// cut short by a second SIGTERM/SIGINT.
+    ///
+    /// If readiness cannot be declared (the pid file cannot be written), this returns
+    /// [`Outcome::Failed`] at once, and the parent, if any, keeps serving.
+    pub async fn wait(mut self) -> Outcome {
+        let signals = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            crate::signal::upgrade_signal(),
+        );
+        let (mut term, mut int, mut hup) = match signals {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                return Outcome::Failed(format!("cannot subscribe to signals: {e}").into());
+            }
+        };
+        if let Err(e) = self.upgrader.ready() {
+            return Outcome::Failed(e.into());
+        }
+        tracing::info!(
+            pid = std::process::id(),
+            upgrades = self.upgrades_enabled,
+            "ready"
+        );
+
+        let exit = self.upgrader.exit();
+        tokio::pin!(exit);
+        let mut upgrades: JoinSet<Option<u32>> = JoinSet::new();
+        let mut new_pid = None;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return self.stop_now(Outcome::Signaled("SIGTERM")),
+                _ = int.recv() => return self.stop_now(Outcome::Signaled("SIGINT")),
+                Some(e) = self.errors_rx.recv() => return self.stop_now(Outcome::Failed(e)),
+                _ = hup.recv() => {
+                    if !self.upgrades_enabled {
+                        tracing::warn!("SIGHUP ignored: upgrades are disabled (set FLIP_UPGRADES_ENABLED=1, or the prefix your main uses, to enable them)");
+                        continue;
+                    }
+                    let upgrader = self.upgrader.clone();
+                    upgrades.spawn(async move {
+                        let started = Instant::now();
+                        tracing::info!("SIGHUP: upgrading");
+                        match upgrader.upgrade().await {
+                            Ok(pid) => {
+                                tracing::info!(new_pid = pid, elapsed = ?started.elapsed(), "upgrade succeeded");
+                                Some(pid)
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, elapsed = ?started.elapsed(), "upgrade failed; still serving");
+                                None
+                            }
+                        }
+                    });
+                }
+                Some(Ok(Some(pid))) = upgrades.join_next(), if !upgrades.is_empty() => new_pid = Some(pid),
+                () = &mut exit => break,
+            }
+        }
+        // The upgrade task that succeeded may not have been collected yet.
+        while let Some(done) = upgrades.join_next().await {
+            if let Ok(Some(pid)) = done {
+                new_pid = Some(pid);
+            }
+        }
+
+        tracing::info!(grace = ?self.grace, "draining");
+        let _ = self.shutdown_tx.send(true);
+        let action = self.stop_action.take();
+        let tasks = self.tasks.clone();
+        let drain = async move {
+            if let Some(action) = action {
+                action().await;
+            }
+            let mut set = std::mem::take(&mut *tasks.lock().unwrap_or_else(|p| p.into_inner()));
+            while set.join_next().await.is_some() {}
+        };
+        tokio::pin!(drain);
+        let deadline = tokio::time::sleep(self.grace);
+        tokio::pin!(deadline);
+        let drain = loop {
+            tokio::select! {
+                () = &mut drain => break Drain::Completed,
+                () = &mut deadline => break Drain::GracePeriodExpired,
+                _ = term.recv() => break Drain::Forced("SIGTERM"),
+                _ = int.recv() => break Drain::Forced("SIGINT"),
+                Some(e) = self.errors_rx.recv() => {
+                    tracing::debug!(error = %e, "error while draining, ignored");
+                }
+            }
+        };
+        Outcome::Upgraded { new_pid, drain }
+    }
+
+    fn stop_now(&self, outcome: Outcome) -> Outcome {
+        self.upgrader.stop();
+        outcome
+    }
+}
+
+/// A starter failed to set up.
+#[derive(Debug, thiserror::Error)]
+#[error("starter {starter} failed: {source}")]
+pub struct StartError {
+    /// The starter's name.
+    pub starter: String,
+    /// Its error.
+    #[source]
+    pub source: BoxError,
+}

@@ -1,0 +1,285 @@
+//! Runtime support for the code `#[flip::main]` and `#[flip::starter]` generate. Not a public
+//! API: its shape follows the macros.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub use inventory;
+
+use crate::bootstrap::{Bootstrap, BoxError, BoxFuture, Outcome, StartContext};
+use crate::error::Error;
+use crate::upgrader::Options;
+
+/// A starter collected by `#[flip::starter]`.
+#[derive(Debug)]
+pub struct StarterEntry {
+    /// The function's name.
+    pub name: &'static str,
+    /// `module_path!()` where it is declared.
+    pub module: &'static str,
+    /// `line!()` of the declaration.
+    pub line: u32,
+    /// Calls the starter.
+    pub start: fn(StartContext) -> BoxFuture<Result<(), BoxError>>,
+}
+
+inventory::collect!(StarterEntry);
+
+/// Every collected starter, in the documented order: by module path, then by position in the
+/// source file.
+pub fn starters() -> Vec<&'static StarterEntry> {
+    let mut all: Vec<&'static StarterEntry> = inventory::iter::<StarterEntry>.into_iter().collect();
+    all.sort_by_key(|s| (s.module, s.line, s.name));
+    all
+}
+
+/// Turns what a starter returned into the common result type.
+pub fn starter_result<E: Into<BoxError>>(r: Result<(), E>) -> Result<(), BoxError> {
+    r.map_err(Into::into)
+}
+
+/// What a `main` body may return: `()` or `Result<(), E>`.
+pub trait MainResult {
+    /// Converts into the common result type.
+    fn into_main_result(self) -> Result<(), BoxError>;
+}
+
+impl MainResult for () {
+    fn into_main_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<BoxError>> MainResult for Result<(), E> {
+    fn into_main_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// The future of the user's `main` body.
+pub type BodyFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BoxError>> + 'a>>;
+
+/// Arguments of `#[flip::main]`.
+#[derive(Debug, Clone, Copy)]
+pub struct MainConfig {
+    /// `pidfile = "..."`
+    pub pid_file: Option<&'static str>,
+    /// `env_prefix = "..."` (default `FLIP`)
+    pub env_prefix: &'static str,
+    /// `grace = "..."`
+    pub grace: Option<Duration>,
+    /// `upgrade_timeout = "..."`
+    pub upgrade_timeout: Option<Duration>,
+}
+
+/// What the environment says, read once before any thread exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    /// The pid file, after `<PREFIX>_PID_FILE` (an empty value means none).
+    pub pid_file: Option<std::path::PathBuf>,
+    /// `<PREFIX>_UPGRADES_ENABLED`, default true.
+    pub upgrades_enabled: bool,
+}
+
+/// A bad environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value:?}: {reason}")]
+pub struct EnvError {
+    /// The variable.
+    pub name: String,
+    /// Its value (lossy).
+    pub value: String,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// Reads `<prefix>_PID_FILE` and `<prefix>_UPGRADES_ENABLED` through `get`.
+pub fn read_environment(
+    config: &MainConfig,
+    get: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Environment, EnvError> {
+    let pid_var = format!("{}_PID_FILE", config.env_prefix);
+    let pid_file = match get(&pid_var) {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(v.into()),
+        None => config.pid_file.map(Into::into),
+    };
+    let up_var = format!("{}_UPGRADES_ENABLED", config.env_prefix);
+    let upgrades_enabled = match get(&up_var) {
+        None => true,
+        Some(v) => {
+            let text = v.to_string_lossy().to_ascii_lowercase();
+            match text.trim() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(EnvError {
+                        name: up_var,
+                        value: v.to_string_lossy().into_owned(),
+                        reason: "expected 1, true, yes, on (enabled) or 0, false, no, off (disabled)",
+                    });
+                }
+            }
+        }
+    };
+    Ok(Environment {
+        pid_file,
+        upgrades_enabled,
+    })
+}
+
+fn init_logging() {
+    #[cfg(feature = "subscriber")]
+    {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
+/// The body of a `#[flip::main]` program. Exit codes: see [`Outcome::exit_code`].
+pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture<'a>) -> ExitCode {
+    // Everything that reads the environment happens here, before the runtime starts threads.
+    let env = match read_environment(&config, |name| std::env::var_os(name)) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let mut options = Options::new();
+    if let Some(p) = &env.pid_file {
+        options = options.pid_file(p);
+    }
+    if let Some(t) = config.upgrade_timeout {
+        options = options.upgrade_timeout(t);
+    }
+    let mut bootstrap = match Bootstrap::with_options(options, env.upgrades_enabled) {
+        Ok(b) => b,
+        Err(e @ Error::PidFile { .. }) => {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(g) = config.grace {
+        bootstrap.set_grace_period(g);
+    }
+    for s in starters() {
+        bootstrap.register_starter(s.name, s.start);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async move {
+        if let Err(e) = body(&mut bootstrap).await {
+            tracing::error!("main failed: {e}");
+            return 1;
+        }
+        if let Err(e) = bootstrap.start().await {
+            tracing::error!("{e}");
+            return 1;
+        }
+        let outcome = bootstrap.wait().await;
+        match &outcome {
+            Outcome::Failed(_) => tracing::error!(code = outcome.exit_code(), "{outcome}"),
+            _ => tracing::info!(code = outcome.exit_code(), "{outcome}"),
+        }
+        outcome.exit_code()
+    });
+    // Do not wait for stray tasks or blocking threads: the old process must really exit.
+    runtime.shutdown_background();
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn config(prefix: &'static str) -> MainConfig {
+        MainConfig {
+            pid_file: Some("/run/default.pid"),
+            env_prefix: prefix,
+            grace: None,
+            upgrade_timeout: None,
+        }
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.into())
+    }
+
+    #[test]
+    fn defaults_apply_without_variables() {
+        let e = read_environment(&config("FLIP"), env(&[])).unwrap();
+        assert_eq!(e.pid_file, Some("/run/default.pid".into()));
+        assert!(e.upgrades_enabled);
+    }
+
+    #[test]
+    fn good_values_are_read() {
+        for (v, want) in [
+            ("1", true),
+            ("true", true),
+            ("YES", true),
+            ("on", true),
+            ("0", false),
+            ("false", false),
+            ("No", false),
+            ("off", false),
+        ] {
+            let e =
+                read_environment(&config("FLIP"), env(&[("FLIP_UPGRADES_ENABLED", v)])).unwrap();
+            assert_eq!(e.upgrades_enabled, want, "{v}");
+        }
+        let e = read_environment(&config("FLIP"), env(&[("FLIP_PID_FILE", "/tmp/x.pid")])).unwrap();
+        assert_eq!(e.pid_file, Some("/tmp/x.pid".into()));
+        let e = read_environment(&config("FLIP"), env(&[("FLIP_PID_FILE", "")])).unwrap();
+        assert_eq!(e.pid_file, None);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for v in ["", "maybe", "2", "enabled"] {
+            let err = read_environment(&config("FLIP"), env(&[("FLIP_UPGRADES_ENABLED", v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("FLIP_UPGRADES_ENABLED="), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_prefix_renames_the_variables() {
+        let vars = env(&[
+            ("APP_PID_FILE", "/tmp/app.pid"),
+            ("APP_UPGRADES_ENABLED", "off"),
+            ("FLIP_PID_FILE", "/tmp/flip.pid"),
+            ("FLIP_UPGRADES_ENABLED", "bogus"),
+        ]);
+        let e = read_environment(&config("APP"), vars).unwrap();
+        assert_eq!(e.pid_file, Some("/tmp/app.pid".into()));
+        assert!(!e.upgrades_enabled);
+    }
+}
