@@ -225,7 +225,7 @@ impl std::fmt::Display for Outcome {
 ///             }
 ///         }
 ///     });
-///     Ok(())
+///     Ok::<_, flip::Error>(())
 /// });
 /// bootstrap.start().await?;
 /// let outcome = bootstrap.wait().await;
