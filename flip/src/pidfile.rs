@@ -16,15 +16,7 @@ pub(crate) fn write(path: &Path, pid: u32, mode: u32) -> Result<(), Error> {
         path: path.to_owned(),
         source,
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| fail(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
-    if path.is_dir() {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            "the path is a directory",
-        )));
-    }
+    let name = file_name(path).map_err(fail)?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".{pid}.tmp"));
@@ -48,24 +40,25 @@ pub(crate) fn write(path: &Path, pid: u32, mode: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// The file name of a pid file path, or why the path cannot be one.
+fn file_name(path: &Path) -> io::Result<&std::ffi::OsStr> {
+    if path.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "the path is a directory",
+        ));
+    }
+    path.file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))
+}
+
 /// Checks, at first start, that a pid file can be written at `path`, without writing it.
 pub(crate) fn check_dir(path: &Path) -> Result<(), Error> {
     let fail = |source: io::Error| Error::PidFile {
         path: path.to_owned(),
         source,
     };
-    if path.file_name().is_none() {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "no file name",
-        )));
-    }
-    if path.is_dir() {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            "the path is a directory",
-        )));
-    }
+    file_name(path).map_err(fail)?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

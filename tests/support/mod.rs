@@ -133,6 +133,21 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Waits until our child (or re-parented descendant) `pid` exits, and returns its exit code
+/// (128 + signal number when killed).
+pub fn exit_code(pid: u32, deadline: Duration) -> i32 {
+    wait_for(
+        &format!("process {pid} to exit"),
+        deadline,
+        || match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => Some(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(128 + sig as i32),
+            Ok(_) => None,
+            Err(e) => panic!("waitpid({pid}): {e}: not our child, or reaped already"),
+        },
+    )
+}
+
 pub fn wait_exit(pid: u32, deadline: Duration) {
     wait_for(&format!("process {pid} to exit"), deadline, || {
         (!alive(pid)).then_some(())
@@ -259,6 +274,7 @@ impl Server {
         std::fs::write(&behaviour, "ok").unwrap();
         let mut cmd = Command::new(program);
         cmd.env("FLIP_PID_FILE", &pid_file)
+            .env("BOOT_PID_FILE", &pid_file)
             .env("TS_EVENTS", &events)
             .env("TS_BEHAVIOUR", &behaviour)
             .env("RUST_LOG", "debug")
@@ -329,28 +345,25 @@ impl Server {
         })
     }
 
-    /// Sends SIGHUP to the serving process and waits for the outcome. Returns the new pid, or
-    /// the failure reason.
+    /// Sends SIGHUP to the serving process and waits for the outcome: the pid file naming a new
+    /// process, or (test server) an `upgrade-failed` event. Returns the new pid, or the reason.
     pub fn upgrade(&self) -> Result<u32, String> {
         let old = self.pid().expect("a serving pid");
         let from = self.events().len();
         signal(old, Signal::SIGHUP);
-        let (_, line) = wait_for("the upgrade outcome", DEADLINE, || {
-            self.events()
-                .into_iter()
-                .enumerate()
-                .skip(from)
-                .find(|(_, l)| {
-                    l.starts_with(&format!("upgraded {old} "))
-                        || l.starts_with(&format!("upgrade-failed {old} "))
-                })
-        });
-        let rest = line.splitn(3, ' ').nth(2).unwrap_or_default().to_owned();
-        if line.starts_with("upgraded") {
-            Ok(rest.parse().expect("new pid"))
-        } else {
-            Err(rest)
-        }
+        wait_for("the upgrade outcome", DEADLINE, || {
+            if let Some(new) = self.pid().filter(|&p| p != old) {
+                return Some(Ok(new));
+            }
+            self.events().into_iter().skip(from).find_map(|l| {
+                if let Some(rest) = l.strip_prefix(&format!("upgraded {old} ")) {
+                    rest.parse().ok().map(Ok)
+                } else {
+                    l.strip_prefix(&format!("upgrade-failed {old} "))
+                        .map(|r| Err(r.to_owned()))
+                }
+            })
+        })
     }
 
     /// Upgrade that must succeed: waits until the new process serves and the old one exited.

@@ -15,22 +15,16 @@
 //! SIGUSR2 calls `Upgrader::stop`. `TS_CHDIR` makes the server change directory once started;
 //! behaviour `slow` sleeps 500 ms before installing its SIGHUP handler.
 
+#[path = "events.rs"]
+mod events;
+
 use std::io::Write;
+
+use events::event;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
-
-fn event(line: &str) {
-    if let Some(path) = std::env::var_os("TS_EVENTS")
-        && let Ok(mut f) = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(path)
-    {
-        let _ = f.write_all(format!("{line}\n").as_bytes());
-    }
-}
 
 fn env_ms(name: &str) -> Option<Duration> {
     std::env::var(name)

@@ -1,0 +1,327 @@
+//! The Bootstrap and the macros, with real processes built by `#[flip::main]`.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::*;
+
+fn bootserver() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_flip-bootserver"))
+}
+
+fn tcp_env() -> (String, Vec<(&'static str, String)>) {
+    let tcp = format!("127.0.0.1:{}", free_port());
+    (tcp.clone(), vec![("TB_TCP", tcp)])
+}
+
+#[test]
+fn starters_run_in_the_documented_order() {
+    let (_, env) = tcp_env();
+    let server = Server::start("order", &bootserver(), &env);
+    let pid = server.first_pid;
+    // By module path, then by position in the file: `flip_bootserver::tcp` first, then
+    // `flip_bootserver::more::unix` and `flip_bootserver::more::failing` in source order.
+    let (_, line) = server.wait_event(0, &format!("starters {pid} "));
+    assert_eq!(line, format!("starters {pid} tcp,unix,failing"));
+    let started: Vec<String> = server
+        .events()
+        .into_iter()
+        .filter(|l| l.starts_with("start "))
+        .collect();
+    assert_eq!(
+        started,
+        vec![
+            format!("start tcp {pid}"),
+            format!("start unix {pid}"),
+            format!("start failing {pid}")
+        ]
+    );
+}
+
+#[test]
+fn a_stale_unix_socket_is_replaced_at_first_boot_and_kept_during_an_upgrade() {
+    let scratch = Scratch::new("stale");
+    let path = scratch.path("app.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // leaves a stale socket file
+    assert!(path.exists());
+    let server = Server::start_in(
+        scratch,
+        &bootserver(),
+        &[("TB_UNIX", path.display().to_string())],
+    );
+    let old = server.first_pid;
+    // Binding over an existing path fails: serving there means the stale socket was removed.
+    assert_eq!(unix_pid(&path), Some(old));
+    assert!(
+        server.log().contains("removing a stale unix socket"),
+        "{}",
+        server.log()
+    );
+    let socket = unix_socket_inode(&path).expect("the listener in /proc/net/unix");
+
+    let new = server.upgrade().expect("upgrade");
+    server.wait_pid_file(new);
+    assert_eq!(exit_code(old, DEADLINE), 0);
+    assert_eq!(unix_pid(&path), Some(new));
+    assert_eq!(
+        unix_socket_inode(&path),
+        Some(socket),
+        "the new process serves the parent's very socket: the path was kept, not rebound"
+    );
+}
+
+#[test]
+fn a_runtime_error_stops_at_once() {
+    let (_, mut env) = tcp_env();
+    env.push(("TB_FAIL_AFTER_MS", "100".into()));
+    // A drain would never end: exiting at all shows nothing was drained.
+    env.push(("TB_STUCK", "1".into()));
+    env.push(("TB_GRACE_MS", "600000".into()));
+    let server = Server::start("runtime-error", &bootserver(), &env);
+    assert_eq!(exit_code(server.first_pid, DEADLINE), 1);
+    assert!(
+        server.log().contains("the listener broke"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn sigterm_and_sigint_stop_at_once() {
+    for sig in [Signal::SIGTERM, Signal::SIGINT] {
+        let (tcp, mut env) = tcp_env();
+        env.push(("TB_STUCK", "1".into()));
+        env.push(("TB_GRACE_MS", "600000".into()));
+        let server = Server::start("signals", &bootserver(), &env);
+        assert_eq!(tcp_pid(&tcp), Some(server.first_pid));
+        signal(server.first_pid, sig);
+        assert_eq!(exit_code(server.first_pid, DEADLINE), 0, "{sig}");
+        assert!(
+            server.log().contains(&format!("stopped by {sig}")),
+            "{}",
+            server.log()
+        );
+    }
+}
+
+#[test]
+fn a_graceful_termination_completes() {
+    let (tcp, mut env) = tcp_env();
+    env.push(("TB_DRAIN_MS", "200".into()));
+    let server = Server::start("graceful", &bootserver(), &env);
+    let old = server.first_pid;
+    let new = server.upgrade().expect("upgrade");
+    server.wait_pid_file(new);
+    assert_eq!(exit_code(old, DEADLINE), 0);
+    assert!(
+        server
+            .log()
+            .contains(&format!("upgraded to pid {new}; drain completed")),
+        "{}",
+        server.log()
+    );
+    assert_eq!(tcp_pid(&tcp), Some(new));
+}
+
+#[test]
+fn a_stuck_drain_is_ended_by_the_grace_period() {
+    let (tcp, mut env) = tcp_env();
+    env.push(("TB_STUCK", "1".into()));
+    env.push(("TB_GRACE_MS", "300".into()));
+    let server = Server::start("grace", &bootserver(), &env);
+    let old = server.first_pid;
+    let new = server.upgrade().expect("upgrade");
+    server.wait_pid_file(new);
+    assert_eq!(exit_code(old, DEADLINE), 3);
+    assert!(
+        server.log().contains("grace period expired"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(tcp_pid(&tcp), Some(new));
+}
+
+#[test]
+fn sigterm_during_the_grace_period_forces_the_exit() {
+    let (tcp, mut env) = tcp_env();
+    env.push(("TB_STUCK", "1".into()));
+    env.push(("TB_GRACE_MS", "600000".into()));
+    let server = Server::start("forced", &bootserver(), &env);
+    let old = server.first_pid;
+    let new = server.upgrade().expect("upgrade");
+    server.wait_pid_file(new);
+    wait_for("the old process to start draining", DEADLINE, || {
+        server.log().contains("draining").then_some(())
+    });
+    assert!(alive(old), "a stuck drain keeps the old process");
+    signal(old, Signal::SIGTERM);
+    assert_eq!(exit_code(old, DEADLINE), 3);
+    assert!(
+        server.log().contains("drain forced to end by SIGTERM"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(tcp_pid(&tcp), Some(new));
+}
+
+#[test]
+fn listener_errors_during_the_grace_period_do_not_end_it() {
+    let (_, mut env) = tcp_env();
+    env.push(("TB_ERROR_DURING_DRAIN", "1".into()));
+    env.push(("TB_DRAIN_MS", "300".into()));
+    env.push(("TB_GRACE_MS", "600000".into()));
+    let server = Server::start("drain-errors", &bootserver(), &env);
+    let old = server.first_pid;
+    let new = server.upgrade().expect("upgrade");
+    server.wait_pid_file(new);
+    assert_eq!(exit_code(old, DEADLINE), 0, "{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains(&format!("upgraded to pid {new}; drain completed"))
+    );
+}
+
+#[test]
+fn sighup_with_upgrades_disabled_is_ignored() {
+    let (tcp, mut env) = tcp_env();
+    env.push(("BOOT_UPGRADES_ENABLED", "off".into()));
+    // The prefix is BOOT: this variable belongs to someone else and is not read.
+    env.push(("FLIP_UPGRADES_ENABLED", "bogus".into()));
+    let server = Server::start("disabled", &bootserver(), &env);
+    let pid = server.first_pid;
+    for _ in 0..3 {
+        signal(pid, Signal::SIGHUP);
+    }
+    wait_for("the hint in the log", DEADLINE, || {
+        server
+            .log()
+            .contains("SIGHUP ignored: upgrades are disabled")
+            .then_some(())
+    });
+    assert!(alive(pid));
+    assert!(children_of(pid).is_empty(), "no new process was started");
+    assert_eq!(tcp_pid(&tcp), Some(pid));
+    assert_eq!(server.pid(), Some(pid));
+}
+
+#[test]
+fn bad_environment_values_exit_with_code_2_naming_the_variable() {
+    init();
+    for (name, value, expected) in [
+        (
+            "BOOT_UPGRADES_ENABLED",
+            "maybe",
+            "BOOT_UPGRADES_ENABLED=\"maybe\"",
+        ),
+        (
+            "BOOT_PID_FILE",
+            "/nonexistent-dir/x.pid",
+            "/nonexistent-dir/x.pid",
+        ),
+        ("BOOT_PID_FILE", "/", "the path is a directory"),
+    ] {
+        let out = std::process::Command::new(bootserver())
+            .env(name, value)
+            .env_remove("TS_EVENTS")
+            .output()
+            .expect("run bootserver");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert!(stderr.contains(expected), "{name}={value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// Requests on a new connection each, until `stop`; returns (answered, failed, pids seen).
+fn close_load(
+    addr: String,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let end = Instant::now() + Duration::from_secs(120);
+    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
+        let result = (|| -> std::io::Result<String> {
+            let mut s = TcpStream::connect(&addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match result {
+            Ok(r) if r.starts_with("HTTP/1.1 200") => {
+                ok.fetch_add(1, Ordering::Relaxed);
+                if let Some(pid) = r
+                    .rsplit("hello from ")
+                    .next()
+                    .and_then(|p| p.trim().parse().ok())
+                    && !pids.contains(&pid)
+                {
+                    pids.push(pid);
+                }
+            }
+            _ => {
+                failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn the_macro_built_example_upgrades_under_load_without_losing_a_request() {
+    let scratch = Scratch::new("example-load");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_in(
+        scratch,
+        &example_path("http"),
+        &[("HTTP_ADDR", addr.clone()), ("RUST_LOG", "info".into())],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (a, s, o, f) = (addr.clone(), stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || close_load(a, s, o, f))
+        })
+        .collect();
+    let mut generations = vec![server.first_pid];
+    for _ in 0..5 {
+        let before = ok.load(Ordering::SeqCst);
+        wait_for("requests between upgrades", DEADLINE, || {
+            (ok.load(Ordering::SeqCst) >= before + 50).then_some(())
+        });
+        generations.push(server.upgrade_ok());
+    }
+    let before = ok.load(Ordering::SeqCst);
+    wait_for("requests after the last upgrade", DEADLINE, || {
+        (ok.load(Ordering::SeqCst) >= before + 50).then_some(())
+    });
+    stop.store(true, Ordering::SeqCst);
+    let mut seen: Vec<u32> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "failed requests ({} answered)",
+        ok.load(Ordering::SeqCst)
+    );
+    assert!(
+        generations.iter().all(|g| seen.contains(g)),
+        "every generation answered: {generations:?} vs {seen:?}"
+    );
+}

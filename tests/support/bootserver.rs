@@ -1,0 +1,121 @@
+//! A server built with `#[flip::main]` and `#[flip::starter]`, for the bootstrap tests.
+//!
+//! Environment (besides `BOOT_PID_FILE` and `BOOT_UPGRADES_ENABLED`, read by the macro):
+//! - `TB_TCP`, `TB_UNIX`: listeners answering `pid <pid>\n` to each connection;
+//! - `TB_GRACE_MS`: grace period, set by the main body;
+//! - `TB_DRAIN_MS`: how long each server's drain takes; `TB_STUCK=1`: the drain never ends;
+//! - `TB_ERROR_DURING_DRAIN=1`: each server reports an error when the drain begins;
+//! - `TB_FAIL_AFTER_MS`: a runtime error is reported this long after start;
+//! - `TS_EVENTS`: event log (`start <starter> <pid>`).
+
+#[path = "events.rs"]
+mod events;
+
+use std::time::Duration;
+
+use events::event;
+use tokio::io::AsyncWriteExt;
+
+fn env_ms(name: &str) -> Option<Duration> {
+    std::env::var(name)
+        .ok()?
+        .parse()
+        .ok()
+        .map(Duration::from_millis)
+}
+
+/// What every server does once the graceful stop begins.
+async fn drain(ctx: &flip::StartContext) {
+    if std::env::var_os("TB_ERROR_DURING_DRAIN").is_some() {
+        ctx.errors().send("listener failed while draining");
+    }
+    if std::env::var_os("TB_STUCK").is_some() {
+        std::future::pending::<()>().await;
+    }
+    if let Some(d) = env_ms("TB_DRAIN_MS") {
+        tokio::time::sleep(d).await;
+    }
+}
+
+#[flip::starter]
+async fn tcp(ctx: &flip::StartContext) -> Result<(), flip::Error> {
+    event(&format!("start tcp {}", std::process::id()));
+    let Ok(addr) = std::env::var("TB_TCP") else {
+        return Ok(());
+    };
+    let listener = ctx.tcp_listener(&addr)?;
+    let mut shutdown = ctx.shutdown();
+    let ctx2 = ctx.clone();
+    ctx.serve(async move {
+        let pid = std::process::id();
+        loop {
+            tokio::select! {
+                () = shutdown.wait() => break,
+                conn = listener.accept() => {
+                    let (mut s, _) = conn?;
+                    let _ = s.write_all(format!("pid {pid}\n").as_bytes()).await;
+                }
+            }
+        }
+        drop(listener);
+        drain(&ctx2).await;
+        Ok::<_, std::io::Error>(())
+    });
+    Ok(())
+}
+
+mod more {
+    use super::*;
+
+    #[flip::starter]
+    pub fn unix(ctx: flip::StartContext) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        event(&format!("start unix {}", std::process::id()));
+        let Ok(path) = std::env::var("TB_UNIX") else {
+            return Ok(());
+        };
+        let listener = ctx.unix_listener(&path)?;
+        let mut shutdown = ctx.shutdown();
+        let ctx2 = ctx.clone();
+        ctx.serve(async move {
+            let pid = std::process::id();
+            loop {
+                tokio::select! {
+                    () = shutdown.wait() => break,
+                    conn = listener.accept() => {
+                        let (mut s, _) = conn?;
+                        let _ = s.write_all(format!("pid {pid}\n").as_bytes()).await;
+                    }
+                }
+            }
+            drop(listener);
+            drain(&ctx2).await;
+            Ok::<_, std::io::Error>(())
+        });
+        Ok(())
+    }
+
+    #[flip::starter]
+    pub async fn failing(ctx: flip::StartContext) -> std::io::Result<()> {
+        event(&format!("start failing {}", std::process::id()));
+        if let Some(after) = env_ms("TB_FAIL_AFTER_MS") {
+            let errors = ctx.errors();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                errors.send("the listener broke");
+            });
+        }
+        Ok(())
+    }
+}
+
+#[flip::main(env_prefix = "BOOT", upgrade_timeout = "20s")]
+async fn main(bootstrap: &mut flip::Bootstrap) {
+    if let Some(grace) = env_ms("TB_GRACE_MS") {
+        bootstrap.set_grace_period(grace);
+    }
+    event(&format!(
+        "starters {} {}",
+        std::process::id(),
+        bootstrap.starter_names().join(",")
+    ));
+}
