@@ -134,13 +134,15 @@ fn an_upgrade_is_refused_while_the_parent_is_alive() {
     let old = server.first_pid;
     let new = server.upgrade().expect("first upgrade");
     server.wait_pid_file(new);
+    // The old process stops accepting once told; it lingers, as if draining.
+    server.wait_event(0, &format!("upgraded {old} {new}"));
     assert!(alive(old), "the old process lingers, as if draining");
     assert_eq!(server.upgrade(), Err("parent-alive".into()));
     assert_eq!(tcp_pid(&tcp), Some(new));
     signal(old, Signal::SIGKILL);
     wait_exit(old, DEADLINE);
     let newer = server.upgrade().expect("upgrade once the parent is gone");
-    server.wait_pid_file(newer);
+    server.wait_event(0, &format!("upgraded {new} {newer}"));
     assert_eq!(tcp_pid(&tcp), Some(newer));
 }
 
