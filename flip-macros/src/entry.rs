@@ -54,8 +54,8 @@ fn string_value(expr: &Expr, name: &str) -> syn::Result<LitStr> {
         Expr::Lit(ExprLit {
             lit: Lit::Str(s), ..
         }) => Ok(s.clone()),
-        other => Err(syn::Error::new(
-            other.span(),
+        other => Err(syn::Error::new_spanned(
+            &other,
             format!("`{name}` takes a string literal, as in {name} = \"...\"; {ALLOWED_ARGS}"),
         )),
     }
@@ -65,8 +65,8 @@ fn string_value(expr: &Expr, name: &str) -> syn::Result<LitStr> {
 fn duration_ms(lit: &LitStr, name: &str) -> syn::Result<u64> {
     let text = lit.value();
     let bad = || {
-        syn::Error::new(
-            lit.span(),
+        syn::Error::new_spanned(
+            &lit,
             format!(
                 "`{name}` must be a duration such as \"1500ms\", \"30s\", \"2m\" or \"1h\", not {text:?}"
             ),
@@ -95,8 +95,8 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
     };
     for meta in metas {
         let Meta::NameValue(nv) = &meta else {
-            push(syn::Error::new(
-                meta.span(),
+            push(syn::Error::new_spanned(
+                &meta,
                 format!("expected `name = \"value\"`; {ALLOWED_ARGS}"),
             ));
             continue;
@@ -107,10 +107,7 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
             .map(ToString::to_string)
             .unwrap_or_default();
         let duplicate = || {
-            syn::Error::new(
-                nv.path.span(),
-                format!("`{name}` is given twice; {ALLOWED_ARGS}"),
-            )
+            syn::Error::new_spanned(&nv.path, format!("`{name}` is given twice; {ALLOWED_ARGS}"))
         };
         let result: syn::Result<()> = (|| {
             match name.as_str() {
@@ -120,7 +117,7 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
                     }
                     let s = string_value(&nv.value, &name)?;
                     if s.value().is_empty() {
-                        return Err(syn::Error::new(s.span(), "`pidfile` must not be empty"));
+                        return Err(syn::Error::new_spanned(&s, "`pidfile` must not be empty"));
                     }
                     out.pidfile = Some(s);
                 }
@@ -135,8 +132,8 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
                             .chars()
                             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
                     {
-                        return Err(syn::Error::new(
-                            s.span(),
+                        return Err(syn::Error::new_spanned(
+                            &s,
                             "`env_prefix` must be upper-case letters, digits and `_`, such as \"APP\"",
                         ));
                     }
@@ -155,16 +152,16 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
                     let s = string_value(&nv.value, &name)?;
                     let ms = duration_ms(&s, &name)?;
                     if ms == 0 {
-                        return Err(syn::Error::new(
-                            s.span(),
+                        return Err(syn::Error::new_spanned(
+                            &s,
                             "`upgrade_timeout` must be longer than zero",
                         ));
                     }
                     out.upgrade_timeout = Some(ms);
                 }
                 _ => {
-                    return Err(syn::Error::new(
-                        nv.path.span(),
+                    return Err(syn::Error::new_spanned(
+                        &nv.path,
                         format!(
                             "unknown argument `{}`; {ALLOWED_ARGS}",
                             nv.path.to_token_stream()
@@ -198,8 +195,8 @@ fn is_bootstrap_ref(ty: &Type) -> bool {
 fn check_signature(func: &ItemFn) -> syn::Result<Form> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        return Err(syn::Error::new(
-            sig.generics.span(),
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
             format!("#[flip::main] cannot be used on a generic function; {ALLOWED_FORMS}"),
         ));
     }
@@ -207,27 +204,27 @@ fn check_signature(func: &ItemFn) -> syn::Result<Form> {
     let takes_bootstrap = match inputs.next() {
         None => false,
         Some(FnArg::Receiver(r)) => {
-            return Err(syn::Error::new(
-                r.span(),
+            return Err(syn::Error::new_spanned(
+                &r,
                 format!("#[flip::main] cannot take `self`; {ALLOWED_FORMS}"),
             ));
         }
         Some(FnArg::Typed(t)) if is_bootstrap_ref(&t.ty) => true,
         Some(FnArg::Typed(t)) => {
-            return Err(syn::Error::new(
-                t.ty.span(),
+            return Err(syn::Error::new_spanned(
+                &t.ty,
                 format!("#[flip::main] cannot pass this argument; {ALLOWED_FORMS}"),
             ));
         }
     };
     if let Some(extra) = inputs.next() {
-        return Err(syn::Error::new(
-            extra.span(),
+        return Err(syn::Error::new_spanned(
+            &extra,
             format!("#[flip::main] passes at most one argument; {ALLOWED_FORMS}"),
         ));
     }
     if let Some(v) = &sig.variadic {
-        return Err(syn::Error::new(v.span(), ALLOWED_FORMS));
+        return Err(syn::Error::new_spanned(&v, ALLOWED_FORMS));
     }
     Ok(Form {
         is_async: sig.asyncness.is_some(),

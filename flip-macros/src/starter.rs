@@ -21,8 +21,8 @@ pub(crate) fn starter(args: TokenStream, item: TokenStream) -> TokenStream {
         None => errors = Some(e),
     };
     if !args.is_empty() {
-        push(syn::Error::new(
-            args.span(),
+        push(syn::Error::new_spanned(
+            &args,
             "#[flip::starter] takes no arguments",
         ));
     }
@@ -72,8 +72,8 @@ fn is_context(ty: &Type) -> bool {
 fn check_signature(func: &ItemFn) -> syn::Result<bool> {
     let sig = &func.sig;
     if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
-        return Err(syn::Error::new(
-            sig.generics.span(),
+        return Err(syn::Error::new_spanned(
+            &sig.generics,
             format!("a starter cannot be generic; {ALLOWED_FORMS}"),
         ));
     }
@@ -86,8 +86,8 @@ fn check_signature(func: &ItemFn) -> syn::Result<bool> {
             ));
         }
         Some(FnArg::Receiver(r)) => {
-            return Err(syn::Error::new(
-                r.span(),
+            return Err(syn::Error::new_spanned(
+                &r,
                 format!("a starter cannot take `self`; {ALLOWED_FORMS}"),
             ));
         }
@@ -95,22 +95,22 @@ fn check_signature(func: &ItemFn) -> syn::Result<bool> {
             Type::Reference(r) if r.mutability.is_none() && is_context(&r.elem) => true,
             ty if is_context(ty) => false,
             ty => {
-                return Err(syn::Error::new(
-                    ty.span(),
+                return Err(syn::Error::new_spanned(
+                    &ty,
                     format!("a starter's argument is the start context; {ALLOWED_FORMS}"),
                 ));
             }
         },
     };
     if let Some(extra) = inputs.next() {
-        return Err(syn::Error::new(
-            extra.span(),
+        return Err(syn::Error::new_spanned(
+            &extra,
             format!("a starter takes one argument; {ALLOWED_FORMS}"),
         ));
     }
     if let ReturnType::Default = sig.output {
-        return Err(syn::Error::new(
-            sig.ident.span(),
+        return Err(syn::Error::new_spanned(
+            &sig.ident,
             format!(
                 "a starter returns `Result<(), E>` so that setup errors abort the start; {ALLOWED_FORMS}"
             ),

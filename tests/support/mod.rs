@@ -196,7 +196,9 @@ pub fn unix_socket_inode(path: &Path) -> Option<u64> {
     let path = path.to_str()?;
     table.lines().skip(1).find_map(|line| {
         let f: Vec<&str> = line.split_whitespace().collect();
-        (f.len() >= 8 && f[7] == path)
+        // Flags 00010000 is __SO_ACCEPTCON: the listener, not a connection it accepted (those
+        // show the same path).
+        (f.len() >= 8 && f[7] == path && f[3] == "00010000")
             .then(|| f[6].parse().ok())
             .flatten()
     })
@@ -257,6 +259,8 @@ pub struct Server {
     pub behaviour: PathBuf,
     pub first_pid: u32,
     log: PathBuf,
+    /// Every pid seen in the pid file, for the cleanup.
+    seen: Mutex<Vec<u32>>,
 }
 
 impl Server {
@@ -296,6 +300,7 @@ impl Server {
             behaviour,
             first_pid,
             log,
+            seen: Mutex::new(Vec::new()),
         };
         server.wait_pid_file(first_pid);
         server
@@ -307,11 +312,16 @@ impl Server {
 
     /// The pid in the pid file, if any.
     pub fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(&self.pid_file)
+        let pid: u32 = std::fs::read_to_string(&self.pid_file)
             .ok()?
             .trim()
             .parse()
-            .ok()
+            .ok()?;
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.contains(&pid) {
+            seen.push(pid);
+        }
+        Some(pid)
     }
 
     pub fn wait_pid_file(&self, pid: u32) {
@@ -381,9 +391,18 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Every pid this server family reported (servers, new processes, spawned children).
+    /// Every pid this server family reported (servers, new processes, spawned children), and
+    /// every pid the pid file named.
     pub fn all_pids(&self) -> Vec<u32> {
         let mut pids = vec![self.first_pid];
+        let _ = self.pid();
+        pids.extend(
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .copied(),
+        );
         for line in self.events() {
             let w: Vec<&str> = line.split(' ').collect();
             let take = match w.first().copied() {
@@ -437,7 +456,17 @@ impl Drop for Server {
                 self.events().join("\n")
             );
         }
-        let pids = self.all_pids();
+        let mut pids = self.all_pids();
+        // Children of the family too (a new process that never became ready, say).
+        let mut i = 0;
+        while i < pids.len() {
+            for child in children_of(pids[i]) {
+                if !pids.contains(&child) {
+                    pids.push(child);
+                }
+            }
+            i += 1;
+        }
         for &pid in &pids {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }

@@ -1,0 +1,2 @@
+#[flip::main]
+fn main(_port: u16) {}

@@ -1,0 +1,2 @@
+#[flip::main(upgrade_timeout = "10 seconds")]
+fn main() {}

@@ -1,0 +1,2 @@
+#[flip::main(env_prefix = "my-app")]
+fn main() {}

@@ -1,0 +1,2 @@
+#[flip::main(grace = "1s", grace = "2s")]
+fn main() {}

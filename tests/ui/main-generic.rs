@@ -1,0 +1,2 @@
+#[flip::main]
+fn main<T>() {}

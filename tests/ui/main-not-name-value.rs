@@ -1,0 +1,2 @@
+#[flip::main(pidfile)]
+fn main() {}

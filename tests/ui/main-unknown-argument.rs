@@ -1,0 +1,2 @@
+#[flip::main(pid_file = "/tmp/x.pid")]
+fn main() {}

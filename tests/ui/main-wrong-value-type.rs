@@ -1,0 +1,2 @@
+#[flip::main(grace = 30)]
+fn main() {}

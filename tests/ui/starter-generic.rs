@@ -1,0 +1,6 @@
+#[flip::starter]
+fn listeners<E>(_ctx: &flip::StartContext) -> Result<(), E> {
+    Ok(())
+}
+
+fn main() {}

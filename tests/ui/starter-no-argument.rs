@@ -1,0 +1,6 @@
+#[flip::starter]
+fn listeners() -> Result<(), flip::Error> {
+    Ok(())
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[flip::starter]
+fn listeners(_ctx: &flip::StartContext) {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[flip::starter]
+fn listeners(_addr: &str) -> Result<(), flip::Error> {
+    Ok(())
+}
+
+fn main() {}
