@@ -6,7 +6,6 @@ use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, format_ident, quote};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
-use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, Meta, Token, Type};
 
 const ALLOWED_ARGS: &str = "the arguments of #[flip::main] are pidfile = \"/run/app.pid\", \
@@ -55,7 +54,7 @@ fn string_value(expr: &Expr, name: &str) -> syn::Result<LitStr> {
             lit: Lit::Str(s), ..
         }) => Ok(s.clone()),
         other => Err(syn::Error::new_spanned(
-            &other,
+            other,
             format!("`{name}` takes a string literal, as in {name} = \"...\"; {ALLOWED_ARGS}"),
         )),
     }
@@ -66,7 +65,7 @@ fn duration_ms(lit: &LitStr, name: &str) -> syn::Result<u64> {
     let text = lit.value();
     let bad = || {
         syn::Error::new_spanned(
-            &lit,
+            lit,
             format!(
                 "`{name}` must be a duration such as \"1500ms\", \"30s\", \"2m\" or \"1h\", not {text:?}"
             ),
@@ -205,7 +204,7 @@ fn check_signature(func: &ItemFn) -> syn::Result<Form> {
         None => false,
         Some(FnArg::Receiver(r)) => {
             return Err(syn::Error::new_spanned(
-                &r,
+                r,
                 format!("#[flip::main] cannot take `self`; {ALLOWED_FORMS}"),
             ));
         }
@@ -219,12 +218,12 @@ fn check_signature(func: &ItemFn) -> syn::Result<Form> {
     };
     if let Some(extra) = inputs.next() {
         return Err(syn::Error::new_spanned(
-            &extra,
+            extra,
             format!("#[flip::main] passes at most one argument; {ALLOWED_FORMS}"),
         ));
     }
     if let Some(v) = &sig.variadic {
-        return Err(syn::Error::new_spanned(&v, ALLOWED_FORMS));
+        return Err(syn::Error::new_spanned(v, ALLOWED_FORMS));
     }
     Ok(Form {
         is_async: sig.asyncness.is_some(),

@@ -2,7 +2,6 @@
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
-use syn::spanned::Spanned;
 use syn::{FnArg, ItemFn, ReturnType, Type};
 
 use crate::entry::with_error;
@@ -87,7 +86,7 @@ fn check_signature(func: &ItemFn) -> syn::Result<bool> {
         }
         Some(FnArg::Receiver(r)) => {
             return Err(syn::Error::new_spanned(
-                &r,
+                r,
                 format!("a starter cannot take `self`; {ALLOWED_FORMS}"),
             ));
         }
@@ -96,7 +95,7 @@ fn check_signature(func: &ItemFn) -> syn::Result<bool> {
             ty if is_context(ty) => false,
             ty => {
                 return Err(syn::Error::new_spanned(
-                    &ty,
+                    ty,
                     format!("a starter's argument is the start context; {ALLOWED_FORMS}"),
                 ));
             }
@@ -104,7 +103,7 @@ fn check_signature(func: &ItemFn) -> syn::Result<bool> {
     };
     if let Some(extra) = inputs.next() {
         return Err(syn::Error::new_spanned(
-            &extra,
+            extra,
             format!("a starter takes one argument; {ALLOWED_FORMS}"),
         ));
     }
