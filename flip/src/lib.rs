@@ -35,6 +35,8 @@ mod child;
 mod error;
 mod fds;
 pub mod handoff;
+#[cfg(feature = "hyper")]
+pub mod http;
 mod key;
 mod parent;
 mod pidfile;
@@ -47,6 +49,8 @@ mod rt;
 mod signal;
 mod socket;
 mod sys;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod upgrader;
 
 pub use bootstrap::{

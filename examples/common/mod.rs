@@ -1,0 +1,51 @@
+//! What the HTTP examples share: the endpoints and the ballast.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+/// `GET /`: `hello from <pid>`; `GET /sleep/<ms>`: the same after `ms` milliseconds.
+pub async fn respond(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path();
+    if path == "/" {
+        return Ok(hello());
+    }
+    if let Some(ms) = path
+        .strip_prefix("/sleep/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
+        return Ok(hello());
+    }
+    let mut r = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+    *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+    Ok(r)
+}
+
+pub fn hello() -> Response<Full<Bytes>> {
+    Response::new(Full::new(Bytes::from(format!(
+        "hello from {}\n",
+        std::process::id()
+    ))))
+}
+
+/// `BALLAST_MB` MiB of touched memory, so a big server can be upgraded in a benchmark.
+pub fn ballast() -> Result<Vec<u8>, String> {
+    let mb: usize = match std::env::var("BALLAST_MB") {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map_err(|_| format!("BALLAST_MB must be a number of MiB, not {v:?}"))?,
+        _ => 0,
+    };
+    let mut ballast = vec![0u8; mb << 20];
+    // Touch every page so it is resident, as a real server's heap is.
+    for page in ballast.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    Ok(ballast)
+}

@@ -1,0 +1,268 @@
+//! HTTP/1.1 and HTTP/2 serving that drains without losing a request (feature `hyper`).
+//!
+//! hyper's own graceful shutdown closes a connection that was accepted but whose first request
+//! was not read yet, and closes idle keep-alive connections at once, racing with a client that
+//! is sending its next request. The drain here avoids both:
+//!
+//! - the listener stops accepting (connections still queued are the new process's);
+//! - every request already read, and every connection already accepted, is served: on HTTP/1.1
+//!   each response from now on says `Connection: close`, and a connection that sends a request
+//!   within the linger window (default 1 s) is served, then closed;
+//! - an HTTP/1.1 connection idle for the whole window is closed;
+//! - HTTP/2 connections get GOAWAY at once and finish their streams.
+//!
+//! ```no_run
+//! # use std::convert::Infallible;
+//! # async fn demo(ctx: flip::StartContext) -> Result<(), flip::Error> {
+//! use flip::http::HttpServer;
+//! let listener = ctx.tcp_listener("127.0.0.1:8080")?;
+//! let service = hyper::service::service_fn(|_req| async {
+//!     Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from("hi"))))
+//! });
+//! let shutdown = ctx.shutdown();
+//! ctx.serve(async move { HttpServer::new().serve(listener, service, shutdown).await });
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::header::{CONNECTION, HeaderValue};
+use hyper::service::Service;
+use hyper::{Request, Response, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::bootstrap::{BoxError, Shutdown};
+
+/// Default time an idle HTTP/1.1 connection may still send one request once the drain began.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(1);
+
+/// A byte stream a connection is served on.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// A listener the server accepts from: tokio's TCP and unix listeners.
+pub trait Accept: Send + 'static {
+    /// The accepted stream.
+    type Stream: Io;
+    /// Accepts one connection.
+    fn accept(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<Self::Stream> {
+        tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (and TLS with the `tls` feature) and drains losslessly.
+#[derive(Clone)]
+pub struct HttpServer {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    linger: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("linger", &self.linger)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for HttpServer {
+    fn default() -> Self {
+        HttpServer::new()
+    }
+}
+
+impl HttpServer {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN over TLS), plain text.
+    pub fn new() -> HttpServer {
+        HttpServer {
+            builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
+            linger: DEFAULT_LINGER,
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// How long an idle HTTP/1.1 connection may still send one request once the drain began.
+    pub fn linger(mut self, linger: Duration) -> HttpServer {
+        self.linger = linger;
+        self
+    }
+
+    /// Serves TLS with this certificate chain and private key (PEM files).
+    #[cfg(feature = "tls")]
+    pub fn tls_from_pem_files(
+        mut self,
+        cert: impl AsRef<std::path::Path>,
+        key: impl AsRef<std::path::Path>,
+    ) -> Result<HttpServer, crate::tls::TlsError> {
+        self.tls = Some(crate::tls::acceptor(
+            cert.as_ref(),
+            key.as_ref(),
+            &[b"h2", b"http/1.1"],
+        )?);
+        Ok(self)
+    }
+
+    /// Accepts from `listener` and serves `service` until `shutdown` fires, then drains every
+    /// connection and returns. Dropping the future stops at once (hard stop): every connection
+    /// is closed.
+    pub async fn serve<L, S, B>(
+        &self,
+        listener: L,
+        service: S,
+        mut shutdown: Shutdown,
+    ) -> io::Result<()>
+    where
+        L: Accept,
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let draining = Arc::new(AtomicBool::new(false));
+        let (drain_tx, drain_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = shutdown.wait() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(stream) => {
+                        connections.spawn(self.clone().connection(
+                            stream,
+                            service.clone(),
+                            draining.clone(),
+                            drain_rx.clone(),
+                        ));
+                    }
+                    Err(e) => {
+                        // Out of descriptors and the like: do not spin on the error.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        drop(listener);
+        draining.store(true, Ordering::SeqCst);
+        let _ = drain_tx.send(true);
+        tracing::debug!(connections = connections.len(), "draining HTTP connections");
+        while connections.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn connection<I, S, B>(
+        self,
+        stream: I,
+        service: S,
+        draining: Arc<AtomicBool>,
+        mut drain: watch::Receiver<bool>,
+    ) where
+        I: Io,
+        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        #[cfg(feature = "tls")]
+        let stream: Box<dyn Io> = match &self.tls {
+            Some(tls) => match tls.accept(stream).await {
+                Ok(s) => Box::new(s),
+                Err(e) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    return;
+                }
+            },
+            None => Box::new(stream),
+        };
+        let http2 = Arc::new(AtomicBool::new(false));
+        let service = DrainAware {
+            inner: service,
+            draining,
+            http2: http2.clone(),
+        };
+        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = drain.wait_for(|d| *d) => {}
+        }
+        if !http2.load(Ordering::SeqCst) {
+            // HTTP/1.1, or nothing read yet: give the client one more request, answered with
+            // `Connection: close`, before closing an idle connection.
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = tokio::time::sleep(self.linger) => {}
+            }
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+}
+
+/// Wraps the application's service: notes the protocol, and asks HTTP/1.1 clients to close
+/// once the drain began.
+#[derive(Clone)]
+struct DrainAware<S> {
+    inner: S,
+    draining: Arc<AtomicBool>,
+    http2: Arc<AtomicBool>,
+}
+
+impl<S, B> Service<Request<Incoming>> for DrainAware<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() < Version::HTTP_2;
+        if !http1 {
+            self.http2.store(true, Ordering::SeqCst);
+        }
+        let draining = self.draining.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut response = fut.await?;
+            if http1 && draining.load(Ordering::SeqCst) {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response)
+        })
+    }
+}
