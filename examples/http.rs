@@ -8,6 +8,7 @@
 //! kill -HUP "$(cat /tmp/flip-http.pid)"  # upgrade: the pid changes, no request fails
 //! ```
 //!
+//! `HTTPS_ADDR` with `HTTPS_CERT` and `HTTPS_KEY` (PEM files) adds a TLS listener.
 //! `BALLAST_MB` makes the server hold that many MiB, to show that a big server upgrades as fast
 //! as a small one.
 
@@ -30,6 +31,24 @@ async fn http(ctx: &flip::StartContext) -> Result<(), flip::Error> {
             .serve(listener, service_fn(respond), shutdown)
             .await
     });
+    Ok(())
+}
+
+/// HTTPS on `HTTPS_ADDR` when set, with the PEM certificate and key in `HTTPS_CERT` and
+/// `HTTPS_KEY`.
+#[flip::starter]
+async fn https(ctx: &flip::StartContext) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let Ok(addr) = std::env::var("HTTPS_ADDR") else {
+        return Ok(());
+    };
+    let (Ok(cert), Ok(key)) = (std::env::var("HTTPS_CERT"), std::env::var("HTTPS_KEY")) else {
+        return Err("HTTPS_ADDR needs HTTPS_CERT and HTTPS_KEY (PEM files)".into());
+    };
+    let server = HttpServer::new().tls_from_pem_files(cert, key)?;
+    let listener = ctx.tcp_listener(&addr)?;
+    tracing::info!(%addr, "listening (TLS)");
+    let shutdown = ctx.shutdown();
+    ctx.serve(async move { server.serve(listener, service_fn(respond), shutdown).await });
     Ok(())
 }
 

@@ -2,13 +2,8 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
 use nix::sys::signal::Signal;
+use support::load::{Load, Mode};
 use support::*;
 
 fn bootserver() -> std::path::PathBuf {
@@ -239,44 +234,6 @@ fn bad_environment_values_exit_with_code_2_naming_the_variable() {
     }
 }
 
-/// Requests on a new connection each, until `stop`; returns (answered, failed, pids seen).
-fn close_load(
-    addr: String,
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let end = Instant::now() + Duration::from_secs(120);
-    while !stop.load(Ordering::SeqCst) && Instant::now() < end {
-        let result = (|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect(&addr)?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
-            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })();
-        match result {
-            Ok(r) if r.starts_with("HTTP/1.1 200") => {
-                ok.fetch_add(1, Ordering::Relaxed);
-                if let Some(pid) = r
-                    .rsplit("hello from ")
-                    .next()
-                    .and_then(|p| p.trim().parse().ok())
-                    && !pids.contains(&pid)
-                {
-                    pids.push(pid);
-                }
-            }
-            _ => {
-                failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-    pids
-}
-
 #[test]
 fn the_macro_built_example_upgrades_under_load_without_losing_a_request() {
     let scratch = Scratch::new("example-load");
@@ -286,42 +243,18 @@ fn the_macro_built_example_upgrades_under_load_without_losing_a_request() {
         &example_path("http"),
         &[("HTTP_ADDR", addr.clone()), ("RUST_LOG", "info".into())],
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (a, s, o, f) = (addr.clone(), stop.clone(), ok.clone(), failed.clone());
-            std::thread::spawn(move || close_load(a, s, o, f))
-        })
-        .collect();
+    let load = Load::start(&addr, 4, Mode::Close);
     let mut generations = vec![server.first_pid];
     for _ in 0..5 {
-        let before = ok.load(Ordering::SeqCst);
-        wait_for("requests between upgrades", DEADLINE, || {
-            (ok.load(Ordering::SeqCst) >= before + 50).then_some(())
-        });
+        load.wait_for_more(50);
         generations.push(server.upgrade_ok());
     }
-    let before = ok.load(Ordering::SeqCst);
-    wait_for("requests after the last upgrade", DEADLINE, || {
-        (ok.load(Ordering::SeqCst) >= before + 50).then_some(())
-    });
-    stop.store(true, Ordering::SeqCst);
-    let mut seen: Vec<u32> = clients
-        .into_iter()
-        .flat_map(|c| c.join().unwrap())
-        .collect();
-    seen.sort_unstable();
-    seen.dedup();
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "failed requests ({} answered)",
-        ok.load(Ordering::SeqCst)
-    );
+    load.wait_for_more(50);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{report:?}");
     assert!(
-        generations.iter().all(|g| seen.contains(g)),
-        "every generation answered: {generations:?} vs {seen:?}"
+        generations.iter().all(|g| report.pids.contains(g)),
+        "every generation answered: {generations:?} vs {:?}",
+        report.pids
     );
 }

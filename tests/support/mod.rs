@@ -2,6 +2,8 @@
 //! waiting for conditions with deadlines.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -202,6 +204,26 @@ pub fn unix_socket_inode(path: &Path) -> Option<u64> {
             .then(|| f[6].parse().ok())
             .flatten()
     })
+}
+
+/// Inode of the server side of the TCP connection from `client_port` to `server_port` on
+/// loopback, from /proc/net/tcp: which process holds it tells who accepted the connection.
+pub fn tcp_server_socket_inode(server_port: u16, client_port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port_of = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || port_of(f[1])? != server_port || port_of(f[2])? != client_port {
+            return None;
+        }
+        f[9].parse().ok().filter(|&inode| inode != 0)
+    })
+}
+
+/// Whether process `pid` holds the socket with this inode.
+pub fn holds_socket(pid: u32, inode: u64) -> bool {
+    let needle = format!("socket:[{inode}]");
+    fd_links(pid).iter().any(|(_, t)| *t == needle)
 }
 
 /// Connects and reads the `pid N` greeting of a test server.
