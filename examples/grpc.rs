@@ -1,0 +1,59 @@
+//! A gRPC server (tonic) that upgrades itself on SIGHUP: the standard health service
+//! (`grpc.health.v1.Health`, serving), a unary and a server-streaming method, on an insecure
+//! listener and, as Gitaly runs them, a TLS one.
+//!
+//! ```text
+//! cargo run --release --example grpc       # GRPC_ADDR (127.0.0.1:9090), FLIP_PID_FILE (/tmp/flip-grpc.pid)
+//! GRPC_TLS_ADDR=127.0.0.1:9443 GRPC_TLS_CERT=cert.pem GRPC_TLS_KEY=key.pem cargo run --release --example grpc
+//! kill -HUP "$(cat /tmp/flip-grpc.pid)"    # upgrade: streams in flight finish on the old process
+//! ```
+
+#[path = "common/demo.rs"]
+mod demo;
+
+use flip::http::HttpServer;
+use hyper_util::service::TowerToHyperService;
+use tonic::service::Routes;
+
+/// Health (serving) and the demo service.
+async fn routes() -> Routes {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<demo::DemoServer>().await;
+    Routes::new(health).add_service(demo::DemoServer)
+}
+
+#[flip::starter]
+async fn grpc(ctx: &flip::StartContext) -> Result<(), flip::Error> {
+    let addr = std::env::var("GRPC_ADDR").unwrap_or_else(|_| "127.0.0.1:9090".into());
+    let listener = ctx.tcp_listener(&addr)?;
+    tracing::info!(%addr, "gRPC listening");
+    let service = TowerToHyperService::new(routes().await);
+    let shutdown = ctx.shutdown();
+    ctx.serve(async move { HttpServer::new().serve(listener, service, shutdown).await });
+    Ok(())
+}
+
+#[flip::starter]
+async fn grpc_tls(
+    ctx: &flip::StartContext,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let Ok(addr) = std::env::var("GRPC_TLS_ADDR") else {
+        return Ok(());
+    };
+    let (Ok(cert), Ok(key)) = (
+        std::env::var("GRPC_TLS_CERT"),
+        std::env::var("GRPC_TLS_KEY"),
+    ) else {
+        return Err("GRPC_TLS_ADDR needs GRPC_TLS_CERT and GRPC_TLS_KEY (PEM files)".into());
+    };
+    let server = HttpServer::new().tls_from_pem_files(cert, key)?;
+    let listener = ctx.tcp_listener(&addr)?;
+    tracing::info!(%addr, "gRPC listening (TLS)");
+    let service = TowerToHyperService::new(routes().await);
+    let shutdown = ctx.shutdown();
+    ctx.serve(async move { server.serve(listener, service, shutdown).await });
+    Ok(())
+}
+
+#[flip::main(pidfile = "/tmp/flip-grpc.pid")]
+fn main() {}
