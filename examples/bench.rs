@@ -13,7 +13,9 @@
 //! request), `--clients N` (16 short-request clients), `--slow N` (4 clients of 200 ms requests),
 //! `--interval-ms N` (200: pause between upgrades), `--ballast-mb N` (0), `--addr HOST:PORT`
 //! (127.0.0.1:18080), `--baseline-secs N` (3), `--tail-secs N` (0: how long the server
-//! keeps serving after the last upgrade, for an outside load generator). Traffic goes to loopback only and every loop is
+//! keeps serving after the last upgrade, for an outside load generator), `--compare-secs N` (0:
+//! also measure steady-state throughput and RSS of the `http` example against the `plain`
+//! example, the same endpoints on hyper without flip, N seconds each, and print the ratios). Traffic goes to loopback only and every loop is
 //! bounded by the number of upgrades and a deadline.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -39,6 +41,7 @@ struct Config {
     addr: String,
     baseline: Duration,
     tail: Duration,
+    compare_secs: u64,
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -52,6 +55,7 @@ fn parse_args() -> Result<Config, String> {
         addr: "127.0.0.1:18080".into(),
         baseline: Duration::from_secs(3),
         tail: Duration::ZERO,
+        compare_secs: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -71,6 +75,7 @@ fn parse_args() -> Result<Config, String> {
             "--addr" => c.addr = value,
             "--baseline-secs" => c.baseline = Duration::from_secs(num()?),
             "--tail-secs" => c.tail = Duration::from_secs(num()?),
+            "--compare-secs" => c.compare_secs = num()?,
             _ => return Err(format!("unknown option {flag} {value}")),
         }
     }
@@ -283,6 +288,73 @@ fn print_stats(label: &str, s: &Stats, elapsed: Duration, windows: &[(Instant, I
     );
 }
 
+fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Steady-state load against one server binary: (requests per second, RSS in KiB after).
+fn steady(c: &Config, exe: &std::path::Path, addr: &str) -> Result<(f64, u64), String> {
+    let server = Command::new(exe)
+        .env("HTTP_ADDR", addr)
+        .env("FLIP_PID_FILE", "")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+    let pid = server.id() as i32;
+    wait_until(Duration::from_secs(30), || TcpStream::connect(addr).is_ok())
+        .ok_or("the server did not start")?;
+    let mut load = c.clone();
+    load.addr = addr.to_owned();
+    load.slow = 0;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let handles = run_load(&load, &stop);
+    std::thread::sleep(Duration::from_secs(c.compare_secs));
+    stop.store(true, Ordering::SeqCst);
+    let mut total = Stats::default();
+    for h in handles {
+        total.merge(h.join().map_err(|_| "a client panicked")?);
+    }
+    let rate = total.ok as f64 / started.elapsed().as_secs_f64();
+    let rss = rss_kib(pid).unwrap_or(0);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = waitpid(Pid::from_raw(pid), None);
+    Ok((rate, rss))
+}
+
+fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
+    let mut plain = exe.to_owned();
+    plain.set_file_name("plain");
+    if !plain.exists() {
+        return Err(format!("{} is missing: run `cargo build --release --examples`", plain.display()));
+    }
+    let addr = "127.0.0.1:18181";
+    // Alternate, so that neither always runs on a warmer machine.
+    let (mut flip_rates, mut plain_rates, mut flip_rss, mut plain_rss) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..2 {
+        let (r, m) = steady(c, &plain, addr)?;
+        plain_rates.push(r);
+        plain_rss.push(m);
+        let (r, m) = steady(c, exe, addr)?;
+        flip_rates.push(r);
+        flip_rss.push(m);
+    }
+    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let avg_u = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len() as f64;
+    let (fr, pr) = (avg(&flip_rates), avg(&plain_rates));
+    let (fm, pm) = (avg_u(&flip_rss), avg_u(&plain_rss));
+    println!(
+        "steady state ({} mode, {} clients, {} s x2 each): flip {:.0} req/s, plain hyper {:.0} req/s, ratio {:.3}; RSS flip {:.0} KiB, plain {:.0} KiB, overhead {:.0} KiB",
+        c.mode, c.clients, c.compare_secs, fr, pr, fr / pr, fm, pm, fm - pm
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), String> {
     let c = parse_args()?;
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("subreaper: {e}"))?;
@@ -293,6 +365,9 @@ fn main() -> Result<(), String> {
             "{} is missing: run `cargo build --release --examples` first",
             exe.display()
         ));
+    }
+    if c.compare_secs > 0 && c.mode != "none" {
+        compare(&c, &exe)?;
     }
     let dir = std::env::temp_dir().join(format!("flip-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
