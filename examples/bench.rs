@@ -331,11 +331,15 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     let mut plain = exe.to_owned();
     plain.set_file_name("plain");
     if !plain.exists() {
-        return Err(format!("{} is missing: run `cargo build --release --examples`", plain.display()));
+        return Err(format!(
+            "{} is missing: run `cargo build --release --examples`",
+            plain.display()
+        ));
     }
     let addr = "127.0.0.1:18181";
     // Alternate, so that neither always runs on a warmer machine.
-    let (mut flip_rates, mut plain_rates, mut flip_rss, mut plain_rss) = (vec![], vec![], vec![], vec![]);
+    let (mut flip_rates, mut plain_rates, mut flip_rss, mut plain_rss) =
+        (vec![], vec![], vec![], vec![]);
     for _ in 0..2 {
         let (r, m) = steady(c, &plain, addr)?;
         plain_rates.push(r);
@@ -350,7 +354,15 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     let (fm, pm) = (avg_u(&flip_rss), avg_u(&plain_rss));
     println!(
         "steady state ({} mode, {} clients, {} s x2 each): flip {:.0} req/s, plain hyper {:.0} req/s, ratio {:.3}; RSS flip {:.0} KiB, plain {:.0} KiB, overhead {:.0} KiB",
-        c.mode, c.clients, c.compare_secs, fr, pr, fr / pr, fm, pm, fm - pm
+        c.mode,
+        c.clients,
+        c.compare_secs,
+        fr,
+        pr,
+        fr / pr,
+        fm,
+        pm,
+        fm - pm
     );
     Ok(())
 }

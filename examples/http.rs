@@ -54,7 +54,5 @@ async fn https(ctx: &flip::StartContext) -> Result<(), Box<dyn std::error::Error
 
 #[flip::main(pidfile = "/tmp/flip-http.pid")]
 fn main() -> Result<(), String> {
-    // Live as long as the process, as a real server's heap does.
-    Box::leak(ballast()?.into_boxed_slice());
-    Ok(())
+    ballast()
 }

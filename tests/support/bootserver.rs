@@ -11,18 +11,8 @@
 #[path = "events.rs"]
 mod events;
 
-use std::time::Duration;
-
-use events::event;
+use events::{env_ms, event};
 use tokio::io::AsyncWriteExt;
-
-fn env_ms(name: &str) -> Option<Duration> {
-    std::env::var(name)
-        .ok()?
-        .parse()
-        .ok()
-        .map(Duration::from_millis)
-}
 
 /// What every server does once the graceful stop begins.
 async fn drain(ctx: &flip::StartContext) {
@@ -37,6 +27,23 @@ async fn drain(ctx: &flip::StartContext) {
     }
 }
 
+/// Answers `pid <pid>\n` to every connection until the drain begins, then drains.
+async fn greet(ctx: flip::StartContext, listener: impl flip::http::Accept) -> std::io::Result<()> {
+    let pid = std::process::id();
+    let mut shutdown = ctx.shutdown();
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => break,
+            conn = listener.accept() => {
+                let _ = conn?.write_all(format!("pid {pid}\n").as_bytes()).await;
+            }
+        }
+    }
+    drop(listener);
+    drain(&ctx).await;
+    Ok(())
+}
+
 #[flip::starter]
 async fn tcp(ctx: &flip::StartContext) -> Result<(), flip::Error> {
     event(&format!("start tcp {}", std::process::id()));
@@ -44,23 +51,7 @@ async fn tcp(ctx: &flip::StartContext) -> Result<(), flip::Error> {
         return Ok(());
     };
     let listener = ctx.tcp_listener(&addr)?;
-    let mut shutdown = ctx.shutdown();
-    let ctx2 = ctx.clone();
-    ctx.serve(async move {
-        let pid = std::process::id();
-        loop {
-            tokio::select! {
-                () = shutdown.wait() => break,
-                conn = listener.accept() => {
-                    let (mut s, _) = conn?;
-                    let _ = s.write_all(format!("pid {pid}\n").as_bytes()).await;
-                }
-            }
-        }
-        drop(listener);
-        drain(&ctx2).await;
-        Ok::<_, std::io::Error>(())
-    });
+    ctx.serve(greet(ctx.clone(), listener));
     Ok(())
 }
 
@@ -74,23 +65,7 @@ mod more {
             return Ok(());
         };
         let listener = ctx.unix_listener(&path)?;
-        let mut shutdown = ctx.shutdown();
-        let ctx2 = ctx.clone();
-        ctx.serve(async move {
-            let pid = std::process::id();
-            loop {
-                tokio::select! {
-                    () = shutdown.wait() => break,
-                    conn = listener.accept() => {
-                        let (mut s, _) = conn?;
-                        let _ = s.write_all(format!("pid {pid}\n").as_bytes()).await;
-                    }
-                }
-            }
-            drop(listener);
-            drain(&ctx2).await;
-            Ok::<_, std::io::Error>(())
-        });
+        ctx.serve(greet(ctx.clone(), listener));
         Ok(())
     }
 

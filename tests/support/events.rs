@@ -1,4 +1,5 @@
-//! The event log the test servers write: one line per event, appended to `$TS_EVENTS`.
+//! What the test servers share: the event log (one line per event, appended to `$TS_EVENTS`)
+//! and reading durations from the environment.
 
 use std::io::Write;
 
@@ -12,4 +13,13 @@ pub fn event(line: &str) {
     {
         let _ = f.write_all(format!("{line}\n").as_bytes());
     }
+}
+
+/// A duration in milliseconds from the environment variable `name`.
+pub fn env_ms(name: &str) -> Option<std::time::Duration> {
+    std::env::var(name)
+        .ok()?
+        .parse()
+        .ok()
+        .map(std::time::Duration::from_millis)
 }

@@ -20,19 +20,11 @@ mod events;
 
 use std::io::Write;
 
-use events::event;
+use events::{env_ms, event};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
-
-fn env_ms(name: &str) -> Option<Duration> {
-    std::env::var(name)
-        .ok()?
-        .parse()
-        .ok()
-        .map(Duration::from_millis)
-}
 
 fn main() {
     let pid = std::process::id();
