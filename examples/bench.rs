@@ -288,14 +288,18 @@ fn print_stats(label: &str, s: &Stats, elapsed: Duration, windows: &[(Instant, I
     );
 }
 
-fn rss_kib(pid: i32) -> Option<u64> {
+/// Resident memory of a process in KiB: (anonymous, file-backed).
+fn rss_kib(pid: i32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((field("RssAnon:")?, field("RssFile:")?))
 }
 
 /// Steady-state load against one server binary: (requests per second, RSS in KiB after).
-fn steady(c: &Config, exe: &std::path::Path, addr: &str) -> Result<(f64, u64), String> {
+fn steady(c: &Config, exe: &std::path::Path, addr: &str) -> Result<(f64, (u64, u64)), String> {
     let server = Command::new(exe)
         .env("HTTP_ADDR", addr)
         .env("FLIP_PID_FILE", "")
@@ -321,7 +325,7 @@ fn steady(c: &Config, exe: &std::path::Path, addr: &str) -> Result<(f64, u64), S
         total.merge(h.join().map_err(|_| "a client panicked")?);
     }
     let rate = total.ok as f64 / started.elapsed().as_secs_f64();
-    let rss = rss_kib(pid).unwrap_or(0);
+    let rss = rss_kib(pid).unwrap_or((0, 0));
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     let _ = waitpid(Pid::from_raw(pid), None);
     Ok((rate, rss))
@@ -340,7 +344,7 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     // Alternate, so that neither always runs on a warmer machine.
     let (mut flip_rates, mut plain_rates, mut flip_rss, mut plain_rss) =
         (vec![], vec![], vec![], vec![]);
-    for _ in 0..2 {
+    for _ in 0..3 {
         let (r, m) = steady(c, &plain, addr)?;
         plain_rates.push(r);
         plain_rss.push(m);
@@ -349,20 +353,26 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
         flip_rss.push(m);
     }
     let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let avg_u = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len() as f64;
+    let avg_kib = |v: &[(u64, u64)], anon: bool| {
+        v.iter().map(|m| if anon { m.0 } else { m.1 }).sum::<u64>() as f64 / v.len() as f64
+    };
     let (fr, pr) = (avg(&flip_rates), avg(&plain_rates));
-    let (fm, pm) = (avg_u(&flip_rss), avg_u(&plain_rss));
     println!(
-        "steady state ({} mode, {} clients, {} s x2 each): flip {:.0} req/s, plain hyper {:.0} req/s, ratio {:.3}; RSS flip {:.0} KiB, plain {:.0} KiB, overhead {:.0} KiB",
+        "steady state ({} mode, {} clients, {} s x3 each, alternating): flip {:.0} req/s, plain hyper {:.0} req/s, ratio {:.3}",
         c.mode,
         c.clients,
         c.compare_secs,
         fr,
         pr,
-        fr / pr,
-        fm,
-        pm,
-        fm - pm
+        fr / pr
+    );
+    println!(
+        "RSS after load: anonymous flip {:.0} KiB, plain {:.0} KiB, overhead {:.0} KiB; file-backed (code) flip {:.0} KiB, plain {:.0} KiB",
+        avg_kib(&flip_rss, true),
+        avg_kib(&plain_rss, true),
+        avg_kib(&flip_rss, true) - avg_kib(&plain_rss, true),
+        avg_kib(&flip_rss, false),
+        avg_kib(&plain_rss, false),
     );
     Ok(())
 }
