@@ -58,7 +58,16 @@ pub enum PacketSocket {
 pub struct Fds {
     registry: Mutex<Registry>,
     has_parent: bool,
-    backlog: i32,
+    settings: SocketSettings,
+}
+
+/// How the registry creates new sockets.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SocketSettings {
+    /// Listen backlog of stream sockets.
+    pub(crate) backlog: i32,
+    /// Mode of new unix socket paths.
+    pub(crate) unix_mode: u32,
 }
 
 #[derive(Debug, Default)]
@@ -79,14 +88,18 @@ fn socket_error(network: &str, address: &str) -> impl FnOnce(io::Error) -> Error
 }
 
 impl Fds {
-    pub(crate) fn new(inherited: Vec<(Key, OwnedFd)>, has_parent: bool, backlog: i32) -> Fds {
+    pub(crate) fn new(
+        inherited: Vec<(Key, OwnedFd)>,
+        has_parent: bool,
+        settings: SocketSettings,
+    ) -> Fds {
         Fds {
             registry: Mutex::new(Registry {
                 inherited: inherited.into_iter().collect(),
                 used: BTreeMap::new(),
             }),
             has_parent,
-            backlog,
+            settings,
         }
     }
 
@@ -111,13 +124,13 @@ impl Fds {
         match network {
             "tcp" | "tcp4" | "tcp6" => {
                 let fd = self.inet(Kind::Listener, network, address, |addr| {
-                    socket::tcp_listener(network, addr, self.backlog)
+                    socket::tcp_listener(network, addr, self.settings.backlog)
                 })?;
                 Ok(Listener::Tcp(TcpListener::from(fd)))
             }
             "unix" => {
                 let fd = self.unix(Kind::Listener, network, address, |path| {
-                    socket::unix_listener(path, self.backlog)
+                    socket::unix_listener(path, self.settings.backlog, self.settings.unix_mode)
                 })?;
                 Ok(Listener::Unix(UnixListener::from(fd)))
             }
@@ -155,7 +168,9 @@ impl Fds {
                 Ok(PacketSocket::Udp(UdpSocket::from(fd)))
             }
             "unixgram" => {
-                let fd = self.unix(Kind::Packet, network, address, socket::unix_datagram)?;
+                let fd = self.unix(Kind::Packet, network, address, |path| {
+                    socket::unix_datagram(path, self.settings.unix_mode)
+                })?;
                 Ok(PacketSocket::Unix(UnixDatagram::from(fd)))
             }
             _ => Err(Error::Address {
@@ -284,7 +299,11 @@ impl Fds {
         let keys: Vec<Key> = unclaimed.keys().cloned().collect();
         drop(unclaimed);
         for key in &keys {
-            if key.is_unix_path() {
+            // Only a socket is removed: whatever else may stand at that path now is not ours.
+            let is_socket = std::fs::symlink_metadata(&key.address)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false);
+            if key.is_unix_path() && is_socket {
                 if let Err(e) = std::fs::remove_file(&key.address) {
                     tracing::warn!(path = %key.address, error = %e, "could not remove the socket path of an unclaimed inherited socket");
                 }
@@ -352,9 +371,27 @@ fn remove_stale_socket(path: &Path, kind: Kind) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    const TEST_SETTINGS: SocketSettings = SocketSettings {
+        backlog: 16,
+        unix_mode: 0o600,
+    };
+
+    #[test]
+    fn unix_sockets_get_the_configured_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("flip-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let fds = Fds::new(Vec::new(), false, TEST_SETTINGS);
+        fds.unix_listener(path.to_str().unwrap()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn port_zero_is_keyed_by_the_bound_port() {
-        let fds = Fds::new(Vec::new(), false, 16);
+        let fds = Fds::new(Vec::new(), false, TEST_SETTINGS);
         let l = fds.tcp_listener("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         assert_ne!(port, 0);
@@ -373,7 +410,7 @@ mod tests {
     #[test]
     fn sockets_are_nonblocking_and_cloexec() {
         use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
-        let fds = Fds::new(Vec::new(), false, 16);
+        let fds = Fds::new(Vec::new(), false, TEST_SETTINGS);
         let l = fds.tcp_listener("127.0.0.1:0").unwrap();
         let fl = OFlag::from_bits_truncate(fcntl(&l, FcntlArg::F_GETFL).unwrap());
         let fd = FdFlag::from_bits_truncate(fcntl(&l, FcntlArg::F_GETFD).unwrap());
@@ -383,7 +420,7 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_named() {
-        let fds = Fds::new(Vec::new(), false, 16);
+        let fds = Fds::new(Vec::new(), false, TEST_SETTINGS);
         for (network, address) in [
             ("tcp", "nonsense"),
             ("tcp", "127.0.0.1:99999"),
@@ -404,7 +441,7 @@ mod tests {
         let path = dir.join("s.sock");
         let path_str = path.to_str().unwrap();
         let live = UnixListener::bind(&path).unwrap();
-        let fds = Fds::new(Vec::new(), false, 16);
+        let fds = Fds::new(Vec::new(), false, TEST_SETTINGS);
         let err = fds.unix_listener(path_str).unwrap_err().to_string();
         assert!(err.contains("another process is serving"), "{err}");
         drop(live); // std does not remove the path: now it is stale

@@ -480,4 +480,91 @@ mod tests {
             Err(HandoffError::Manifest { line: 0, .. })
         ));
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            let inet = (any::<[u8; 4]>(), 1u16..).prop_map(|(ip, port)| {
+                let addr = std::net::SocketAddr::from((ip, port)).to_string();
+                (Kind::Listener, "tcp".to_owned(), addr)
+            });
+            let unix = "[^\\x00]{1,40}".prop_map(|p| (Kind::Listener, "unix".to_owned(), p));
+            let file = "[^\\x00]{1,20}".prop_map(|n| (Kind::File, "file".to_owned(), n));
+            (
+                prop_oneof![inet, unix, file],
+                6..1000i32,
+                any::<u64>(),
+                any::<u64>(),
+            )
+                .prop_map(|((kind, network, address), fd, dev, ino)| Entry {
+                    key: Key::new(kind, &network, &address),
+                    fd,
+                    dev,
+                    ino,
+                })
+        }
+
+        fn manifest() -> impl Strategy<Value = Manifest> {
+            (
+                any::<[u8; 16]>(),
+                1u32..,
+                proptest::collection::vec(entry(), 0..8),
+            )
+                .prop_map(|(token, parent_pid, mut entries)| {
+                    // Distinct keys and descriptor numbers, as a real registry has.
+                    let mut keys = HashSet::new();
+                    entries.retain(|e| keys.insert(e.key.clone()));
+                    for (i, e) in (0..).zip(entries.iter_mut()) {
+                        e.fd = 6 + i;
+                    }
+                    Manifest {
+                        token: Token(token),
+                        parent_pid,
+                        ready_fd: 4,
+                        alive_fd: 5,
+                        entries,
+                    }
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_are_an_error_or_a_manifest_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = Manifest::decode(&bytes);
+            }
+
+            #[test]
+            fn any_marker_text_is_an_error_or_a_marker(text in ".{0,80}") {
+                let _ = Marker::decode(OsStr::new(&text));
+            }
+
+            #[test]
+            fn manifests_round_trip(m in manifest()) {
+                prop_assert_eq!(Manifest::decode(m.encode().as_bytes()).unwrap(), m);
+            }
+
+            #[test]
+            fn a_mutated_manifest_decodes_consistently_or_fails(
+                m in manifest(),
+                at in any::<prop::sample::Index>(),
+                byte in any::<u8>(),
+                how in 0..3u8,
+            ) {
+                let mut bytes = m.encode().into_bytes();
+                let i = at.index(bytes.len());
+                match how {
+                    0 => bytes[i] = byte,
+                    1 => bytes.insert(i, byte),
+                    _ => { bytes.remove(i); }
+                }
+                if let Ok(decoded) = Manifest::decode(&bytes) {
+                    // Whatever is accepted is well formed: it encodes and decodes to itself.
+                    prop_assert_eq!(Manifest::decode(decoded.encode().as_bytes()).unwrap(), decoded);
+                }
+            }
+        }
+    }
 }

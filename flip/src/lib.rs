@@ -61,5 +61,8 @@ pub use error::{Error, ExitStatus, HandoffError, Result};
 pub use fds::{Fds, Listener, PacketSocket};
 pub use flip_macros::{main, starter};
 pub use key::{Key, Kind};
+pub use pidfile::DEFAULT_MODE as DEFAULT_PID_FILE_MODE;
 pub use signal::upgrade_signal;
-pub use upgrader::{DEFAULT_BACKLOG, DEFAULT_UPGRADE_TIMEOUT, Options, Upgrader};
+pub use upgrader::{
+    DEFAULT_BACKLOG, DEFAULT_UNIX_SOCKET_MODE, DEFAULT_UPGRADE_TIMEOUT, Options, Upgrader,
+};

@@ -16,18 +16,8 @@ pub(crate) fn write(path: &Path, pid: u32, mode: u32) -> Result<(), Error> {
         path: path.to_owned(),
         source,
     };
-    let name = file_name(path).map_err(fail)?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{pid}.tmp"));
-    let tmp: PathBuf = path.with_file_name(tmp_name);
-    let result = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
+    let tmp = temp_path(path, pid).map_err(fail)?;
+    let result = create(&tmp, mode)
         .and_then(|mut f| {
             f.write_all(format!("{pid}\n").as_bytes())?;
             f.flush()
@@ -38,6 +28,19 @@ pub(crate) fn write(path: &Path, pid: u32, mode: u32) -> Result<(), Error> {
         return Err(fail(e));
     }
     Ok(())
+}
+
+/// Checks, at first start, that a pid file can be written at `path`: creates and removes the
+/// temporary file that [`write`] would use, so a missing, read-only or full directory is
+/// reported before anything starts rather than when the process declares itself ready.
+pub(crate) fn check_writable(path: &Path, mode: u32) -> Result<(), Error> {
+    let fail = |source: io::Error| Error::PidFile {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = temp_path(path, std::process::id()).map_err(fail)?;
+    create(&tmp, mode).map_err(fail)?;
+    std::fs::remove_file(&tmp).map_err(fail)
 }
 
 /// The file name of a pid file path, or why the path cannot be one.
@@ -52,30 +55,23 @@ fn file_name(path: &Path) -> io::Result<&std::ffi::OsStr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))
 }
 
-/// Checks, at first start, that a pid file can be written at `path`, without writing it.
-pub(crate) fn check_dir(path: &Path) -> Result<(), Error> {
-    let fail = |source: io::Error| Error::PidFile {
-        path: path.to_owned(),
-        source,
-    };
-    file_name(path).map_err(fail)?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let meta = std::fs::metadata(dir).map_err(|e| {
-        fail(io::Error::new(
-            e.kind(),
-            format!("directory {}: {e}", dir.display()),
-        ))
-    })?;
-    if !meta.is_dir() {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            format!("{} is not a directory", dir.display()),
-        )));
-    }
-    Ok(())
+/// `.<name>.<pid>.tmp` beside the pid file.
+fn temp_path(path: &Path, pid: u32) -> io::Result<PathBuf> {
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name(path)?);
+    tmp_name.push(format!(".{pid}.tmp"));
+    Ok(path.with_file_name(tmp_name))
+}
+
+/// Creates (or truncates) the temporary file; never follows a symlink planted in its place.
+fn create(tmp: &Path, mode: u32) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(tmp)
 }
 
 #[cfg(test)]
@@ -97,8 +93,14 @@ mod tests {
         );
         assert!(write(&dir, 1, DEFAULT_MODE).is_err());
         assert!(write(&dir.join("missing/app.pid"), 1, DEFAULT_MODE).is_err());
-        assert!(check_dir(&dir.join("missing/app.pid")).is_err());
-        assert!(check_dir(&path).is_ok());
+        assert!(check_writable(&dir.join("missing/app.pid"), DEFAULT_MODE).is_err());
+        assert!(check_writable(Path::new("/proc/flip-test.pid"), DEFAULT_MODE).is_err());
+        assert!(check_writable(&path, DEFAULT_MODE).is_ok());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "42\n",
+            "the check leaves it alone"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

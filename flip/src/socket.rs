@@ -103,7 +103,10 @@ pub(crate) fn udp_socket(network: &str, addr: &SocketAddr) -> io::Result<OwnedFd
     inet_socket(addr, SockType::Datagram, network == "udp6")
 }
 
-fn unix_socket(path: &Path, ty: SockType) -> io::Result<OwnedFd> {
+/// Binds a unix socket and gives its path `mode` before the socket listens, so nobody can
+/// connect while the path still has the umask's mode.
+fn unix_socket(path: &Path, ty: SockType, mode: u32) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::PermissionsExt;
     let fd = socket(
         AddressFamily::Unix,
         ty,
@@ -111,19 +114,23 @@ fn unix_socket(path: &Path, ty: SockType) -> io::Result<OwnedFd> {
         None,
     )?;
     bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
     Ok(fd)
 }
 
 /// A listening unix stream socket at `path`.
-pub(crate) fn unix_listener(path: &Path, queue: i32) -> io::Result<OwnedFd> {
-    let fd = unix_socket(path, SockType::Stream)?;
+pub(crate) fn unix_listener(path: &Path, queue: i32, mode: u32) -> io::Result<OwnedFd> {
+    let fd = unix_socket(path, SockType::Stream, mode)?;
     listen(&fd, backlog(queue)?)?;
     Ok(fd)
 }
 
 /// A bound unix datagram socket at `path`.
-pub(crate) fn unix_datagram(path: &Path) -> io::Result<OwnedFd> {
-    unix_socket(path, SockType::Datagram)
+pub(crate) fn unix_datagram(path: &Path, mode: u32) -> io::Result<OwnedFd> {
+    unix_socket(path, SockType::Datagram, mode)
 }
 
 /// The local address of an IPv4 or IPv6 socket.

@@ -10,12 +10,15 @@ use tokio::sync::{Notify, watch};
 
 use crate::child::{self, ParentLink};
 use crate::error::{Error, Result};
-use crate::fds::Fds;
+use crate::fds::{Fds, SocketSettings};
 use crate::parent::{self, Launch};
 use crate::pidfile;
 
 /// Default time a new process has to become ready.
 pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default mode of new unix socket paths: owner and group may connect.
+pub const DEFAULT_UNIX_SOCKET_MODE: u32 = 0o660;
 
 /// Default listen backlog of new stream sockets.
 pub const DEFAULT_BACKLOG: i32 = 1024;
@@ -35,6 +38,7 @@ pub struct Options {
     upgrade_timeout: Duration,
     executable: Option<PathBuf>,
     backlog: i32,
+    unix_socket_mode: u32,
 }
 
 impl Default for Options {
@@ -45,6 +49,7 @@ impl Default for Options {
             upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
             executable: None,
             backlog: DEFAULT_BACKLOG,
+            unix_socket_mode: DEFAULT_UNIX_SOCKET_MODE,
         }
     }
 }
@@ -82,6 +87,13 @@ impl Options {
     /// Listen backlog of stream sockets created by the registry (default 1024).
     pub fn backlog(mut self, backlog: i32) -> Options {
         self.backlog = backlog;
+        self
+    }
+
+    /// Mode of unix socket paths the registry creates (default `0o660`: owner and group may
+    /// connect). Set before the socket listens, so there is no moment with a wider mode.
+    pub fn unix_socket_mode(mut self, mode: u32) -> Options {
+        self.unix_socket_mode = mode;
         self
     }
 
@@ -174,14 +186,18 @@ impl Upgrader {
     fn build(options: Options) -> Result<Upgrader> {
         let inherited = child::take_handoff()?;
         if let Some(path) = &options.pid_file {
-            pidfile::check_dir(path)?;
+            pidfile::check_writable(path, options.pid_file_mode)?;
         }
         let launch = Launch::capture(options.executable.clone()).map_err(Error::io(
             "finding the executable, arguments and working directory",
         ))?;
+        let settings = SocketSettings {
+            backlog: options.backlog,
+            unix_mode: options.unix_socket_mode,
+        };
         let (fds, parent) = match inherited {
-            Some(inh) => (Fds::new(inh.fds, true, options.backlog), Some(inh.parent)),
-            None => (Fds::new(Vec::new(), false, options.backlog), None),
+            Some(inh) => (Fds::new(inh.fds, true, settings), Some(inh.parent)),
+            None => (Fds::new(Vec::new(), false, settings), None),
         };
         if let Some(p) = &parent {
             tracing::debug!(
