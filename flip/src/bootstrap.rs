@@ -45,7 +45,25 @@ impl ErrorSender {
 #[derive(Debug, Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
 
+/// Starts the graceful stop of the [`Shutdown`] tokens it was made with.
+#[derive(Debug)]
+pub struct ShutdownTrigger(watch::Sender<bool>);
+
+impl ShutdownTrigger {
+    /// Signals every token: the graceful stop begins.
+    pub fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+}
+
 impl Shutdown {
+    /// A token and its trigger, for servers run without a [`Bootstrap`] (the Bootstrap makes
+    /// its own). Clone the token for each server.
+    pub fn pair() -> (ShutdownTrigger, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (ShutdownTrigger(tx), Shutdown(rx))
+    }
+
     /// Waits until the graceful stop begins.
     pub async fn wait(&mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
@@ -393,9 +411,9 @@ impl Bootstrap {
         let mut new_pid = None;
         loop {
             tokio::select! {
-                _ = term.recv() => return self.stop_now(Outcome::Signaled("SIGTERM")),
-                _ = int.recv() => return self.stop_now(Outcome::Signaled("SIGINT")),
-                Some(e) = self.errors_rx.recv() => return self.stop_now(Outcome::Failed(e)),
+                _ = term.recv() => return self.stop_now(upgrades, Outcome::Signaled("SIGTERM")).await,
+                _ = int.recv() => return self.stop_now(upgrades, Outcome::Signaled("SIGINT")).await,
+                Some(e) = self.errors_rx.recv() => return self.stop_now(upgrades, Outcome::Failed(e)).await,
                 _ = hup.recv() => {
                     if !self.upgrades_enabled {
                         tracing::warn!("SIGHUP ignored: upgrades are disabled (set FLIP_UPGRADES_ENABLED=1, or the prefix your main uses, to enable them)");
@@ -456,8 +474,17 @@ impl Bootstrap {
         Outcome::Upgraded { new_pid, drain }
     }
 
-    fn stop_now(&self, outcome: Outcome) -> Outcome {
+    /// Immediate stop: cancels an upgrade in flight and waits (briefly) until its new process
+    /// is killed and reaped, so none outlives this one.
+    async fn stop_now(&self, mut upgrades: JoinSet<Option<u32>>, outcome: Outcome) -> Outcome {
         self.upgrader.stop();
+        let cancelled = async { while upgrades.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), cancelled)
+            .await
+            .is_err()
+        {
+            tracing::warn!("an upgrade in flight did not end within 5 s of the stop");
+        }
         outcome
     }
 }

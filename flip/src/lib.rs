@@ -55,7 +55,7 @@ mod upgrader;
 
 pub use bootstrap::{
     Bootstrap, BoxError, BoxFuture, DEFAULT_GRACE_PERIOD, Drain, ErrorSender, Outcome, Shutdown,
-    StartContext, StartError,
+    ShutdownTrigger, StartContext, StartError,
 };
 pub use error::{Error, ExitStatus, HandoffError, Result};
 pub use fds::{Fds, Listener, PacketSocket};

@@ -6,7 +6,8 @@
 //! - `TB_DRAIN_MS`: how long each server's drain takes; `TB_STUCK=1`: the drain never ends;
 //! - `TB_ERROR_DURING_DRAIN=1`: each server reports an error when the drain begins;
 //! - `TB_FAIL_AFTER_MS`: a runtime error is reported this long after start;
-//! - `TS_EVENTS`: event log (`start <starter> <pid>`).
+//! - `TS_EVENTS`: event log (`start <starter> <pid>`);
+//! - `TS_BEHAVIOUR`: a file; `hang` makes a new process never become ready.
 
 #[path = "events.rs"]
 mod events;
@@ -85,6 +86,11 @@ mod more {
 
 #[flip::main(env_prefix = "BOOT", upgrade_timeout = "20s")]
 async fn main(bootstrap: &mut flip::Bootstrap) {
+    let behaviour = std::env::var_os("TS_BEHAVIOUR").and_then(|p| std::fs::read_to_string(p).ok());
+    if behaviour.as_deref().map(str::trim) == Some("hang") {
+        // Never ready: the upgrade that started us stays in flight.
+        std::future::pending::<()>().await;
+    }
     if let Some(grace) = env_ms("TB_GRACE_MS") {
         bootstrap.set_grace_period(grace);
     }

@@ -293,7 +293,11 @@ impl Server {
 
     pub fn start_in(scratch: Scratch, program: &Path, env: &[(&str, String)]) -> Server {
         init();
-        let pid_file = scratch.path("server.pid");
+        let pid_file = env
+            .iter()
+            .find(|(k, _)| *k == "FLIP_PID_FILE")
+            .map(|(_, v)| PathBuf::from(v))
+            .unwrap_or_else(|| scratch.path("server.pid"));
         let events = scratch.path("events");
         let behaviour = scratch.path("behaviour");
         let log = scratch.path("log");
@@ -380,7 +384,17 @@ impl Server {
     /// Sends SIGHUP to the serving process and waits for the outcome: the pid file naming a new
     /// process, or (test server) an `upgrade-failed` event. Returns the new pid, or the reason.
     pub fn upgrade(&self) -> Result<u32, String> {
-        let old = self.pid().expect("a serving pid");
+        // The pid file may be gone (a test removed its directory): the last pid it named.
+        let old = self
+            .pid()
+            .or_else(|| {
+                self.seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last()
+                    .copied()
+            })
+            .expect("a serving pid");
         let from = self.events().len();
         signal(old, Signal::SIGHUP);
         wait_for("the upgrade outcome", DEADLINE, || {
@@ -506,4 +520,15 @@ pub fn write_file(path: &Path, line: &str) {
     std::fs::File::create(path)
         .and_then(|mut f| f.write_all(line.as_bytes()))
         .unwrap();
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }

@@ -5,6 +5,7 @@
 //!   `upgrade-failed <pid> <reason>`, `spawned <pid> <child>`, `exiting <pid>`).
 //! - `TS_BEHAVIOUR`: file read at startup: `ok`, `crash` (exit 3 before ready), `exit0`, `hang`
 //!   (never ready), `skip-unix` (ready without asking for the unix listener).
+//! - `TS_HTTP`: an HTTP listener (`flip::http`) answering `hello from <pid>`;
 //! - `TS_TCP`, `TS_TCP6`, `TS_UNIX`, `TS_UDP`, `TS_UNIXGRAM`, `TS_FILE`: sockets and a file to
 //!   open through the registry (each optional).
 //! - `FLIP_PID_FILE`, `TS_UPGRADE_TIMEOUT_MS`, `TS_LINGER_MS` (how long the old process stays
@@ -32,6 +33,10 @@ fn main() {
         .and_then(|p| std::fs::read_to_string(p).ok())
         .unwrap_or_else(|| "ok".into());
     let behaviour = behaviour.trim();
+    if behaviour == "wait-before-handoff" {
+        // Killed by the test before it could even look at the handoff.
+        std::thread::sleep(Duration::from_secs(600));
+    }
     let mut options = flip::Options::new();
     if let Some(p) = std::env::var_os("FLIP_PID_FILE") {
         options = options.pid_file(p);
@@ -93,6 +98,8 @@ async fn serve(
     }
     let fds = upgrader.fds();
     let mut tasks = tokio::task::JoinSet::new();
+    let (trigger, shutdown_rx) = flip::Shutdown::pair();
+    let mut http = None;
     if let Ok(addr) = std::env::var("TS_TCP") {
         let l = tokio::net::TcpListener::from_std(fds.listen("tcp4", &addr).map(tcp)?)?;
         tasks.spawn(async move {
@@ -125,6 +132,21 @@ async fn serve(
                 let _ = s.send_to(format!("pid {pid}\n").as_bytes(), from).await;
             }
         });
+    }
+    if let Ok(addr) = std::env::var("TS_HTTP") {
+        let listener = tokio::net::TcpListener::from_std(fds.tcp_listener(&addr)?)?;
+        let shutdown = shutdown_rx.clone();
+        http = Some(tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req| async {
+                let body = format!("hello from {}\n", std::process::id());
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(body),
+                )))
+            });
+            let _ = flip::http::HttpServer::new()
+                .serve(listener, service, shutdown)
+                .await;
+        }));
     }
     if let Ok(path) = std::env::var("TS_UNIXGRAM") {
         let s = tokio::net::UnixDatagram::from_std(fds.unix_datagram(&path)?)?;
@@ -190,6 +212,10 @@ async fn serve(
     }
     // Stop serving: the new process accepts from the same sockets now.
     tasks.abort_all();
+    trigger.trigger();
+    if let Some(http) = http {
+        let _ = http.await;
+    }
     // Let a cancelled upgrade report how it ended.
     while upgrades.join_next().await.is_some() {}
     if let Some(linger) = env_ms("TS_LINGER_MS") {

@@ -1,0 +1,303 @@
+//! Faults with real processes: killed new processes, signals at bad moments, storms, broken
+//! binaries, a vanished pid file directory. Each test counts the requests it loses.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::load::{Load, Mode};
+use support::*;
+
+fn testserver() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_flip-testserver"))
+}
+
+/// A test server with an HTTP listener, and load on it.
+fn serving(name: &str, extra: &[(&str, String)]) -> (Server, String, Load) {
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut env = vec![("TS_HTTP", http.clone())];
+    env.extend(extra.iter().cloned());
+    let server = Server::start(name, &testserver(), &env);
+    let load = Load::start(&http, 3, Mode::Close);
+    load.wait_for_more(20);
+    (server, http, load)
+}
+
+fn new_child_of(pid: u32) -> u32 {
+    wait_for("the new process to start", DEADLINE, || {
+        children_of(pid).first().copied()
+    })
+}
+
+fn gone(pid: u32) {
+    let dir = format!("/proc/{pid}");
+    wait_for(
+        &format!("process {pid} to be gone and reaped"),
+        DEADLINE,
+        || (!Path::new(&dir).exists()).then_some(()),
+    );
+}
+
+#[test]
+fn a_new_process_killed_before_it_reads_the_handoff_or_before_ready_loses_nothing() {
+    let (server, _, load) = serving("kill-early", &[]);
+    let old = server.first_pid;
+    for behaviour in ["wait-before-handoff", "hang"] {
+        server.set_behaviour(behaviour);
+        let from = server.events().len();
+        signal(old, Signal::SIGHUP);
+        let child = new_child_of(old);
+        load.wait_for_more(20);
+        signal(child, Signal::SIGKILL);
+        let (_, line) = server.wait_event(from, &format!("upgrade-failed {old} "));
+        assert!(
+            line.ends_with("child-exited killed by signal 9 (SIGKILL)"),
+            "{behaviour}: {line}"
+        );
+        gone(child);
+        load.wait_for_more(20);
+        assert_eq!(server.pid(), Some(old), "{behaviour}");
+    }
+    server.set_behaviour("ok");
+    let new = server.upgrade_ok();
+    load.wait_for_more(20);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.pids.contains(&new));
+}
+
+#[test]
+fn the_old_process_killed_right_after_ready_leaves_the_new_one_serving_and_upgradable() {
+    let (server, _, load) = serving("kill-old", &[("TS_LINGER_MS", "600000".into())]);
+    let old = server.first_pid;
+    let new = server.upgrade().expect("upgrade");
+    server.wait_pid_file(new);
+    signal(old, Signal::SIGKILL);
+    wait_exit(old, DEADLINE);
+    load.wait_for_more(20);
+    let newer = server
+        .upgrade()
+        .expect("the new process upgrades once its parent is gone");
+    server.wait_pid_file(newer);
+    load.wait_for_more(20);
+    let report = load.finish();
+    // The old process had stopped serving before it was killed: nothing was in flight there.
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.pids.contains(&newer), "{report:?}");
+}
+
+#[test]
+fn a_sighup_storm_serialises_upgrades_and_kills_nothing() {
+    let (server, _, load) = serving("storm", &[]);
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut most_children = 0;
+    while sent < 200 && started.elapsed() < Duration::from_secs(10) {
+        if let Some(pid) = server.pid() {
+            let children = children_of(pid);
+            most_children = most_children.max(children.len());
+            // Aim at the serving process and at any process it is starting.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGHUP);
+            for c in children {
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(c as i32), Signal::SIGHUP);
+            }
+            sent += 1;
+        }
+        std::thread::park_timeout(Duration::from_millis(5));
+    }
+    assert!(most_children <= 1, "{most_children} new processes at once");
+    // Settle: one process serves, every other generation exited on its own.
+    let serving = wait_for("the storm to settle", DEADLINE, || {
+        let pid = server.pid()?;
+        let others: Vec<u32> = server
+            .all_pids()
+            .into_iter()
+            .filter(|&p| p != pid && alive(p))
+            .collect();
+        (others.is_empty() && children_of(pid).is_empty()).then_some(pid)
+    });
+    load.wait_for_more(20);
+    let report = load.finish();
+    let events = server.events();
+    let upgrades = events.iter().filter(|l| l.starts_with("upgraded ")).count();
+    let exits = events.iter().filter(|l| l.starts_with("exiting ")).count();
+    eprintln!(
+        "storm: {sent} SIGHUPs, {upgrades} upgrades, {} answered, {} failed",
+        report.answered, report.failed
+    );
+    assert!(!events.iter().any(|l| l.starts_with("error")), "{events:?}");
+    assert_eq!(
+        exits, upgrades,
+        "every upgraded process exited by itself: {events:?}"
+    );
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.pids.contains(&serving));
+}
+
+#[test]
+fn fifty_crashing_binaries_in_a_row_leave_the_old_process_serving_and_stable() {
+    let (server, _, load) = serving("crash-50", &[]);
+    let old = server.first_pid;
+    server.set_behaviour("crash");
+    let mut first = None;
+    for i in 0..50 {
+        let reason = server
+            .upgrade()
+            .expect_err("a crashing binary cannot take over");
+        assert_eq!(reason, "child-exited exit code 3");
+        if i == 0 {
+            first = Some((fd_count(old), rss_kib(old)));
+        }
+    }
+    let (fds_first, rss_first) = first.unwrap();
+    let settled = Instant::now() + Duration::from_secs(5);
+    while fd_count(old) != fds_first && Instant::now() < settled {
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    let (fds_last, rss_last) = (fd_count(old), rss_kib(old));
+    eprintln!(
+        "after 1 crash: {fds_first} fds, {rss_first} KiB; after 50: {fds_last} fds, {rss_last} KiB"
+    );
+    assert_eq!(fds_last, fds_first, "descriptors leak per failed upgrade");
+    assert!(
+        rss_last <= rss_first + 1024,
+        "memory grows per failed upgrade: {rss_first} -> {rss_last} KiB"
+    );
+    assert!(children_of(old).is_empty(), "no zombie or straggler");
+    server.set_behaviour("ok");
+    let new = server.upgrade_ok();
+    load.wait_for_more(20);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.pids.contains(&new));
+}
+
+#[test]
+fn a_vanished_pid_file_directory_fails_the_upgrade_and_keeps_the_old_process() {
+    let scratch = Scratch::new("piddir");
+    let run = scratch.path("run");
+    std::fs::create_dir(&run).unwrap();
+    let pid_file = run.join("server.pid");
+    let http = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_in(
+        scratch,
+        &testserver(),
+        &[
+            ("TS_HTTP", http.clone()),
+            ("FLIP_PID_FILE", pid_file.display().to_string()),
+        ],
+    );
+    let load = Load::start(&http, 3, Mode::Close);
+    load.wait_for_more(20);
+    let old = server.first_pid;
+    std::fs::remove_dir_all(&run).unwrap();
+    let reason = server
+        .upgrade()
+        .expect_err("the new process cannot write the pid file");
+    assert_eq!(reason, "child-exited exit code 1");
+    assert!(
+        server
+            .events()
+            .iter()
+            .any(|l| l.starts_with("error ") && l.contains("pid file")),
+        "the new process said why: {:?}",
+        server.events()
+    );
+    load.wait_for_more(20);
+    std::fs::create_dir(&run).unwrap();
+    let new = server
+        .upgrade()
+        .expect("upgrade once the directory is back");
+    server.wait_pid_file(new);
+    wait_exit(old, DEADLINE);
+    load.wait_for_more(20);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.pids.contains(&old) && report.pids.contains(&new));
+}
+
+#[test]
+fn sigterm_during_an_upgrade_in_flight_stops_at_once_and_kills_the_new_process() {
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        "term-in-flight",
+        &std::path::PathBuf::from(env!("CARGO_BIN_EXE_flip-bootserver")),
+        &[("TB_TCP", tcp.clone())],
+    );
+    let old = server.first_pid;
+    server.set_behaviour("hang");
+    signal(old, Signal::SIGHUP);
+    let child = new_child_of(old);
+    signal(old, Signal::SIGTERM);
+    assert_eq!(exit_code(old, DEADLINE), 0);
+    // The new process dies with it (killed by the old one, or at least never left running).
+    wait_for("the new process to end", DEADLINE, || {
+        (!alive(child)).then_some(())
+    });
+    assert!(
+        server.log().contains("stopped by SIGTERM"),
+        "{}",
+        server.log()
+    );
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn zombies_of(pid: u32) -> Vec<u32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn five_hundred_upgrades_under_load_leak_nothing() {
+    let http = format!("127.0.0.1:{}", free_port());
+    let server = Server::start("leaks", &testserver(), &[("TS_HTTP", http.clone())]);
+    // Measured with no connection open, before and after the load.
+    let first = server.upgrade_ok();
+    let (fds_1, threads_1, rss_1) = (fd_count(first), threads(first), rss_kib(first));
+    let load = Load::start(&http, 3, Mode::Close);
+    let mut last = first;
+    for _ in 1..500 {
+        load.wait_for_more(5);
+        last = server.upgrade_ok();
+    }
+    load.wait_for_more(5);
+    let report = load.finish();
+    // Connections the load left are closing: a leak stays, they do not.
+    let settled = Instant::now() + Duration::from_secs(5);
+    while (fd_count(last), threads(last)) != (fds_1, threads_1) && Instant::now() < settled {
+        std::thread::park_timeout(Duration::from_millis(10));
+    }
+    let (fds_500, threads_500, rss_500) = (fd_count(last), threads(last), rss_kib(last));
+    eprintln!(
+        "leaks: generation 1: {fds_1} fds, {threads_1} threads, {rss_1} KiB; generation 500: {fds_500} fds, {threads_500} threads, {rss_500} KiB; {} requests answered, {} failed",
+        report.answered, report.failed
+    );
+    assert_eq!(fds_500, fds_1, "descriptors: {:?}", fd_links(last));
+    assert_eq!(threads_500, threads_1, "threads");
+    assert!(rss_500 <= rss_1 + 1024, "memory: {rss_1} -> {rss_500} KiB");
+    assert!(
+        zombies_of(std::process::id()).is_empty(),
+        "zombies: {:?}",
+        zombies_of(std::process::id())
+    );
+    assert!(zombies_of(last).is_empty());
+    assert_eq!(report.failed, 0, "{report:?}");
+}
