@@ -301,3 +301,42 @@ fn five_hundred_upgrades_under_load_leak_nothing() {
     assert!(zombies_of(last).is_empty());
     assert_eq!(report.failed, 0, "{report:?}");
 }
+
+#[test]
+fn a_new_process_killed_right_after_ready_hands_service_back_to_the_old_one() {
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        "kill-after-ready",
+        &std::path::PathBuf::from(env!("CARGO_BIN_EXE_flip-bootserver")),
+        // A drain that never ends keeps the old process around, as a long request would.
+        &[
+            ("TB_TCP", tcp.clone()),
+            ("TB_STUCK", "1".into()),
+            ("TB_GRACE_MS", "600000".into()),
+        ],
+    );
+    let old = server.first_pid;
+    let new = server.upgrade().expect("upgrade");
+    server.wait_pid_file(new);
+    wait_for("the new process to serve", DEADLINE, || {
+        (tcp_pid(&tcp) == Some(new)).then_some(())
+    });
+    signal(new, Signal::SIGKILL);
+    // The old process notices, takes service back on the very same socket, and says so in the
+    // pid file.
+    server.wait_pid_file(old);
+    wait_for("the old process to serve again", DEADLINE, || {
+        (tcp_pid(&tcp) == Some(old)).then_some(())
+    });
+    assert!(
+        server.log().contains("taking service back"),
+        "{}",
+        server.log()
+    );
+    // And it can upgrade again.
+    let newer = server.upgrade().expect("a later upgrade");
+    server.wait_pid_file(newer);
+    wait_for("the newer process to serve", DEADLINE, || {
+        (tcp_pid(&tcp) == Some(newer)).then_some(())
+    });
+}

@@ -23,8 +23,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// A boxed future, as starters and stop actions return them.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-type StarterFn = Box<dyn FnOnce(StartContext) -> BoxFuture<Result<(), BoxError>> + Send>;
-type StopAction = Box<dyn FnOnce() -> BoxFuture<()> + Send>;
+/// Starters and the stop action can run more than once: again when this process takes service
+/// back after its successor died.
+type StarterFn = Arc<dyn Fn(StartContext) -> BoxFuture<Result<(), BoxError>> + Send + Sync>;
+type StopAction = Arc<dyn Fn() -> BoxFuture<()> + Send + Sync>;
 
 /// Sends runtime errors of a server to [`Bootstrap::wait`], which then stops at once.
 ///
@@ -181,6 +183,9 @@ pub enum Drain {
     GracePeriodExpired,
     /// A second SIGTERM or SIGINT ended it.
     Forced(&'static str),
+    /// The new process died during the drain and this one took service back; never part of
+    /// an [`Outcome`].
+    Resumed,
 }
 
 impl Outcome {
@@ -221,6 +226,7 @@ impl std::fmt::Display for Outcome {
                         write!(f, "grace period expired before the drain completed")
                     }
                     Drain::Forced(sig) => write!(f, "drain forced to end by {sig}"),
+                    Drain::Resumed => write!(f, "service taken back"),
                 }
             }
         }
@@ -332,21 +338,22 @@ impl Bootstrap {
     /// group ([`StartContext::serve`]).
     pub fn set_stop_action<F, Fut>(&mut self, action: F) -> &mut Self
     where
-        F: FnOnce() -> Fut + Send + 'static,
+        F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.stop_action = Some(Box::new(move || Box::pin(action())));
+        self.stop_action = Some(Arc::new(move || Box::pin(action())));
         self
     }
 
     /// Adds a starter; [`start`](Bootstrap::start) calls starters in registration order.
+    /// A starter runs again if this process takes service back after its successor died.
     pub fn register_starter<F, Fut, E>(&mut self, name: impl Into<String>, starter: F) -> &mut Self
     where
-        F: FnOnce(StartContext) -> Fut + Send + 'static,
+        F: Fn(StartContext) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        let run: StarterFn = Box::new(move |ctx| {
+        let run: StarterFn = Arc::new(move |ctx| {
             let fut = starter(ctx);
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
@@ -361,7 +368,7 @@ impl Bootstrap {
 
     /// Calls every starter in order. The first setup error stops here and is returned.
     pub async fn start(&mut self) -> Result<(), StartError> {
-        let starters = std::mem::take(&mut self.starters);
+        let starters = self.starters.clone();
         for (name, run) in starters {
             let ctx = StartContext {
                 upgrader: self.upgrader.clone(),
@@ -405,73 +412,87 @@ impl Bootstrap {
             "ready"
         );
 
-        let exit = self.upgrader.exit();
-        tokio::pin!(exit);
-        let mut upgrades: JoinSet<Option<u32>> = JoinSet::new();
-        let mut new_pid = None;
         loop {
-            tokio::select! {
-                _ = term.recv() => return self.stop_now(upgrades, Outcome::Signaled("SIGTERM")).await,
-                _ = int.recv() => return self.stop_now(upgrades, Outcome::Signaled("SIGINT")).await,
-                Some(e) = self.errors_rx.recv() => return self.stop_now(upgrades, Outcome::Failed(e)).await,
-                _ = hup.recv() => {
-                    if !self.upgrades_enabled {
-                        tracing::warn!("SIGHUP ignored: upgrades are disabled (set FLIP_UPGRADES_ENABLED=1, or the prefix your main uses, to enable them)");
-                        continue;
-                    }
-                    let upgrader = self.upgrader.clone();
-                    upgrades.spawn(async move {
-                        let started = Instant::now();
-                        tracing::info!("SIGHUP: upgrading");
-                        match upgrader.upgrade().await {
-                            Ok(pid) => {
-                                tracing::info!(new_pid = pid, elapsed = ?started.elapsed(), "upgrade succeeded");
-                                Some(pid)
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, elapsed = ?started.elapsed(), "upgrade failed; still serving");
-                                None
-                            }
+            // Serving, until an upgrade succeeds (or an immediate stop).
+            let exit = self.upgrader.exit();
+            tokio::pin!(exit);
+            let mut upgrades: JoinSet<Option<u32>> = JoinSet::new();
+            let mut new_pid = None;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return self.stop_now(upgrades, Outcome::Signaled("SIGTERM")).await,
+                    _ = int.recv() => return self.stop_now(upgrades, Outcome::Signaled("SIGINT")).await,
+                    Some(e) = self.errors_rx.recv() => return self.stop_now(upgrades, Outcome::Failed(e)).await,
+                    _ = hup.recv() => {
+                        if !self.upgrades_enabled {
+                            tracing::warn!("SIGHUP ignored: upgrades are disabled (set FLIP_UPGRADES_ENABLED=1, or the prefix your main uses, to enable them)");
+                            continue;
                         }
-                    });
+                        upgrades.spawn(upgrade(self.upgrader.clone()));
+                    }
+                    Some(Ok(Some(pid))) = upgrades.join_next(), if !upgrades.is_empty() => new_pid = Some(pid),
+                    () = &mut exit => break,
                 }
-                Some(Ok(Some(pid))) = upgrades.join_next(), if !upgrades.is_empty() => new_pid = Some(pid),
-                () = &mut exit => break,
             }
-        }
-        // The upgrade task that succeeded may not have been collected yet.
-        while let Some(done) = upgrades.join_next().await {
-            if let Ok(Some(pid)) = done {
-                new_pid = Some(pid);
+            // The upgrade task that succeeded may not have been collected yet.
+            while let Some(done) = upgrades.join_next().await {
+                if let Ok(Some(pid)) = done {
+                    new_pid = Some(pid);
+                }
             }
-        }
 
-        tracing::info!(grace = ?self.grace, "draining");
-        let _ = self.shutdown_tx.send(true);
-        let action = self.stop_action.take();
-        let tasks = self.tasks.clone();
-        let drain = async move {
-            if let Some(action) = action {
-                action().await;
-            }
-            let mut set = std::mem::take(&mut *tasks.lock().unwrap_or_else(|p| p.into_inner()));
-            while set.join_next().await.is_some() {}
-        };
-        tokio::pin!(drain);
-        let deadline = tokio::time::sleep(self.grace);
-        tokio::pin!(deadline);
-        let drain = loop {
-            tokio::select! {
-                () = &mut drain => break Drain::Completed,
-                () = &mut deadline => break Drain::GracePeriodExpired,
-                _ = term.recv() => break Drain::Forced("SIGTERM"),
-                _ = int.recv() => break Drain::Forced("SIGINT"),
-                Some(e) = self.errors_rx.recv() => {
-                    tracing::debug!(error = %e, "error while draining, ignored");
+            // Draining, within the grace period.
+            tracing::info!(grace = ?self.grace, "draining");
+            let _ = self.shutdown_tx.send(true);
+            let action = self.stop_action.clone();
+            let mut group =
+                std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+            // A task of its own, so the drain goes on should this process take service back.
+            let mut drain = tokio::spawn(async move {
+                if let Some(action) = action {
+                    action().await;
                 }
+                while group.join_next().await.is_some() {}
+            });
+            let deadline = tokio::time::sleep(self.grace);
+            tokio::pin!(deadline);
+            let successor_exited = self.upgrader.successor_exited();
+            tokio::pin!(successor_exited);
+            let drain = loop {
+                tokio::select! {
+                    _ = &mut drain => break Drain::Completed,
+                    () = &mut deadline => break Drain::GracePeriodExpired,
+                    _ = term.recv() => break Drain::Forced("SIGTERM"),
+                    _ = int.recv() => break Drain::Forced("SIGINT"),
+                    Some(e) = self.errors_rx.recv() => {
+                        tracing::debug!(error = %e, "error while draining, ignored");
+                    }
+                    status = &mut successor_exited => {
+                        // Nobody serves now but us: take service back on the same sockets.
+                        tracing::error!(%status, "the new process died; taking service back");
+                        if let Err(e) = self.resume().await {
+                            return Outcome::Failed(e);
+                        }
+                        break Drain::Resumed;
+                    }
+                }
+            };
+            if drain != Drain::Resumed {
+                return Outcome::Upgraded { new_pid, drain };
             }
-        };
-        Outcome::Upgraded { new_pid, drain }
+        }
+    }
+
+    /// Serves again after the successor died during the drain: new shutdown token and drain
+    /// group, the starters once more (the registry hands out the same sockets), and the
+    /// upgrader ready again with the pid file naming this process.
+    async fn resume(&mut self) -> Result<(), BoxError> {
+        self.shutdown_tx = watch::channel(false).0;
+        *self.tasks.lock().unwrap_or_else(|p| p.into_inner()) = JoinSet::new();
+        self.upgrader.resume()?;
+        self.start().await?;
+        tracing::info!(pid = std::process::id(), "serving again");
+        Ok(())
     }
 
     /// Immediate stop: cancels an upgrade in flight and waits (briefly) until its new process
@@ -486,6 +507,22 @@ impl Bootstrap {
             tracing::warn!("an upgrade in flight did not end within 5 s of the stop");
         }
         outcome
+    }
+}
+
+/// One upgrade, logged with its outcome and duration; the new pid on success.
+async fn upgrade(upgrader: Upgrader) -> Option<u32> {
+    let started = Instant::now();
+    tracing::info!("SIGHUP: upgrading");
+    match upgrader.upgrade().await {
+        Ok(pid) => {
+            tracing::info!(new_pid = pid, elapsed = ?started.elapsed(), "upgrade succeeded");
+            Some(pid)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, elapsed = ?started.elapsed(), "upgrade failed; still serving");
+            None
+        }
     }
 }
 

@@ -148,15 +148,19 @@ impl Child {
 
     /// The child is ready and now serves. Returns the write end of the pipe that tells it when
     /// this process exits (keep it open until then), and reaps the child in the background
-    /// should it end while this process drains.
-    pub(crate) fn into_successor(mut self) -> Option<OwnedFd> {
+    /// should it end while this process drains, reporting how it ended to `on_exit`.
+    pub(crate) fn into_successor(
+        mut self,
+        on_exit: impl FnOnce(ExitStatus) + Send + 'static,
+    ) -> Option<OwnedFd> {
         let alive = self.alive.take();
         let pid = self.pid;
         self.reaped = true; // the task below takes over
         if let Ok(watch) = ExitWatch::new(pid) {
             tokio::spawn(async move {
                 let status = watch.reap().await;
-                tracing::warn!(pid, %status, "the new process exited while this one was draining");
+                tracing::error!(pid, %status, "the new process exited while this one was draining");
+                on_exit(status);
             });
         }
         alive

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use crate::child::{self, ParentLink};
-use crate::error::{Error, Result};
+use crate::error::{Error, ExitStatus, Result};
 use crate::fds::{Fds, SocketSettings};
 use crate::parent::{self, Launch};
 use crate::pidfile;
@@ -131,6 +131,8 @@ struct Shared {
     parent: Mutex<Option<ParentLink>>,
     /// Write end of the pipe the successor watches; held open until this process exits.
     successor_link: Mutex<Option<OwnedFd>>,
+    /// How the successor ended, should it end while this process still runs.
+    successor_exit: watch::Sender<Option<ExitStatus>>,
     exit: watch::Sender<bool>,
 }
 
@@ -207,6 +209,7 @@ impl Upgrader {
             );
         }
         let (exit, _) = watch::channel(false);
+        let (successor_exit, _) = watch::channel(None);
         Ok(Upgrader {
             shared: Arc::new(Shared {
                 options,
@@ -215,6 +218,7 @@ impl Upgrader {
                 phase: Mutex::new(Phase::Starting),
                 parent: Mutex::new(parent),
                 successor_link: Mutex::new(None),
+                successor_exit,
                 exit,
             }),
         })
@@ -302,7 +306,12 @@ impl Upgrader {
                 return Err(Error::Terminating);
             }
         }
-        *lock(&self.shared.successor_link) = child.into_successor();
+        let shared = Arc::downgrade(&self.shared);
+        *lock(&self.shared.successor_link) = child.into_successor(move |status| {
+            if let Some(shared) = shared.upgrade() {
+                shared.successor_exit.send_replace(Some(status));
+            }
+        });
         {
             let mut phase = lock(&self.shared.phase);
             reset.armed = false;
@@ -367,6 +376,42 @@ impl Upgrader {
         *phase = Phase::Stopped;
         drop(phase);
         self.shared.exit.send_replace(true);
+    }
+
+    /// Resolves with the successor's exit status if the process this one upgraded to ends
+    /// while this one still runs (it died right after declaring itself ready, say). Nobody else
+    /// serves then: see [`resume`](Upgrader::resume).
+    pub fn successor_exited(&self) -> impl Future<Output = ExitStatus> + Send + 'static {
+        let mut rx = self.shared.successor_exit.subscribe();
+        async move {
+            let status = match rx.wait_for(Option::is_some).await {
+                Ok(status) => *status,
+                Err(_) => None,
+            };
+            match status {
+                Some(status) => status,
+                // The upgrader is gone: nothing will ever be reported.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Takes service back after the successor died: this process is ready again (upgrades are
+    /// accepted, [`exit`](Upgrader::exit) is pending again) and the pid file names it again.
+    /// Only valid after a successful upgrade whose successor has exited.
+    pub fn resume(&self) -> Result<()> {
+        let mut phase = lock(&self.shared.phase);
+        if !matches!(*phase, Phase::Upgraded) || self.shared.successor_exit.borrow().is_none() {
+            return Err(Error::InProgress);
+        }
+        if let Some(path) = &self.shared.options.pid_file {
+            pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)?;
+        }
+        *lock(&self.shared.successor_link) = None;
+        self.shared.successor_exit.send_replace(None);
+        self.shared.exit.send_replace(false);
+        *phase = Phase::Ready;
+        Ok(())
     }
 
     /// Resolves once the process that started this one has exited (at once on a first start).

@@ -492,24 +492,40 @@ impl Drop for Server {
                 self.events().join("\n")
             );
         }
-        let mut pids = self.all_pids();
-        // Children of the family too (a new process that never became ready, say).
-        let mut i = 0;
-        while i < pids.len() {
-            for child in children_of(pids[i]) {
-                if !pids.contains(&child) {
-                    pids.push(child);
+        // Every process of this family carries our event log path in its environment: the
+        // generations we saw, processes they were starting, and any that an upgrade started
+        // after we looked (re-parented to this test process, the subreaper, once its parent
+        // is killed). Kill until none is left.
+        let marker = format!("TS_EVENTS={}", self.events.display());
+        let ours = |pid: u32| environ(pid).iter().any(|v| *v == marker);
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let mut pids = self.all_pids();
+            let mut i = 0;
+            while i < pids.len() {
+                for child in children_of(pids[i]) {
+                    if !pids.contains(&child) {
+                        pids.push(child);
+                    }
                 }
+                i += 1;
             }
-            i += 1;
-        }
-        for &pid in &pids {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        for &pid in &pids {
-            let end = Instant::now() + DEADLINE;
-            while alive(pid) && Instant::now() < end {
-                std::thread::park_timeout(Duration::from_millis(5));
+            pids.extend(
+                children_of(std::process::id())
+                    .into_iter()
+                    .filter(|&p| ours(p)),
+            );
+            pids.retain(|&p| alive(p));
+            if pids.is_empty() || Instant::now() > end {
+                break;
+            }
+            for &pid in &pids {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            for &pid in &pids {
+                while alive(pid) && Instant::now() < end {
+                    std::thread::park_timeout(Duration::from_millis(5));
+                }
             }
         }
     }
