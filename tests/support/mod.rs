@@ -497,7 +497,7 @@ impl Drop for Server {
         // after we looked (re-parented to this test process, the subreaper, once its parent
         // is killed). Kill until none is left.
         let marker = format!("TS_EVENTS={}", self.events.display());
-        let ours = |pid: u32| environ(pid).iter().any(|v| *v == marker);
+        let ours = |pid: u32| environ(pid).contains(&marker);
         let end = Instant::now() + DEADLINE;
         loop {
             let mut pids = self.all_pids();
