@@ -187,7 +187,10 @@ impl Upgrader {
 
     fn build(options: Options) -> Result<Upgrader> {
         let inherited = child::take_handoff()?;
-        if let Some(path) = &options.pid_file {
+        // At first start a bad pid file path is reported before anything starts. During an
+        // upgrade the write at `ready()` reports it just as clearly (and the parent keeps
+        // serving), so the new process skips the probe: it is on the upgrade's critical path.
+        if let (Some(path), None) = (&options.pid_file, &inherited) {
             pidfile::check_writable(path, options.pid_file_mode)?;
         }
         let launch = Launch::capture(options.executable.clone()).map_err(Error::io(
