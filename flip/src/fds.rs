@@ -200,16 +200,7 @@ impl Fds {
     /// The file registered under `name` by this process or its parent, if any.
     pub fn file(&self, name: &str) -> Result<Option<File>, Error> {
         let key = Key::new(Kind::File, FILE_NETWORK, name);
-        let mut reg = self.lock();
-        let fd = match reg.used.get(&key) {
-            Some(fd) => fd,
-            None => match reg.inherited.remove(&key) {
-                Some(fd) => reg.used.entry(key).or_insert(fd),
-                None => return Ok(None),
-            },
-        };
-        let copy = sys::fd::dup(fd.as_fd()).map_err(socket_error(FILE_NETWORK, name))?;
-        Ok(Some(File::from(copy)))
+        Ok(self.claim(&key)?.map(File::from))
     }
 
     /// Registers `file` under `name`, so the next process finds it with [`Fds::file`]. The
