@@ -45,6 +45,14 @@ pub(crate) fn check_writable(path: &Path, mode: u32) -> Result<(), Error> {
 
 /// The file name of a pid file path, or why the path cannot be one.
 fn file_name(path: &Path) -> io::Result<&std::ffi::OsStr> {
+    if path.is_symlink() {
+        // Renaming over it would replace the link, not write where it points: neither is what
+        // whoever made it meant, so say so.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path is a symbolic link; give the path it points to",
+        ));
+    }
     if path.is_dir() {
         return Err(io::Error::new(
             io::ErrorKind::IsADirectory,
@@ -96,6 +104,12 @@ mod tests {
         assert!(check_writable(&dir.join("missing/app.pid"), DEFAULT_MODE).is_err());
         assert!(check_writable(Path::new("/proc/flip-test.pid"), DEFAULT_MODE).is_err());
         assert!(check_writable(&path, DEFAULT_MODE).is_ok());
+        let link = dir.join("link.pid");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = check_writable(&link, DEFAULT_MODE).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(write(&link, 7, DEFAULT_MODE).is_err());
+        std::fs::remove_file(&link).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "42\n",
