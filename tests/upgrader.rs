@@ -370,3 +370,46 @@ fn stop_cancels_an_upgrade_in_flight() {
     server.wait_event(0, &format!("exiting {old}"));
     wait_exit(old, DEADLINE);
 }
+
+#[test]
+fn the_binary_at_the_start_path_is_resolved_at_upgrade_time() {
+    let scratch = Scratch::new("replaced");
+    let tcp = format!("127.0.0.1:{}", free_port());
+    // A deployment layout: releases side by side, `current` pointing at one of them.
+    for release in ["release-1", "release-2", "release-3"] {
+        std::fs::create_dir(scratch.path(release)).unwrap();
+        std::fs::copy(testserver(), scratch.path(release).join("server")).unwrap();
+    }
+    std::os::unix::fs::symlink("release-1", scratch.path("current")).unwrap();
+    let start_path = scratch.path("current").join("server");
+    let exe_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let release = |n: &str| scratch.path(n).join("server").canonicalize().unwrap();
+    let r1 = release("release-1");
+    let r2 = release("release-2");
+    let r3 = release("release-3");
+    let events = scratch.path("events");
+    let server = Server::start_in(scratch, &start_path, &[("TS_TCP", tcp.clone())]);
+    assert_eq!(exe_of(server.first_pid), r1);
+
+    // Switch `current` to release 2 (atomically, as deploy tools do): the upgrade runs it.
+    let dir = events.parent().unwrap();
+    std::os::unix::fs::symlink("release-2", dir.join("current.new")).unwrap();
+    std::fs::rename(dir.join("current.new"), dir.join("current")).unwrap();
+    let second = server.upgrade_ok();
+    assert_eq!(exe_of(second), r2);
+
+    // Replace the binary in place (a new file renamed over the path): the new file runs.
+    std::fs::rename(&r3, dir.join("release-2").join("server")).unwrap();
+    let third = server.upgrade_ok();
+    use std::os::unix::fs::MetadataExt;
+    let running = std::fs::metadata(format!("/proc/{third}/exe"))
+        .unwrap()
+        .ino();
+    let at_path = std::fs::metadata(&r2).unwrap().ino();
+    assert_eq!(
+        running, at_path,
+        "the file now at the path runs, not the replaced one"
+    );
+    assert_eq!(exe_of(third), r2);
+    assert_eq!(tcp_pid(&tcp), Some(third));
+}
