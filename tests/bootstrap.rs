@@ -23,7 +23,7 @@ fn starters_run_in_the_documented_order() {
     // By module path, then by position in the file: `flip_bootserver::tcp` first, then
     // `flip_bootserver::more::unix` and `flip_bootserver::more::failing` in source order.
     let (_, line) = server.wait_event(0, &format!("starters {pid} "));
-    assert_eq!(line, format!("starters {pid} tcp,unix,failing"));
+    assert_eq!(line, format!("starters {pid} tcp,http,unix,failing"));
     let started: Vec<String> = server
         .events()
         .into_iter()

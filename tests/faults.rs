@@ -304,30 +304,30 @@ fn five_hundred_upgrades_under_load_leak_nothing() {
 
 #[test]
 fn a_new_process_killed_right_after_ready_hands_service_back_to_the_old_one() {
-    let tcp = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
     let server = Server::start(
         "kill-after-ready",
         &std::path::PathBuf::from(env!("CARGO_BIN_EXE_flip-bootserver")),
-        // A drain that never ends keeps the old process around, as a long request would.
+        // The greeting server's drain never ends (`TB_STUCK`): the old process is still there,
+        // draining, when the new one dies, as it would be with a long request in flight.
         &[
-            ("TB_TCP", tcp.clone()),
+            ("TB_HTTP", http.clone()),
+            ("TB_TCP", format!("127.0.0.1:{}", free_port())),
             ("TB_STUCK", "1".into()),
             ("TB_GRACE_MS", "600000".into()),
         ],
     );
+    const CLIENTS: usize = 3;
+    let load = Load::start(&http, CLIENTS, Mode::Close);
+    load.wait_for_more(20);
     let old = server.first_pid;
     let new = server.upgrade().expect("upgrade");
     server.wait_pid_file(new);
-    wait_for("the new process to serve", DEADLINE, || {
-        (tcp_pid(&tcp) == Some(new)).then_some(())
-    });
     signal(new, Signal::SIGKILL);
     // The old process notices, takes service back on the very same socket, and says so in the
     // pid file.
     server.wait_pid_file(old);
-    wait_for("the old process to serve again", DEADLINE, || {
-        (tcp_pid(&tcp) == Some(old)).then_some(())
-    });
+    load.wait_for_more(50);
     assert!(
         server.log().contains("taking service back"),
         "{}",
@@ -336,7 +336,44 @@ fn a_new_process_killed_right_after_ready_hands_service_back_to_the_old_one() {
     // And it can upgrade again.
     let newer = server.upgrade().expect("a later upgrade");
     server.wait_pid_file(newer);
-    wait_for("the newer process to serve", DEADLINE, || {
-        (tcp_pid(&tcp) == Some(newer)).then_some(())
+    load.wait_for_more(50);
+    let report = load.finish();
+    eprintln!(
+        "killed right after ready: {} answered, {} lost in the killed process",
+        report.answered, report.failed
+    );
+    // Each client has one request outstanding at a time: only those inside the killed process
+    // can be lost.
+    assert!(report.failed <= CLIENTS as u64, "{report:?}");
+    assert!(
+        report.pids.contains(&old) && report.pids.contains(&newer),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn a_marker_inherited_by_a_process_no_upgrade_started_is_never_used() {
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let server = Server::start("stray", &testserver(), &[("TS_TCP", tcp.clone())]);
+    let old = server.first_pid;
+    server.set_behaviour("hang");
+    signal(old, Signal::SIGHUP);
+    let child = new_child_of(old);
+    // A real marker, token and all, as a grandchild would inherit it from a careless parent.
+    let marker = wait_for("the marker of the starting process", DEADLINE, || {
+        environ(child)
+            .into_iter()
+            .find_map(|v| v.strip_prefix("FLIP_HANDOFF=").map(str::to_owned))
     });
+    let out = std::process::Command::new(testserver())
+        .env("FLIP_HANDOFF", &marker)
+        .env("TS_TCP", &tcp)
+        .env_remove("TS_EVENTS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("was not made for this process"), "{stderr}");
+    assert_eq!(tcp_pid(&tcp), Some(old), "the server was not disturbed");
+    signal(child, Signal::SIGKILL);
 }

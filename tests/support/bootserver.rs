@@ -2,6 +2,7 @@
 //!
 //! Environment (besides `BOOT_PID_FILE` and `BOOT_UPGRADES_ENABLED`, read by the macro):
 //! - `TB_TCP`, `TB_UNIX`: listeners answering `pid <pid>\n` to each connection;
+//! - `TB_HTTP`: an HTTP listener (`flip::http`) answering `hello from <pid>`;
 //! - `TB_GRACE_MS`: grace period, set by the main body;
 //! - `TB_DRAIN_MS`: how long each server's drain takes; `TB_STUCK=1`: the drain never ends;
 //! - `TB_ERROR_DURING_DRAIN=1`: each server reports an error when the drain begins;
@@ -53,6 +54,27 @@ async fn tcp(ctx: &flip::StartContext) -> Result<(), flip::Error> {
     };
     let listener = ctx.tcp_listener(&addr)?;
     ctx.serve(greet(ctx.clone(), listener));
+    Ok(())
+}
+
+#[flip::starter]
+async fn http(ctx: &flip::StartContext) -> Result<(), flip::Error> {
+    let Ok(addr) = std::env::var("TB_HTTP") else {
+        return Ok(());
+    };
+    let listener = ctx.tcp_listener(&addr)?;
+    let service = hyper::service::service_fn(|_req| async {
+        let body = format!("hello from {}\n", std::process::id());
+        Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Full::new(
+            bytes::Bytes::from(body),
+        )))
+    });
+    let shutdown = ctx.shutdown();
+    ctx.serve(async move {
+        flip::http::HttpServer::new()
+            .serve(listener, service, shutdown)
+            .await
+    });
     Ok(())
 }
 
