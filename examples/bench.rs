@@ -439,14 +439,23 @@ fn main() -> Result<(), String> {
         std::thread::sleep(c.interval);
         let old = read_pid(&pid_file).ok_or("no pid in the pid file")?;
         let t0 = Instant::now();
+        let sent = std::time::SystemTime::now();
         kill(Pid::from_raw(old), Signal::SIGHUP).map_err(|e| format!("kill -HUP {old}: {e}"))?;
-        let ready = wait_until(Duration::from_secs(60), || {
+        let seen = wait_until(Duration::from_secs(60), || {
             read_pid(&pid_file).is_some_and(|p| p != old)
         });
-        let Some(ready) = ready else {
+        let Some(seen) = seen else {
             failures += 1;
             continue;
         };
+        // When the new process wrote the pid file (its mtime), not when this loop, which
+        // competes for the same CPU, happened to look.
+        let ready = std::fs::metadata(&pid_file)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|written| written.duration_since(sent).ok())
+            .filter(|d| *d <= seen)
+            .unwrap_or(seen);
         let exited = wait_until(Duration::from_secs(120), || !alive(old));
         let end = Instant::now();
         windows.lock().map_err(|_| "lock")?.push((t0, end));

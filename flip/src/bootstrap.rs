@@ -416,29 +416,41 @@ impl Bootstrap {
             // Serving, until an upgrade succeeds (or an immediate stop).
             let exit = self.upgrader.exit();
             tokio::pin!(exit);
-            let mut upgrades: JoinSet<Option<u32>> = JoinSet::new();
+            // The upgrade runs right here, on the thread that waits for signals, not on the
+            // runtime's workers: under load they are busy serving, and every moment spent in
+            // their queues is added to the upgrade.
+            let mut in_flight: Option<BoxFuture<Option<u32>>> = None;
             let mut new_pid = None;
             loop {
                 tokio::select! {
-                    _ = term.recv() => return self.stop_now(upgrades, Outcome::Signaled("SIGTERM")).await,
-                    _ = int.recv() => return self.stop_now(upgrades, Outcome::Signaled("SIGINT")).await,
-                    Some(e) = self.errors_rx.recv() => return self.stop_now(upgrades, Outcome::Failed(e)).await,
+                    _ = term.recv() => return self.stop_now(in_flight, Outcome::Signaled("SIGTERM")).await,
+                    _ = int.recv() => return self.stop_now(in_flight, Outcome::Signaled("SIGINT")).await,
+                    Some(e) = self.errors_rx.recv() => return self.stop_now(in_flight, Outcome::Failed(e)).await,
                     _ = hup.recv() => {
                         if !self.upgrades_enabled {
                             tracing::warn!("SIGHUP ignored: upgrades are disabled (set FLIP_UPGRADES_ENABLED=1, or the prefix your main uses, to enable them)");
-                            continue;
+                        } else if in_flight.is_some() {
+                            // Refused at once (in progress); this logs why.
+                            upgrade(self.upgrader.clone()).await;
+                        } else {
+                            in_flight = Some(Box::pin(upgrade(self.upgrader.clone())));
                         }
-                        upgrades.spawn(upgrade(self.upgrader.clone()));
                     }
-                    Some(Ok(Some(pid))) = upgrades.join_next(), if !upgrades.is_empty() => new_pid = Some(pid),
+                    done = async {
+                        match in_flight.as_mut() {
+                            Some(upgrade) => upgrade.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if in_flight.is_some() => {
+                        in_flight = None;
+                        new_pid = new_pid.or(done);
+                    }
                     () = &mut exit => break,
                 }
             }
-            // The upgrade task that succeeded may not have been collected yet.
-            while let Some(done) = upgrades.join_next().await {
-                if let Ok(Some(pid)) = done {
-                    new_pid = Some(pid);
-                }
+            // The upgrade that succeeded may not have returned yet.
+            if let Some(upgrade) = in_flight.take() {
+                new_pid = new_pid.or(upgrade.await);
             }
 
             // Draining, within the grace period.
@@ -497,12 +509,16 @@ impl Bootstrap {
 
     /// Immediate stop: cancels an upgrade in flight and waits (briefly) until its new process
     /// is killed and reaped, so none outlives this one.
-    async fn stop_now(&self, mut upgrades: JoinSet<Option<u32>>, outcome: Outcome) -> Outcome {
+    async fn stop_now(
+        &self,
+        in_flight: Option<BoxFuture<Option<u32>>>,
+        outcome: Outcome,
+    ) -> Outcome {
         self.upgrader.stop();
-        let cancelled = async { while upgrades.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), cancelled)
-            .await
-            .is_err()
+        if let Some(upgrade) = in_flight
+            && tokio::time::timeout(Duration::from_secs(5), upgrade)
+                .await
+                .is_err()
         {
             tracing::warn!("an upgrade in flight did not end within 5 s of the stop");
         }
