@@ -377,3 +377,92 @@ fn a_marker_inherited_by_a_process_no_upgrade_started_is_never_used() {
     assert_eq!(tcp_pid(&tcp), Some(old), "the server was not disturbed");
     signal(child, Signal::SIGKILL);
 }
+
+/// A tiny tmpfs at `dir`, unmounted when dropped.
+struct TinyFs(std::path::PathBuf);
+
+impl TinyFs {
+    fn mount(dir: &Path) -> Option<TinyFs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| TinyFs(dir.to_owned()))
+    }
+
+    /// Fills the file system until a write fails with ENOSPC.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.join("ballast")).unwrap();
+        let chunk = [0u8; 1024];
+        loop {
+            match std::io::Write::write_all(&mut f, &chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_pid_file_directory_is_reported_at_start_and_fails_an_upgrade() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: mounting a full file system needs root (CI runs as root)");
+        return;
+    }
+    let scratch = Scratch::new("full");
+    let Some(fs) = TinyFs::mount(&scratch.path("run")) else {
+        panic!("cannot mount a tmpfs although root: the test cannot run here");
+    };
+    let pid_file = scratch.path("run").join("server.pid");
+
+    // Full at first start: a clear error before anything starts.
+    fs.fill();
+    init();
+    let out = std::process::Command::new(std::path::PathBuf::from(env!(
+        "CARGO_BIN_EXE_flip-bootserver"
+    )))
+    .env("BOOT_PID_FILE", &pid_file)
+    .env_remove("TS_EVENTS")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    std::fs::remove_file(scratch.path("run").join("ballast")).unwrap();
+
+    // Full during an upgrade: the new process fails instead of claiming ready.
+    let http = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_in(
+        scratch,
+        &testserver(),
+        &[
+            ("TS_HTTP", http.clone()),
+            ("FLIP_PID_FILE", pid_file.display().to_string()),
+        ],
+    );
+    let load = Load::start(&http, 3, Mode::Close);
+    load.wait_for_more(20);
+    let old = server.first_pid;
+    fs.fill();
+    let reason = server.upgrade().expect_err("no room for the new pid file");
+    assert_eq!(reason, "child-exited exit code 1");
+    load.wait_for_more(20);
+    assert_eq!(server.pid(), Some(old));
+    std::fs::remove_file(server.scratch.path("run").join("ballast")).unwrap();
+    let new = server.upgrade().expect("upgrade once there is room");
+    server.wait_pid_file(new);
+    load.wait_for_more(20);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{report:?}");
+    drop(server);
+    drop(fs);
+}

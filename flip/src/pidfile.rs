@@ -31,16 +31,20 @@ pub(crate) fn write(path: &Path, pid: u32, mode: u32) -> Result<(), Error> {
 }
 
 /// Checks, at first start, that a pid file can be written at `path`: creates and removes the
-/// temporary file that [`write`] would use, so a missing, read-only or full directory is
-/// reported before anything starts rather than when the process declares itself ready.
+/// temporary file that [`write`] would use, with the same content, so that a missing,
+/// read-only or full directory is reported before anything starts rather than when the
+/// process declares itself ready.
 pub(crate) fn check_writable(path: &Path, mode: u32) -> Result<(), Error> {
     let fail = |source: io::Error| Error::PidFile {
         path: path.to_owned(),
         source,
     };
-    let tmp = temp_path(path, std::process::id()).map_err(fail)?;
-    create(&tmp, mode).map_err(fail)?;
-    std::fs::remove_file(&tmp).map_err(fail)
+    let pid = std::process::id();
+    let tmp = temp_path(path, pid).map_err(fail)?;
+    // Write what `write` will write: an empty file fits even on a full file system.
+    let written = create(&tmp, mode).and_then(|mut f| f.write_all(format!("{pid}\n").as_bytes()));
+    let _ = std::fs::remove_file(&tmp);
+    written.map_err(fail)
 }
 
 /// The file name of a pid file path, or why the path cannot be one.
