@@ -14,13 +14,17 @@ fn testserver() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_flip-testserver"))
 }
 
+/// Load clients; each has one request outstanding at a time, so a killed process can take at
+/// most this many requests with it.
+const CLIENTS: usize = 3;
+
 /// A test server with an HTTP listener, and load on it.
 fn serving(name: &str, extra: &[(&str, String)]) -> (Server, String, Load) {
     let http = format!("127.0.0.1:{}", free_port());
     let mut env = vec![("TS_HTTP", http.clone())];
     env.extend(extra.iter().cloned());
     let server = Server::start(name, &testserver(), &env);
-    let load = Load::start(&http, 3, Mode::Close);
+    let load = Load::start(&http, CLIENTS, Mode::Close);
     load.wait_for_more(20);
     (server, http, load)
 }
@@ -83,8 +87,13 @@ fn the_old_process_killed_right_after_ready_leaves_the_new_one_serving_and_upgra
     server.wait_pid_file(newer);
     load.wait_for_more(20);
     let report = load.finish();
-    // The old process had stopped serving before it was killed: nothing was in flight there.
-    assert_eq!(report.failed, 0, "{report:?}");
+    eprintln!(
+        "old killed right after ready: {} answered, {} lost in the killed process",
+        report.answered, report.failed
+    );
+    // The old process stops accepting once the new one is ready, but may still be finishing
+    // requests it had: those die with it.
+    assert!(report.failed <= CLIENTS as u64, "{report:?}");
     assert!(report.pids.contains(&newer), "{report:?}");
 }
 
@@ -149,15 +158,11 @@ fn fifty_crashing_binaries_in_a_row_leave_the_old_process_serving_and_stable() {
             .expect_err("a crashing binary cannot take over");
         assert_eq!(reason, "child-exited exit code 3");
         if i == 0 {
-            first = Some((fd_count(old), rss_kib(old)));
+            first = Some(load.paused(|| (settled_fd_count(old), rss_kib(old))));
         }
     }
     let (fds_first, rss_first) = first.unwrap();
-    let settled = Instant::now() + Duration::from_secs(5);
-    while fd_count(old) != fds_first && Instant::now() < settled {
-        std::thread::park_timeout(Duration::from_millis(10));
-    }
-    let (fds_last, rss_last) = (fd_count(old), rss_kib(old));
+    let (fds_last, rss_last) = load.paused(|| (settled_fd_count(old), rss_kib(old)));
     eprintln!(
         "after 1 crash: {fds_first} fds, {rss_first} KiB; after 50: {fds_last} fds, {rss_last} KiB"
     );
@@ -271,7 +276,7 @@ fn five_hundred_upgrades_under_load_leak_nothing() {
     let server = Server::start("leaks", &testserver(), &[("TS_HTTP", http.clone())]);
     // Measured with no connection open, before and after the load.
     let first = server.upgrade_ok();
-    let (fds_1, threads_1, rss_1) = (fd_count(first), threads(first), rss_kib(first));
+    let (fds_1, threads_1, rss_1) = (settled_fd_count(first), threads(first), rss_kib(first));
     let load = Load::start(&http, 3, Mode::Close);
     let mut last = first;
     for _ in 1..500 {
@@ -281,11 +286,7 @@ fn five_hundred_upgrades_under_load_leak_nothing() {
     load.wait_for_more(5);
     let report = load.finish();
     // Connections the load left are closing: a leak stays, they do not.
-    let settled = Instant::now() + Duration::from_secs(5);
-    while (fd_count(last), threads(last)) != (fds_1, threads_1) && Instant::now() < settled {
-        std::thread::park_timeout(Duration::from_millis(10));
-    }
-    let (fds_500, threads_500, rss_500) = (fd_count(last), threads(last), rss_kib(last));
+    let (fds_500, threads_500, rss_500) = (settled_fd_count(last), threads(last), rss_kib(last));
     eprintln!(
         "leaks: generation 1: {fds_1} fds, {threads_1} threads, {rss_1} KiB; generation 500: {fds_500} fds, {threads_500} threads, {rss_500} KiB; {} requests answered, {} failed",
         report.answered, report.failed
@@ -317,21 +318,22 @@ fn a_new_process_killed_right_after_ready_hands_service_back_to_the_old_one() {
             ("TB_GRACE_MS", "600000".into()),
         ],
     );
-    const CLIENTS: usize = 3;
     let load = Load::start(&http, CLIENTS, Mode::Close);
     load.wait_for_more(20);
     let old = server.first_pid;
     let new = server.upgrade().expect("upgrade");
     server.wait_pid_file(new);
     signal(new, Signal::SIGKILL);
-    // The old process notices, takes service back on the very same socket, and says so in the
-    // pid file.
+    // Killed after it told the old process it was ready: the old one, draining, takes service
+    // back on the very same socket. Killed between writing the pid file and telling it: that
+    // upgrade failed, the old one never stopped serving, and it reclaims the pid file. Either
+    // way the old process serves and the pid file names it.
     server.wait_pid_file(old);
     load.wait_for_more(50);
+    let log = server.log();
     assert!(
-        server.log().contains("taking service back"),
-        "{}",
-        server.log()
+        log.contains("taking service back") || log.contains("upgrade failed"),
+        "{log}"
     );
     // And it can upgrade again.
     let newer = server.upgrade().expect("a later upgrade");
@@ -342,8 +344,7 @@ fn a_new_process_killed_right_after_ready_hands_service_back_to_the_old_one() {
         "killed right after ready: {} answered, {} lost in the killed process",
         report.answered, report.failed
     );
-    // Each client has one request outstanding at a time: only those inside the killed process
-    // can be lost.
+    // Only requests inside the killed process can be lost.
     assert!(report.failed <= CLIENTS as u64, "{report:?}");
     assert!(
         report.pids.contains(&old) && report.pids.contains(&newer),

@@ -54,7 +54,7 @@ fn a_long_request_started_before_an_upgrade_completes_on_the_old_process() {
     let mut conn = TcpStream::connect(&addr).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    conn.write_all(b"GET /sleep/1500 HTTP/1.1\r\nHost: t\r\n\r\n")
+    conn.write_all(b"GET /sleep/5000 HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     // The response only comes after 1.5 s: upgrade once the old process has accepted the
     // connection, so the request is in flight there.

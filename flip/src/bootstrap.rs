@@ -404,6 +404,14 @@ impl Bootstrap {
             }
         };
         if let Err(e) = self.upgrader.ready() {
+            // The servers may have accepted connections already: serve those (the parent, still
+            // serving, takes every new one) before giving up.
+            tracing::error!(error = %e, "cannot declare readiness; draining what was accepted");
+            let _ = self.shutdown_tx.send(true);
+            let mut group =
+                std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+            let drained = async { while group.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(self.grace, drained).await;
             return Outcome::Failed(e.into());
         }
         tracing::info!(

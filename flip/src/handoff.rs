@@ -288,6 +288,23 @@ impl Manifest {
     }
 }
 
+/// Entry point of the cargo-fuzz target in `fuzz/` (feature `fuzzing`; not an API).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz {
+    /// Decodes `data` as a manifest and as a marker: never a panic, and whatever is accepted
+    /// encodes and decodes to itself.
+    pub fn decode(data: &[u8]) {
+        if let Ok(m) = super::Manifest::decode(data) {
+            let again = super::Manifest::decode(m.encode().as_bytes());
+            assert_eq!(again.ok(), Some(m));
+        }
+        if let Ok(text) = std::str::from_utf8(data) {
+            let _ = super::Marker::decode(std::ffi::OsStr::new(text));
+        }
+    }
+}
+
 /// An address must be what the parent's registry could have produced for its network: the
 /// canonical form of an IP socket address, or a non-empty path or name.
 fn check_address(network: &str, address: &str) -> Result<(), String> {

@@ -294,20 +294,25 @@ impl Upgrader {
         let pid = child.pid();
         tracing::debug!(pid, program = %self.shared.launch.program.display(), "started the new process");
         let timeout = self.shared.options.upgrade_timeout;
-        tokio::select! {
-            ready = child.wait_ready() => {
-                if let Err(status) = ready {
-                    return Err(Error::ChildExited { pid, status });
-                }
-            }
+        let failed = tokio::select! {
+            ready = child.wait_ready() => match ready {
+                Ok(()) => None,
+                Err(status) => Some(Error::ChildExited { pid, status }),
+            },
             () = tokio::time::sleep(timeout) => {
                 child.kill().await;
-                return Err(Error::Timeout { pid, timeout });
+                Some(Error::Timeout { pid, timeout })
             }
             () = cancel.notified() => {
                 child.kill().await;
-                return Err(Error::Terminating);
+                Some(Error::Terminating)
             }
+        };
+        if let Some(error) = failed {
+            // The child may have died between writing the pid file and telling us it was ready:
+            // the pid file must name the process that serves, this one.
+            self.reclaim_pid_file(pid);
+            return Err(error);
         }
         let shared = Arc::downgrade(&self.shared);
         *lock(&self.shared.successor_link) = child.into_successor(move |status| {
@@ -327,6 +332,22 @@ impl Upgrader {
         self.shared.exit.send_replace(true);
         tracing::debug!(pid, elapsed = ?started.elapsed(), "the new process is ready");
         Ok(pid)
+    }
+
+    /// Rewrites the pid file with this process's pid if it names `child`, which is gone.
+    fn reclaim_pid_file(&self, child: u32) {
+        let Some(path) = &self.shared.options.pid_file else {
+            return;
+        };
+        let names_child = std::fs::read_to_string(path)
+            .is_ok_and(|text| text.trim().parse::<u32>().ok() == Some(child));
+        if names_child {
+            if let Err(e) =
+                pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)
+            {
+                tracing::error!(error = %e, "could not restore the pid file");
+            }
+        }
     }
 
     fn begin_upgrade(&self) -> Result<Arc<Notify>> {

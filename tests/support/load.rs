@@ -30,6 +30,9 @@ pub struct Report {
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
+    paused: AtomicBool,
+    /// Clients waiting while paused.
+    parked: std::sync::atomic::AtomicUsize,
     answered: AtomicU64,
     failed: AtomicU64,
     races: AtomicU64,
@@ -82,6 +85,15 @@ fn client(addr: String, mode: Mode, shared: Arc<Shared>) {
     let end = Instant::now() + Duration::from_secs(120);
     let mut conn: Option<BufReader<TcpStream>> = None;
     while !shared.stop.load(Ordering::SeqCst) && Instant::now() < end {
+        if shared.paused.load(Ordering::SeqCst) {
+            conn = None; // a paused client holds no connection
+            shared.parked.fetch_add(1, Ordering::SeqCst);
+            while shared.paused.load(Ordering::SeqCst) && Instant::now() < end {
+                std::thread::park_timeout(Duration::from_millis(1));
+            }
+            shared.parked.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
         let reused = conn.is_some();
         let mut c = match conn.take() {
             Some(c) => c,
@@ -141,6 +153,18 @@ impl Load {
         wait_for(&format!("{n} more answered requests"), DEADLINE, || {
             (self.shared.answered.load(Ordering::SeqCst) >= target).then_some(())
         });
+    }
+
+    /// Runs `f` while every client waits with no connection open, and returns what it returned.
+    pub fn paused<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.shared.paused.store(true, Ordering::SeqCst);
+        let n = self.clients.len();
+        wait_for("the clients to pause", DEADLINE, || {
+            (self.shared.parked.load(Ordering::SeqCst) == n).then_some(())
+        });
+        let out = f();
+        self.shared.paused.store(false, Ordering::SeqCst);
+        out
     }
 
     pub fn finish(self) -> Report {

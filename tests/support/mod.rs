@@ -548,3 +548,16 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The descriptor count once it holds still: the same in two looks 20 ms apart. A file the
+/// server opens for a moment (its event log) is not counted; a leaked descriptor is.
+pub fn settled_fd_count(pid: u32) -> usize {
+    let mut last = fd_count(pid);
+    wait_for("the descriptor count to settle", DEADLINE, || {
+        std::thread::park_timeout(Duration::from_millis(20));
+        let now = fd_count(pid);
+        let same = now == last;
+        last = now;
+        same.then_some(now)
+    })
+}

@@ -181,7 +181,14 @@ async fn serve(
     let mut hup = flip::upgrade_signal()?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
-    upgrader.ready()?;
+    if let Err(e) = upgrader.ready() {
+        // Serve what was accepted already before failing, as the Bootstrap does.
+        trigger.trigger();
+        if let Some(http) = http.take() {
+            let _ = http.await;
+        }
+        return Err(e.into());
+    }
     event(&format!("ready {pid}"));
     let exit = upgrader.exit();
     tokio::pin!(exit);
