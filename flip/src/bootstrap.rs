@@ -407,9 +407,7 @@ impl Bootstrap {
             // The servers may have accepted connections already: serve those (the parent, still
             // serving, takes every new one) before giving up.
             tracing::error!(error = %e, "cannot declare readiness; draining what was accepted");
-            let _ = self.shutdown_tx.send(true);
-            let mut group =
-                std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut group = self.start_drain();
             let drained = async { while group.join_next().await.is_some() {} };
             let _ = tokio::time::timeout(self.grace, drained).await;
             return Outcome::Failed(e.into());
@@ -463,10 +461,8 @@ impl Bootstrap {
 
             // Draining, within the grace period.
             tracing::info!(grace = ?self.grace, "draining");
-            let _ = self.shutdown_tx.send(true);
             let action = self.stop_action.clone();
-            let mut group =
-                std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut group = self.start_drain();
             // A task of its own, so the drain goes on should this process take service back.
             let mut drain = tokio::spawn(async move {
                 if let Some(action) = action {
@@ -501,6 +497,12 @@ impl Bootstrap {
                 return Outcome::Upgraded { new_pid, drain };
             }
         }
+    }
+
+    /// Signals [`Shutdown`] and takes the drain group, for the caller to wait on.
+    fn start_drain(&mut self) -> JoinSet<()> {
+        let _ = self.shutdown_tx.send(true);
+        std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Serves again after the successor died during the drain: new shutdown token and drain

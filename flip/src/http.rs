@@ -147,7 +147,6 @@ impl HttpServer {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let draining = Arc::new(AtomicBool::new(false));
         let (drain_tx, drain_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         loop {
@@ -158,7 +157,6 @@ impl HttpServer {
                         connections.spawn(self.clone().connection(
                             stream,
                             service.clone(),
-                            draining.clone(),
                             drain_rx.clone(),
                         ));
                     }
@@ -172,20 +170,14 @@ impl HttpServer {
             }
         }
         drop(listener);
-        draining.store(true, Ordering::SeqCst);
         let _ = drain_tx.send(true);
         tracing::debug!(connections = connections.len(), "draining HTTP connections");
         while connections.join_next().await.is_some() {}
         Ok(())
     }
 
-    async fn connection<I, S, B>(
-        self,
-        stream: I,
-        service: S,
-        draining: Arc<AtomicBool>,
-        mut drain: watch::Receiver<bool>,
-    ) where
+    async fn connection<I, S, B>(self, stream: I, service: S, mut drain: watch::Receiver<bool>)
+    where
         I: Io,
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
@@ -208,7 +200,7 @@ impl HttpServer {
         let http2 = Arc::new(AtomicBool::new(false));
         let service = DrainAware {
             inner: service,
-            draining,
+            draining: drain.clone(),
             http2: http2.clone(),
         };
         let conn = self.builder.serve_connection(TokioIo::new(stream), service);
@@ -235,7 +227,8 @@ impl HttpServer {
 #[derive(Clone)]
 struct DrainAware<S> {
     inner: S,
-    draining: Arc<AtomicBool>,
+    /// True once the drain began.
+    draining: watch::Receiver<bool>,
     http2: Arc<AtomicBool>,
 }
 
@@ -257,7 +250,7 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut response = fut.await?;
-            if http1 && draining.load(Ordering::SeqCst) {
+            if http1 && *draining.borrow() {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
