@@ -20,10 +20,14 @@ const CLIENTS: usize = 3;
 
 /// A test server with an HTTP listener, and load on it.
 fn serving(name: &str, extra: &[(&str, String)]) -> (Server, String, Load) {
+    serving_in(Scratch::new(name), extra)
+}
+
+fn serving_in(scratch: Scratch, extra: &[(&str, String)]) -> (Server, String, Load) {
     let http = format!("127.0.0.1:{}", free_port());
     let mut env = vec![("TS_HTTP", http.clone())];
     env.extend(extra.iter().cloned());
-    let server = Server::start(name, &testserver(), &env);
+    let server = Server::start_in(scratch, &testserver(), &env);
     let load = Load::start(&http, CLIENTS, Mode::Close);
     load.wait_for_more(20);
     (server, http, load)
@@ -186,17 +190,10 @@ fn a_vanished_pid_file_directory_fails_the_upgrade_and_keeps_the_old_process() {
     let run = scratch.path("run");
     std::fs::create_dir(&run).unwrap();
     let pid_file = run.join("server.pid");
-    let http = format!("127.0.0.1:{}", free_port());
-    let server = Server::start_in(
+    let (server, _, load) = serving_in(
         scratch,
-        &testserver(),
-        &[
-            ("TS_HTTP", http.clone()),
-            ("FLIP_PID_FILE", pid_file.display().to_string()),
-        ],
+        &[("FLIP_PID_FILE", pid_file.display().to_string())],
     );
-    let load = Load::start(&http, 3, Mode::Close);
-    load.wait_for_more(20);
     let old = server.first_pid;
     std::fs::remove_dir_all(&run).unwrap();
     let reason = server
@@ -277,7 +274,7 @@ fn five_hundred_upgrades_under_load_leak_nothing() {
     // Measured with no connection open, before and after the load.
     let first = server.upgrade_ok();
     let (fds_1, threads_1, rss_1) = (settled_fd_count(first), threads(first), rss_kib(first));
-    let load = Load::start(&http, 3, Mode::Close);
+    let load = Load::start(&http, CLIENTS, Mode::Close);
     let mut last = first;
     for _ in 1..500 {
         load.wait_for_more(5);
@@ -441,17 +438,10 @@ fn a_full_pid_file_directory_is_reported_at_start_and_fails_an_upgrade() {
     std::fs::remove_file(scratch.path("run").join("ballast")).unwrap();
 
     // Full during an upgrade: the new process fails instead of claiming ready.
-    let http = format!("127.0.0.1:{}", free_port());
-    let server = Server::start_in(
+    let (server, _, load) = serving_in(
         scratch,
-        &testserver(),
-        &[
-            ("TS_HTTP", http.clone()),
-            ("FLIP_PID_FILE", pid_file.display().to_string()),
-        ],
+        &[("FLIP_PID_FILE", pid_file.display().to_string())],
     );
-    let load = Load::start(&http, 3, Mode::Close);
-    load.wait_for_more(20);
     let old = server.first_pid;
     fs.fill();
     let reason = server.upgrade().expect_err("no room for the new pid file");

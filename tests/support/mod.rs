@@ -241,7 +241,17 @@ fn read_pid(s: impl Read) -> Option<u32> {
     let mut line = String::new();
     let mut r = BufReader::new(s);
     r.read_line(&mut line).ok()?;
-    line.trim().strip_prefix("pid ")?.parse().ok()
+    parse_pid(line.as_bytes())
+}
+
+/// The pid in a test server's `pid <pid>` answer.
+fn parse_pid(answer: &[u8]) -> Option<u32> {
+    std::str::from_utf8(answer)
+        .ok()?
+        .trim()
+        .strip_prefix("pid ")?
+        .parse()
+        .ok()
 }
 
 pub fn udp_pid(addr: &str) -> Option<u32> {
@@ -250,12 +260,7 @@ pub fn udp_pid(addr: &str) -> Option<u32> {
     s.send_to(b"?", addr).ok()?;
     let mut buf = [0u8; 64];
     let (n, _) = s.recv_from(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .trim()
-        .strip_prefix("pid ")?
-        .parse()
-        .ok()
+    parse_pid(&buf[..n])
 }
 
 pub fn unixgram_pid(server: &Path, me: &Path) -> Option<u32> {
@@ -265,12 +270,7 @@ pub fn unixgram_pid(server: &Path, me: &Path) -> Option<u32> {
     s.send_to(b"?", server).ok()?;
     let mut buf = [0u8; 64];
     let n = s.recv(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .trim()
-        .strip_prefix("pid ")?
-        .parse()
-        .ok()
+    parse_pid(&buf[..n])
 }
 
 /// A test server process family (every generation), killed and reaped when dropped.
