@@ -42,6 +42,8 @@ struct Config {
     baseline: Duration,
     tail: Duration,
     compare_secs: u64,
+    same_session: bool,
+    server_log: Option<String>,
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -56,9 +58,15 @@ fn parse_args() -> Result<Config, String> {
         baseline: Duration::from_secs(3),
         tail: Duration::ZERO,
         compare_secs: 0,
+        same_session: false,
+        server_log: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--same-session" {
+            c.same_session = true;
+            continue;
+        }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         let num = || {
             value
@@ -76,6 +84,7 @@ fn parse_args() -> Result<Config, String> {
             "--baseline-secs" => c.baseline = Duration::from_secs(num()?),
             "--tail-secs" => c.tail = Duration::from_secs(num()?),
             "--compare-secs" => c.compare_secs = num()?,
+            "--server-log" => c.server_log = Some(value),
             _ => return Err(format!("unknown option {flag} {value}")),
         }
     }
@@ -244,6 +253,54 @@ fn alive(pid: i32) -> bool {
     }
 }
 
+/// Seconds since the epoch of an RFC 3339 UTC timestamp as tracing-subscriber writes it
+/// (`2026-11-25T16:30:39.123456Z`).
+fn parse_utc(ts: &str) -> Option<std::time::SystemTime> {
+    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|p| p.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|p| p.parse::<u64>());
+    let (h, min, s) = (t.next()?.ok()?, t.next()?.ok()?, t.next()?.ok()?);
+    let nanos: u64 = format!("{frac:0<9}").get(..9)?.parse().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's civil algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let secs = days * 86_400 + h * 3600 + min * 60 + s;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
+}
+
+/// When process `pid` logged that it was ready: flip logs `ready pid=N` right after it wrote the
+/// pid file and told its parent, with a microsecond clock (a file's mtime comes from the
+/// kernel's coarse clock, up to a tick, 4 ms here, behind).
+fn ready_logged_at(log: &std::path::Path, pid: i32) -> Option<std::time::SystemTime> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let needle = format!("pid={pid} ");
+    text.lines().find_map(|raw| {
+        // Drop ANSI colour escapes.
+        let mut line = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                line.push(c);
+            }
+        }
+        let ready = line.contains(" ready ") && line.contains(&needle);
+        ready.then(|| parse_utc(line.split_whitespace().next()?))?
+    })
+}
+
 fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < deadline {
@@ -298,9 +355,33 @@ fn rss_kib(pid: i32) -> Option<(u64, u64)> {
     Some((field("RssAnon:")?, field("RssFile:")?))
 }
 
+/// A command that starts a server binary, in a session of its own unless `--same-session`.
+///
+/// A server runs as a service: its own cgroup under systemd, or its own session (and so, with
+/// the kernel's autogroup scheduling, its own share of the CPU) when started by a daemon
+/// launcher. The load generator stands in for clients on other machines; in the server's
+/// session, its many busy threads would outnumber the server's and take CPU from it, which
+/// measures the scheduler, not the server.
+fn server_command(c: &Config, exe: &std::path::Path) -> Command {
+    let mut cmd = Command::new(exe);
+    if !c.same_session {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs between fork and exec and only calls setsid(2), which is
+        // async-signal-safe and touches no memory of this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(drop)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    cmd
+}
+
 /// Steady-state load against one server binary: (requests per second, RSS in KiB after).
 fn steady(c: &Config, exe: &std::path::Path, addr: &str) -> Result<(f64, (u64, u64)), String> {
-    let server = Command::new(exe)
+    let server = server_command(c, exe)
         .env("HTTP_ADDR", addr)
         .env("FLIP_PID_FILE", "")
         .env("RUST_LOG", "warn")
@@ -394,12 +475,19 @@ fn main() -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("flip-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let pid_file = dir.join("http.pid");
-    let log = std::fs::File::create(dir.join("log")).map_err(|e| e.to_string())?;
-    let first = Command::new(&exe)
+    let log_path = dir.join("log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let first = server_command(&c, &exe)
         .env("HTTP_ADDR", &c.addr)
         .env("FLIP_PID_FILE", &pid_file)
         .env("BALLAST_MB", c.ballast_mb.to_string())
-        .env("RUST_LOG", "warn")
+        // The `ready` line, with its timestamp, is what the upgrade time is read from.
+        .env(
+            "RUST_LOG",
+            c.server_log
+                .as_deref()
+                .unwrap_or("warn,flip::bootstrap=info"),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -441,27 +529,34 @@ fn main() -> Result<(), String> {
         let t0 = Instant::now();
         let sent = std::time::SystemTime::now();
         kill(Pid::from_raw(old), Signal::SIGHUP).map_err(|e| format!("kill -HUP {old}: {e}"))?;
-        let seen = wait_until(Duration::from_secs(60), || {
+        let changed = wait_until(Duration::from_secs(60), || {
             read_pid(&pid_file).is_some_and(|p| p != old)
         });
-        let Some(seen) = seen else {
+        if changed.is_none() {
             failures += 1;
             continue;
+        }
+        // When the new process said it was ready, not when this loop, which competes for the
+        // same CPU, happened to look.
+        let new = read_pid(&pid_file).unwrap_or(0);
+        let mut logged = None;
+        wait_until(Duration::from_secs(5), || {
+            logged = ready_logged_at(&log_path, new);
+            logged.is_some()
+        });
+        let Some(ready) = logged.and_then(|at| at.duration_since(sent).ok()) else {
+            return Err(format!(
+                "no ready line for pid {new} in {}",
+                log_path.display()
+            ));
         };
-        // When the new process wrote the pid file (its mtime), not when this loop, which
-        // competes for the same CPU, happened to look.
-        let ready = std::fs::metadata(&pid_file)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|written| written.duration_since(sent).ok())
-            .filter(|d| *d <= seen)
-            .unwrap_or(seen);
         let exited = wait_until(Duration::from_secs(120), || !alive(old));
         let end = Instant::now();
         windows.lock().map_err(|_| "lock")?.push((t0, end));
         to_ready.push(ready);
-        if let Some(exited) = exited {
-            to_exit.push(ready + exited);
+        if exited.is_some() {
+            // Seen by polling every 50 µs from the SIGHUP on.
+            to_exit.push(end - t0);
         }
     }
     stop.store(true, Ordering::SeqCst);
@@ -481,7 +576,7 @@ fn main() -> Result<(), String> {
         );
     }
     println!(
-        "upgrades: {} succeeded, {} failed; SIGHUP to new process ready (pid file) p50 {} p99 {}; SIGHUP to old process exit p50 {} p99 {}",
+        "upgrades: {} succeeded, {} failed; SIGHUP to new process ready p50 {} p99 {}; SIGHUP to old process exit p50 {} p99 {}",
         to_ready.len(),
         failures,
         ms(percentile(&to_ready, 0.5)),
@@ -495,6 +590,10 @@ fn main() -> Result<(), String> {
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         wait_until(Duration::from_secs(10), || !alive(pid));
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if c.server_log.is_some() {
+        println!("server log: {}", log_path.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }

@@ -129,8 +129,8 @@ impl HttpServer {
         Ok(self)
     }
 
-    /// Accepts from `listener` and serves `service` until `shutdown` fires, then drains every
-    /// connection and returns. Dropping the future stops at once (hard stop): every connection
+    /// Accepts from `listener`, once `shutdown` says the process serves, and serves `service`
+    /// until `shutdown` fires; then drains every connection and returns. Dropping the future stops at once (hard stop): every connection
     /// is closed.
     pub async fn serve<L, S, B>(
         &self,
@@ -149,9 +149,10 @@ impl HttpServer {
     {
         let (drain_tx, drain_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
-        loop {
+        shutdown.serving().await;
+        while !shutdown.is_shutting_down() {
             tokio::select! {
-                () = shutdown.wait() => break,
+                () = shutdown.wait() => {}
                 accepted = listener.accept() => match accepted {
                     Ok(stream) => {
                         connections.spawn(self.clone().connection(

@@ -22,7 +22,7 @@ pub(crate) fn write(path: &Path, pid: u32, mode: u32) -> Result<(), Error> {
             f.write_all(format!("{pid}\n").as_bytes())?;
             f.flush()
         })
-        .and_then(|()| std::fs::rename(&tmp, path));
+        .and_then(|()| crate::sys::fs::replace(&tmp, path));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(fail(e));

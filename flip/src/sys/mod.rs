@@ -5,5 +5,6 @@
 
 pub(crate) mod env;
 pub(crate) mod fd;
+pub(crate) mod fs;
 pub(crate) mod process;
 pub(crate) mod spawn;

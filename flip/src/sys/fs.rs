@@ -1,0 +1,32 @@
+//! Replacing a file by renaming another over it, without the flush ext4 adds.
+
+use std::io;
+use std::path::Path;
+
+/// Renames `from` over `to`, atomically for readers: they see the old file or the new one.
+///
+/// When `to` exists, the two are exchanged (`RENAME_EXCHANGE`) and the old file, now at `from`,
+/// is removed. ext4 starts writing back the new file's data when a plain rename replaces a
+/// file (`auto_da_alloc`): that made replacing a small file cost 0.25 to 1 ms here, against
+/// 0.06 ms for an exchange. The callers rewrite files whose content is worthless after a crash,
+/// so the durability that flush buys does not matter. Falls back to a plain rename where
+/// exchanging is not possible.
+pub(crate) fn replace(from: &Path, to: &Path) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::errno::Errno;
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_EXCHANGE) {
+            Ok(()) => {
+                // `from` now holds the previous file; if it cannot be removed, a stale
+                // temporary file stays behind, which harms nobody.
+                let _ = std::fs::remove_file(from);
+                return Ok(());
+            }
+            // Nothing to exchange with, or a file system or kernel without exchange.
+            Err(Errno::ENOENT | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    std::fs::rename(from, to)
+}
