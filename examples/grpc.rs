@@ -11,8 +11,7 @@
 #[path = "common/demo.rs"]
 mod demo;
 
-use flip::http::HttpServer;
-use hyper_util::service::TowerToHyperService;
+use flip::GracefulStoppableServer;
 use tonic::service::Routes;
 
 /// Health (serving) and the demo service.
@@ -22,36 +21,33 @@ async fn routes() -> Routes {
     Routes::new(health).add_service(demo::DemoServer)
 }
 
+/// One server factory, as Gitaly has: the insecure listener on `GRPC_ADDR`, and a TLS one on
+/// `GRPC_TLS_ADDR` when set, certificate and key from `GRPC_TLS_CERT` and `GRPC_TLS_KEY`.
 #[flip::starter]
-async fn grpc(ctx: &flip::StartContext) -> Result<(), flip::Error> {
+async fn grpc(ctx: &flip::StartContext) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let addr = std::env::var("GRPC_ADDR").unwrap_or_else(|_| "127.0.0.1:9090".into());
-    let listener = ctx.tcp_listener(&addr)?;
-    tracing::info!(%addr, "gRPC listening");
-    let service = TowerToHyperService::new(routes().await);
-    let shutdown = ctx.shutdown();
-    ctx.serve(async move { HttpServer::new().serve(listener, service, shutdown).await });
-    Ok(())
-}
+    let tls_addr = std::env::var("GRPC_TLS_ADDR").ok();
+    // Accept once ready; drain with the Bootstrap.
+    let mut servers = flip::grpc::server_factory(routes().await).follow(ctx.shutdown());
+    if tls_addr.is_some() {
+        let (Ok(cert), Ok(key)) = (
+            std::env::var("GRPC_TLS_CERT"),
+            std::env::var("GRPC_TLS_KEY"),
+        ) else {
+            return Err("GRPC_TLS_ADDR needs GRPC_TLS_CERT and GRPC_TLS_KEY (PEM files)".into());
+        };
+        servers = servers.tls_from_pem_files(cert, key)?;
+    }
 
-#[flip::starter]
-async fn grpc_tls(
-    ctx: &flip::StartContext,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let Ok(addr) = std::env::var("GRPC_TLS_ADDR") else {
-        return Ok(());
-    };
-    let (Ok(cert), Ok(key)) = (
-        std::env::var("GRPC_TLS_CERT"),
-        std::env::var("GRPC_TLS_KEY"),
-    ) else {
-        return Err("GRPC_TLS_ADDR needs GRPC_TLS_CERT and GRPC_TLS_KEY (PEM files)".into());
-    };
-    let server = HttpServer::new().tls_from_pem_files(cert, key)?;
-    let listener = ctx.tcp_listener(&addr)?;
-    tracing::info!(%addr, "gRPC listening (TLS)");
-    let service = TowerToHyperService::new(routes().await);
-    let shutdown = ctx.shutdown();
-    ctx.serve(async move { server.serve(listener, service, shutdown).await });
+    let listener = ctx.listen("tcp", &addr)?;
+    tracing::info!(%addr, "gRPC listening");
+    let insecure = servers.clone();
+    ctx.serve(async move { insecure.serve(listener, false).await });
+    if let Some(addr) = tls_addr {
+        let listener = ctx.listen("tcp", &addr)?;
+        tracing::info!(%addr, "gRPC listening (TLS)");
+        ctx.serve(async move { servers.serve(listener, true).await });
+    }
     Ok(())
 }
 

@@ -34,6 +34,8 @@ mod bootstrap;
 mod child;
 mod error;
 mod fds;
+#[cfg(feature = "tonic")]
+pub mod grpc;
 pub mod handoff;
 #[cfg(feature = "hyper")]
 pub mod http;
@@ -46,6 +48,7 @@ pub mod __rt {
     pub use crate::rt::*;
 }
 mod rt;
+mod server;
 mod signal;
 mod socket;
 mod sys;
@@ -62,6 +65,7 @@ pub use fds::{Fds, Listener, PacketSocket};
 pub use flip_macros::{main, starter};
 pub use key::{Key, Kind};
 pub use pidfile::DEFAULT_MODE as DEFAULT_PID_FILE_MODE;
+pub use server::GracefulStoppableServer;
 pub use signal::upgrade_signal;
 pub use upgrader::{
     DEFAULT_BACKLOG, DEFAULT_UNIX_SOCKET_MODE, DEFAULT_UPGRADE_TIMEOUT, Options, Upgrader,
