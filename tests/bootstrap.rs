@@ -258,3 +258,44 @@ fn the_macro_built_example_upgrades_under_load_without_losing_a_request() {
         report.pids
     );
 }
+
+#[test]
+fn a_new_process_accepts_only_once_ready_so_one_that_never_is_answers_nothing() {
+    let scratch = Scratch::new("accept-once-ready");
+    let run = scratch.path("run");
+    std::fs::create_dir(&run).unwrap();
+    let pid_file = run.join("http.pid");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_in(
+        scratch,
+        &example_path("http"),
+        &[
+            ("HTTP_ADDR", addr.clone()),
+            ("FLIP_PID_FILE", pid_file.display().to_string()),
+        ],
+    );
+    let old = server.first_pid;
+    let load = Load::start(&addr, 4, Mode::Close);
+    load.wait_for_more(50);
+    // Each new process starts its servers, then cannot write the pid file: it is never ready.
+    std::fs::remove_dir_all(&run).unwrap();
+    for attempt in 1..=5 {
+        signal(old, Signal::SIGHUP);
+        wait_for("the upgrade to fail", DEADLINE, || {
+            let failures = server
+                .log()
+                .matches("upgrade failed; still serving")
+                .count();
+            (failures >= attempt).then_some(())
+        });
+        load.wait_for_more(20);
+    }
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(
+        report.pids,
+        vec![old],
+        "only the old process answered: a new one accepts once it is ready"
+    );
+    assert!(alive(old));
+}

@@ -33,6 +33,8 @@ async fn drain(ctx: &flip::StartContext) {
 async fn greet(ctx: flip::StartContext, listener: impl flip::http::Accept) -> std::io::Result<()> {
     let pid = std::process::id();
     let mut shutdown = ctx.shutdown();
+    // Accept once this process is ready, as flip's own servers do.
+    shutdown.serving().await;
     loop {
         tokio::select! {
             () = shutdown.wait() => break,
