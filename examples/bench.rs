@@ -412,6 +412,9 @@ fn steady(c: &Config, exe: &std::path::Path, addr: &str) -> Result<(f64, (u64, u
     Ok((rate, rss))
 }
 
+/// Steady-state runs of each server, alternating.
+const RUNS: usize = 5;
+
 fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     let mut plain = exe.to_owned();
     plain.set_file_name("plain");
@@ -425,7 +428,7 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     // Alternate, so that neither always runs on a warmer machine.
     let (mut flip_rates, mut plain_rates, mut flip_rss, mut plain_rss) =
         (vec![], vec![], vec![], vec![]);
-    for _ in 0..3 {
+    for _ in 0..RUNS {
         let (r, m) = steady(c, &plain, addr)?;
         plain_rates.push(r);
         plain_rss.push(m);
@@ -433,13 +436,29 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
         flip_rates.push(r);
         flip_rss.push(m);
     }
-    let avg = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    // The median: on a shared 2-core machine single runs swing by a quarter either way.
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     let avg_kib = |v: &[(u64, u64)], anon: bool| {
         v.iter().map(|m| if anon { m.0 } else { m.1 }).sum::<u64>() as f64 / v.len() as f64
     };
-    let (fr, pr) = (avg(&flip_rates), avg(&plain_rates));
+    let (fr, pr) = (median(&flip_rates), median(&plain_rates));
+    let runs = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
-        "steady state ({} mode, {} clients, {} s x3 each, alternating): flip {:.0} req/s, plain hyper {:.0} req/s, ratio {:.3}",
+        "steady state runs (req/s): flip {}; plain hyper {}",
+        runs(&flip_rates),
+        runs(&plain_rates)
+    );
+    println!(
+        "steady state ({} mode, {} clients, {} s x{RUNS} each, alternating), medians: flip {:.0} req/s, plain hyper {:.0} req/s, ratio {:.3}",
         c.mode,
         c.clients,
         c.compare_secs,
@@ -535,7 +554,7 @@ fn main() -> Result<(), String> {
         if c.ballast_mb > 0 {
             // The ballast is taken in the background after start: upgrade a server that holds
             // it, not one still filling it.
-            let want = c.ballast_mb as u64 * 1024 * 95 / 100;
+            let want = c.ballast_mb as u64 * 1024;
             wait_until(Duration::from_secs(60), || {
                 rss_kib(old).is_some_and(|(anon, _)| anon >= want)
             })

@@ -15,7 +15,9 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::{ballast, respond};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::respond;
 use flip::http::HttpServer;
 use hyper::service::service_fn;
 
@@ -52,7 +54,25 @@ async fn https(ctx: &flip::StartContext) -> Result<(), Box<dyn std::error::Error
     Ok(())
 }
 
+/// Takes the `BALLAST_MB` memory once this process is ready, as a server warms its caches while
+/// it serves: filling 1 GiB takes a CPU for a while, which is not the upgrade's doing. Only once
+/// per process, should it take service back and run its starters again.
+#[flip::starter]
+async fn ballast(ctx: &flip::StartContext) -> Result<(), String> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    let mb = common::ballast_mb()?;
+    if mb > 0 && !TAKEN.swap(true, Ordering::SeqCst) {
+        let mut shutdown = ctx.shutdown();
+        tokio::spawn(async move {
+            shutdown.serving().await;
+            common::fill_ballast(mb);
+        });
+    }
+    Ok(())
+}
+
 #[flip::main(pidfile = "/tmp/flip-http.pid")]
 fn main() -> Result<(), String> {
-    ballast()
+    // A bad value stops the start before anything listens.
+    common::ballast_mb().map(drop)
 }

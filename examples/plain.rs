@@ -46,7 +46,7 @@ async fn main() -> Result<(), BoxError> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    common::ballast()?;
+    common::fill_ballast(common::ballast_mb()?);
     let builder = auto::Builder::new(TokioExecutor::new());
 
     if let Ok(addr) = std::env::var("HTTPS_ADDR") {

@@ -34,26 +34,28 @@ pub fn hello() -> Response<Full<Bytes>> {
     ))))
 }
 
-/// `BALLAST_MB` MiB of touched memory, so a big server can be upgraded in a benchmark. The
-/// value is checked at once; the memory is taken in the background, as a server warms its
-/// caches after start, so that readiness measures flip rather than this loop.
-pub fn ballast() -> Result<(), String> {
-    let mb: usize = match std::env::var("BALLAST_MB") {
+/// `BALLAST_MB`: MiB of memory to hold, so that a big server can be upgraded in a benchmark.
+pub fn ballast_mb() -> Result<usize, String> {
+    match std::env::var("BALLAST_MB") {
         Ok(v) if !v.is_empty() => v
             .parse()
-            .map_err(|_| format!("BALLAST_MB must be a number of MiB, not {v:?}"))?,
-        _ => 0,
-    };
-    if mb > 0 {
-        std::thread::spawn(move || {
-            let mut ballast = vec![0u8; mb << 20];
-            // Touch every page so it is resident, as a real server's heap is.
-            for page in ballast.chunks_mut(4096) {
-                page[0] = 1;
-            }
-            // Held for the life of the process.
-            Box::leak(ballast.into_boxed_slice());
-        });
+            .map_err(|_| format!("BALLAST_MB must be a number of MiB, not {v:?}")),
+        _ => Ok(0),
     }
-    Ok(())
+}
+
+/// Takes `mb` MiB of touched memory in a thread of its own and holds it for the life of the
+/// process.
+pub fn fill_ballast(mb: usize) {
+    if mb == 0 {
+        return;
+    }
+    std::thread::spawn(move || {
+        let mut ballast = vec![0u8; mb << 20];
+        // Touch every page so it is resident, as a real server's heap is.
+        for page in ballast.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        Box::leak(ballast.into_boxed_slice());
+    });
 }

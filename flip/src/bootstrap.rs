@@ -84,7 +84,8 @@ impl Shutdown {
     }
 
     /// Waits until the process is ready to serve (or already stopping): the moment to begin
-    /// accepting.
+    /// accepting. Readiness comes after every starter returned, so a starter must not wait for
+    /// its own server to answer.
     pub async fn serving(&mut self) {
         let _ = self.0.wait_for(|stage| *stage >= Stage::Serving).await;
     }
