@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -38,7 +39,7 @@ use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::bootstrap::{BoxError, BoxFuture, Shutdown, ShutdownTrigger};
@@ -132,8 +133,8 @@ impl HttpServer {
     }
 
     /// Accepts from `listener`, once `shutdown` says the process serves, and serves `service`
-    /// until `shutdown` fires; then drains every connection and returns. Dropping the future stops at once (hard stop): every connection
-    /// is closed.
+    /// until `shutdown` fires; then drains every connection and returns. Dropping the future
+    /// stops at once (hard stop): every connection is closed.
     pub async fn serve<L, S, B>(
         &self,
         listener: L,
@@ -149,7 +150,11 @@ impl HttpServer {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let (drain_tx, drain_rx) = watch::channel(false);
+        // One drain handle per connection, not a channel they all share: a connection's task
+        // checks its handle every time it wakes, and a shared one would put a lock that every
+        // request of every connection takes on the hot path.
+        let mut drains: HashMap<u64, DrainHandle> = HashMap::new();
+        let mut next_id: u64 = 0;
         let mut connections = JoinSet::new();
         shutdown.serving().await;
         while !shutdown.is_shutting_down() {
@@ -157,11 +162,15 @@ impl HttpServer {
                 () = shutdown.wait() => {}
                 accepted = listener.accept() => match accepted {
                     Ok(stream) => {
-                        connections.spawn(self.clone().connection(
-                            stream,
-                            service.clone(),
-                            drain_rx.clone(),
-                        ));
+                        let (handle, drain) = drain_pair();
+                        let id = next_id;
+                        next_id += 1;
+                        drains.insert(id, handle);
+                        let conn = self.clone().connection(stream, service.clone(), drain);
+                        connections.spawn(async move {
+                            conn.await;
+                            id
+                        });
                     }
                     Err(e) => {
                         // Out of descriptors and the like: do not spin on the error.
@@ -169,17 +178,23 @@ impl HttpServer {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(done) = connections.join_next(), if !connections.is_empty() => {
+                    if let Ok(id) = done {
+                        drains.remove(&id);
+                    }
+                }
             }
         }
         drop(listener);
-        let _ = drain_tx.send(true);
+        for (_, handle) in drains.drain() {
+            handle.start();
+        }
         tracing::debug!(connections = connections.len(), "draining HTTP connections");
         while connections.join_next().await.is_some() {}
         Ok(())
     }
 
-    async fn connection<I, S, B>(self, stream: I, service: S, mut drain: watch::Receiver<bool>)
+    async fn connection<I, S, B>(self, stream: I, service: S, drain: Drain)
     where
         I: Io,
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -203,14 +218,15 @@ impl HttpServer {
         let http2 = Arc::new(AtomicBool::new(false));
         let service = DrainAware {
             inner: service,
-            draining: drain.clone(),
+            draining: drain.draining.clone(),
             http2: http2.clone(),
         };
         let conn = self.builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(conn);
         tokio::select! {
             _ = conn.as_mut() => return,
-            _ = drain.wait_for(|d| *d) => {}
+            // An error means the server dropped the handle: it is stopping at once.
+            _ = drain.started => {}
         }
         if !http2.load(Ordering::SeqCst) {
             // HTTP/1.1, or nothing read yet: give the client one more request, answered with
@@ -225,13 +241,46 @@ impl HttpServer {
     }
 }
 
+/// The server's side of one connection's drain signal.
+struct DrainHandle {
+    draining: Arc<AtomicBool>,
+    start: oneshot::Sender<()>,
+}
+
+impl DrainHandle {
+    /// Begins the drain: responses from now on say `Connection: close`, then the connection
+    /// learns it should wind down.
+    fn start(self) {
+        self.draining.store(true, Ordering::SeqCst);
+        let _ = self.start.send(());
+    }
+}
+
+/// The connection's side: a flag its service reads and a signal its task waits on.
+struct Drain {
+    draining: Arc<AtomicBool>,
+    started: oneshot::Receiver<()>,
+}
+
+fn drain_pair() -> (DrainHandle, Drain) {
+    let draining = Arc::new(AtomicBool::new(false));
+    let (start, started) = oneshot::channel();
+    (
+        DrainHandle {
+            draining: draining.clone(),
+            start,
+        },
+        Drain { draining, started },
+    )
+}
+
 /// Wraps the application's service: notes the protocol, and asks HTTP/1.1 clients to close
 /// once the drain began.
 #[derive(Clone)]
 struct DrainAware<S> {
     inner: S,
     /// True once the drain began.
-    draining: watch::Receiver<bool>,
+    draining: Arc<AtomicBool>,
     http2: Arc<AtomicBool>,
 }
 
@@ -253,7 +302,7 @@ where
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut response = fut.await?;
-            if http1 && *draining.borrow() {
+            if http1 && draining.load(Ordering::SeqCst) {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
