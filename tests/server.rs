@@ -75,8 +75,16 @@ async fn read_response(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_stop_finishes_the_request_in_flight_then_resolves() {
+/// A factory serving one listener, with one `/hold` request in its service.
+struct Held<F> {
+    servers: F,
+    serving: tokio::task::JoinHandle<Result<(), flip::BoxError>>,
+    client: TcpStream,
+    addr: String,
+    release: Arc<Notify>,
+}
+
+async fn hold_one_request() -> Held<impl GracefulStoppableServer + Clone + 'static> {
     let (tx, mut started) = mpsc::unbounded_channel();
     let release = Arc::new(Notify::new());
     let servers = ServerFactory::new(holding_service(tx, release.clone()));
@@ -85,11 +93,28 @@ async fn graceful_stop_finishes_the_request_in_flight_then_resolves() {
         let servers = servers.clone();
         async move { servers.serve(l, false).await }
     });
-
-    let mut client = send(&addr, "/hold").await;
+    let client = send(&addr, "/hold").await;
     tokio::time::timeout(DEADLINE, started.recv())
         .await
         .expect("the request reached the service");
+    Held {
+        servers,
+        serving,
+        client,
+        addr,
+        release,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_finishes_the_request_in_flight_then_resolves() {
+    let Held {
+        servers,
+        serving,
+        mut client,
+        addr,
+        release,
+    } = hold_one_request().await;
     let stop = servers.graceful_stop();
     tokio::pin!(stop);
     // The request is held: the stop cannot be complete.
@@ -128,17 +153,12 @@ async fn graceful_stop_finishes_the_request_in_flight_then_resolves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_closes_the_request_in_flight_at_once() {
-    let (tx, mut started) = mpsc::unbounded_channel();
-    let servers = ServerFactory::new(holding_service(tx, Arc::new(Notify::new())));
-    let (l, addr) = listener();
-    let serving = tokio::spawn({
-        let servers = servers.clone();
-        async move { servers.serve(l, false).await }
-    });
-    let mut client = send(&addr, "/hold").await;
-    tokio::time::timeout(DEADLINE, started.recv())
-        .await
-        .expect("the request reached the service");
+    let Held {
+        servers,
+        serving,
+        mut client,
+        ..
+    } = hold_one_request().await;
 
     servers.stop();
     let response = read_response(&mut client).await;

@@ -416,7 +416,9 @@ impl<S> ServerFactory<S> {
 
     /// Follows a [`Bootstrap`](crate::Bootstrap)'s token: serves begin accepting once the
     /// process is ready, and the graceful stop begins with the Bootstrap's. Without it, serves
-    /// accept at once and stop only through this factory.
+    /// accept at once and stop only through this factory: then make
+    /// [`graceful_stop`](GracefulStoppableServer::graceful_stop) the Bootstrap's stop action,
+    /// or its drain waits out the grace period.
     pub fn follow(mut self, shutdown: Shutdown) -> ServerFactory<S> {
         self.follow = Some(shutdown);
         self
