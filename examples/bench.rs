@@ -14,9 +14,12 @@
 //! `--interval-ms N` (200: pause between upgrades), `--ballast-mb N` (0), `--addr HOST:PORT`
 //! (127.0.0.1:18080), `--baseline-secs N` (3), `--tail-secs N` (0: how long the server
 //! keeps serving after the last upgrade, for an outside load generator), `--compare-secs N` (0:
-//! also measure steady-state throughput and RSS of the `http` example against the `plain`
-//! example, the same endpoints on hyper without flip, N seconds each, and print the ratios). Traffic goes to loopback only and every loop is
-//! bounded by the number of upgrades and a deadline.
+//! also measure steady-state throughput, with `wrk` when installed, and RSS of the `http`
+//! example against the `plain` example, the same server on hyper without flip, in 5
+//! alternating runs of N seconds each, and print the ratios of the medians),
+//! `--same-session` (run the server in this program's session instead of one of its own),
+//! `--server-log FILTER` (the server's `RUST_LOG`; its log is kept). Traffic goes to loopback
+//! only and every loop is bounded by the number of upgrades and a deadline.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
