@@ -65,7 +65,10 @@ async fn ballast(ctx: &flip::StartContext) -> Result<(), String> {
         let mut shutdown = ctx.shutdown();
         tokio::spawn(async move {
             shutdown.serving().await;
-            common::fill_ballast(mb);
+            // Not in a process that is stopping without ever having served.
+            if !shutdown.is_shutting_down() {
+                common::fill_ballast(mb);
+            }
         });
     }
     Ok(())
