@@ -33,6 +33,17 @@ fn serving_in(scratch: Scratch, extra: &[(&str, String)]) -> (Server, String, Lo
     (server, http, load)
 }
 
+/// With a binary that behaves again, an upgrade succeeds, the new process answers, and no
+/// request of the whole run failed.
+fn a_good_upgrade_then_nothing_lost(server: &Server, load: Load) {
+    server.set_behaviour("ok");
+    let new = server.upgrade_ok();
+    load.wait_for_more(20);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(report.pids.contains(&new));
+}
+
 fn new_child_of(pid: u32) -> u32 {
     wait_for("the new process to start", DEADLINE, || {
         children_of(pid).first().copied()
@@ -68,12 +79,7 @@ fn a_new_process_killed_before_it_reads_the_handoff_or_before_ready_loses_nothin
         load.wait_for_more(20);
         assert_eq!(server.pid(), Some(old), "{behaviour}");
     }
-    server.set_behaviour("ok");
-    let new = server.upgrade_ok();
-    load.wait_for_more(20);
-    let report = load.finish();
-    assert_eq!(report.failed, 0, "{report:?}");
-    assert!(report.pids.contains(&new));
+    a_good_upgrade_then_nothing_lost(&server, load);
 }
 
 #[test]
@@ -176,12 +182,7 @@ fn fifty_crashing_binaries_in_a_row_leave_the_old_process_serving_and_stable() {
         "memory grows per failed upgrade: {rss_first} -> {rss_last} KiB"
     );
     assert!(children_of(old).is_empty(), "no zombie or straggler");
-    server.set_behaviour("ok");
-    let new = server.upgrade_ok();
-    load.wait_for_more(20);
-    let report = load.finish();
-    assert_eq!(report.failed, 0, "{report:?}");
-    assert!(report.pids.contains(&new));
+    a_good_upgrade_then_nothing_lost(&server, load);
 }
 
 #[test]

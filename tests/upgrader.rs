@@ -11,6 +11,22 @@ fn testserver() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_flip-testserver"))
 }
 
+/// The test server on a TCP listener and a unix socket (`s.sock` in its scratch directory).
+fn tcp_and_unix_server(name: &str) -> (Server, String, std::path::PathBuf) {
+    let scratch = Scratch::new(name);
+    let unix = scratch.path("s.sock");
+    let tcp = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_in(
+        scratch,
+        &testserver(),
+        &[
+            ("TS_TCP", tcp.clone()),
+            ("TS_UNIX", unix.display().to_string()),
+        ],
+    );
+    (server, tcp, unix)
+}
+
 #[test]
 fn every_kind_of_socket_and_file_reaches_the_new_process() {
     let scratch = Scratch::new("kinds");
@@ -148,17 +164,7 @@ fn an_upgrade_is_refused_while_the_parent_is_alive() {
 
 #[test]
 fn inherited_sockets_nobody_claimed_are_closed_at_ready() {
-    let scratch = Scratch::new("unclaimed");
-    let unix = scratch.path("s.sock");
-    let tcp = format!("127.0.0.1:{}", free_port());
-    let server = Server::start_in(
-        scratch,
-        &testserver(),
-        &[
-            ("TS_TCP", tcp.clone()),
-            ("TS_UNIX", unix.display().to_string()),
-        ],
-    );
+    let (server, tcp, unix) = tcp_and_unix_server("unclaimed");
     let inode = unix_socket_inode(&unix).expect("the unix listener in /proc/net/unix");
     server.set_behaviour("skip-unix");
     let new = server.upgrade_ok();
@@ -174,17 +180,7 @@ fn inherited_sockets_nobody_claimed_are_closed_at_ready() {
 
 #[test]
 fn processes_spawned_by_the_server_inherit_neither_fds_nor_the_marker() {
-    let scratch = Scratch::new("leaks");
-    let unix = scratch.path("s.sock");
-    let tcp = format!("127.0.0.1:{}", free_port());
-    let server = Server::start_in(
-        scratch,
-        &testserver(),
-        &[
-            ("TS_TCP", tcp.clone()),
-            ("TS_UNIX", unix.display().to_string()),
-        ],
-    );
+    let (server, _, _) = tcp_and_unix_server("leaks");
     let old = server.first_pid;
     let assert_clean = |spawner: u32| {
         let from = server.events().len();
@@ -239,17 +235,7 @@ fn processes_spawned_by_the_server_inherit_neither_fds_nor_the_marker() {
 
 #[test]
 fn descriptor_count_is_the_same_after_20_upgrades_as_after_1() {
-    let scratch = Scratch::new("fd-count");
-    let unix = scratch.path("s.sock");
-    let tcp = format!("127.0.0.1:{}", free_port());
-    let server = Server::start_in(
-        scratch,
-        &testserver(),
-        &[
-            ("TS_TCP", tcp.clone()),
-            ("TS_UNIX", unix.display().to_string()),
-        ],
-    );
+    let (server, tcp, unix) = tcp_and_unix_server("fd-count");
     let first = server.upgrade_ok();
     // A descriptor that leaks per upgrade stays; a passing one (the event log, written as the
     // server becomes ready) does not.
