@@ -383,7 +383,12 @@ fn server_command(c: &Config, exe: &std::path::Path) -> Command {
 }
 
 /// Steady-state load against one server binary: (requests per second, RSS in KiB after).
-fn steady(c: &Config, exe: &std::path::Path, addr: &str) -> Result<(f64, (u64, u64)), String> {
+fn steady(
+    c: &Config,
+    exe: &std::path::Path,
+    addr: &str,
+    use_wrk: bool,
+) -> Result<(f64, (u64, u64)), String> {
     let server = server_command(c, exe)
         .env("HTTP_ADDR", addr)
         .env("FLIP_PID_FILE", "")
@@ -396,9 +401,9 @@ fn steady(c: &Config, exe: &std::path::Path, addr: &str) -> Result<(f64, (u64, u
     let pid = server.id() as i32;
     wait_until(Duration::from_secs(30), || TcpStream::connect(addr).is_ok())
         .ok_or("the server did not start")?;
-    let rate = match wrk(c, addr) {
-        Some(rate) => rate,
-        None => {
+    let rate = match use_wrk {
+        true => wrk(c, addr).ok_or("wrk printed no Requests/sec figure")?,
+        false => {
             let mut load = c.clone();
             load.addr = addr.to_owned();
             load.slow = 0;
@@ -420,7 +425,7 @@ fn steady(c: &Config, exe: &std::path::Path, addr: &str) -> Result<(f64, (u64, u
     Ok((rate, rss))
 }
 
-/// Requests per second that `wrk` (when installed) measured against `addr`, with as many
+/// Requests per second that `wrk` measured against `addr`, with as many
 /// connections as the benchmark has clients. wrk spends far less CPU per request than the
 /// benchmark's blocking clients, so more of the two cores measure the server.
 fn wrk(c: &Config, addr: &str) -> Option<f64> {
@@ -460,14 +465,16 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
         ));
     }
     let addr = "127.0.0.1:18181";
+    // Decided once, so that every run of both servers is measured the same way.
+    let use_wrk = which_wrk();
     // Alternate, so that neither always runs on a warmer machine.
     let (mut flip_rates, mut plain_rates, mut flip_rss, mut plain_rss) =
         (vec![], vec![], vec![], vec![]);
     for _ in 0..RUNS {
-        let (r, m) = steady(c, &plain, addr)?;
+        let (r, m) = steady(c, &plain, addr, use_wrk)?;
         plain_rates.push(r);
         plain_rss.push(m);
-        let (r, m) = steady(c, exe, addr)?;
+        let (r, m) = steady(c, exe, addr, use_wrk)?;
         flip_rates.push(r);
         flip_rss.push(m);
     }
@@ -489,11 +496,7 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     };
     println!(
         "steady state runs (req/s, {}): flip {}; plain hyper {}",
-        if which_wrk() {
-            "wrk"
-        } else {
-            "built-in clients"
-        },
+        if use_wrk { "wrk" } else { "built-in clients" },
         runs(&flip_rates),
         runs(&plain_rates)
     );
