@@ -47,6 +47,7 @@ struct Config {
     compare_secs: u64,
     same_session: bool,
     server_log: Option<String>,
+    standby: bool,
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -63,11 +64,16 @@ fn parse_args() -> Result<Config, String> {
         compare_secs: 0,
         same_session: false,
         server_log: None,
+        standby: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--same-session" {
             c.same_session = true;
+            continue;
+        }
+        if flag == "--standby" {
+            c.standby = true;
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
@@ -549,6 +555,7 @@ fn main() -> Result<(), String> {
         .env("HTTP_ADDR", &c.addr)
         .env("FLIP_PID_FILE", &pid_file)
         .env("BALLAST_MB", c.ballast_mb.to_string())
+        .env("FLIP_STANDBY", if c.standby { "1" } else { "0" })
         // The `ready` line, with its timestamp, is what the upgrade time is read from.
         .env(
             "RUST_LOG",
@@ -567,8 +574,14 @@ fn main() -> Result<(), String> {
     })
     .ok_or("the server did not become ready")?;
     println!(
-        "bench: mode {}, {} clients + {} slow (200 ms), {} upgrades, ballast {} MiB, {}",
-        c.mode, c.clients, c.slow, c.upgrades, c.ballast_mb, c.addr
+        "bench: mode {}, {} clients + {} slow (200 ms), {} upgrades, ballast {} MiB, standby {}, {}",
+        c.mode,
+        c.clients,
+        c.slow,
+        c.upgrades,
+        c.ballast_mb,
+        if c.standby { "on" } else { "off" },
+        c.addr
     );
 
     // Baseline: the same load, no upgrade.

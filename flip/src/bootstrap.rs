@@ -443,7 +443,12 @@ impl Bootstrap {
             "ready"
         );
 
+        // Only with `Options::standby`; a no-op otherwise.
+        let mut standby_check = tokio::time::interval(STANDBY_CHECK);
+        standby_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        standby_check.reset();
         loop {
+            self.refresh_standby();
             // Serving, until an upgrade succeeds (or an immediate stop).
             let exit = self.upgrader.exit();
             tokio::pin!(exit);
@@ -475,6 +480,12 @@ impl Bootstrap {
                     }, if in_flight.is_some() => {
                         in_flight = None;
                         new_pid = new_pid.or(done);
+                        if done.is_none() {
+                            self.refresh_standby();
+                        }
+                    }
+                    _ = standby_check.tick(), if in_flight.is_none() && self.upgrades_enabled => {
+                        self.refresh_standby();
                     }
                     () = &mut exit => break,
                 }
@@ -524,6 +535,13 @@ impl Bootstrap {
         }
     }
 
+    /// Starts or replaces the standby process when [`Options::standby`] asks for one.
+    fn refresh_standby(&self) {
+        if let Err(e) = self.upgrader.refresh_standby() {
+            tracing::warn!(error = %e, "cannot start a standby process; upgrades start one afresh");
+        }
+    }
+
     /// Signals [`Shutdown`] and takes the drain group, for the caller to wait on.
     fn start_drain(&mut self) -> JoinSet<()> {
         self.shutdown_tx.send_replace(Stage::Stopping);
@@ -561,6 +579,10 @@ impl Bootstrap {
         outcome
     }
 }
+
+/// How often the serving process checks that its standby process still runs the binary an
+/// upgrade would start.
+const STANDBY_CHECK: Duration = Duration::from_secs(1);
 
 /// One upgrade, logged with its outcome and duration; the new pid on success.
 async fn upgrade(upgrader: Upgrader) -> Option<u32> {

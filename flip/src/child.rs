@@ -1,9 +1,10 @@
 //! The new process's side of an upgrade: receiving the handoff, telling the parent we are
 //! ready, and learning when the parent has exited.
 
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
@@ -12,9 +13,31 @@ use crate::handoff::{MARKER_VAR, MAX_MANIFEST_BYTES, Manifest, Marker};
 use crate::key::{Key, Kind};
 use crate::{socket, sys};
 
-/// How long the child waits for the manifest. The parent writes it completely before spawning,
-/// so this only bounds a pathological case (a pipe that is not ours after all).
-const MANIFEST_DEADLINE: Duration = Duration::from_secs(5);
+/// The marker, moved out of the environment by [`stash_marker`] before any thread exists.
+static STASHED_MARKER: Mutex<Option<Option<OsString>>> = Mutex::new(None);
+
+/// Moves the handoff marker out of the environment now, for [`take_handoff`] to use later.
+///
+/// `#[flip::main]` calls this before the runtime starts its threads (removing a variable is
+/// only safe then), and reads the handoff itself once the runtime is built: a standby process
+/// waits for the handoff with its runtime already up, so that work is off the upgrade's path.
+pub(crate) fn stash_marker() {
+    let mut stash = STASHED_MARKER.lock().unwrap_or_else(|p| p.into_inner());
+    if stash.is_none() {
+        *stash = Some(sys::env::take_var(MARKER_VAR));
+    }
+}
+
+fn take_marker() -> Option<OsString> {
+    let stashed = STASHED_MARKER
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    match stashed {
+        Some(marker) => marker,
+        None => sys::env::take_var(MARKER_VAR),
+    }
+}
 
 /// What a process started by an upgrade received.
 #[derive(Debug)]
@@ -71,7 +94,7 @@ impl ParentLink {
 /// close-on-exec; a descriptor that does not match the manifest is left untouched and the whole
 /// handoff is rejected.
 pub(crate) fn take_handoff() -> Result<Option<Inherited>, HandoffError> {
-    let Some(value) = sys::env::take_var(MARKER_VAR) else {
+    let Some(value) = take_marker() else {
         return Ok(None);
     };
     let marker = Marker::decode(&value)?;
@@ -106,30 +129,25 @@ pub(crate) fn take_handoff() -> Result<Option<Inherited>, HandoffError> {
     adopt_all(manifest).map(Some)
 }
 
-/// Reads until the manifest's final `end` line, EOF, the size limit or the deadline.
+/// Reads until the manifest's final `end` line, EOF or the size limit.
+///
+/// There is no deadline: a standby waits here until its parent upgrades, and the parent always
+/// either writes the manifest or closes its end (exiting closes it too), so this cannot hang.
 fn read_manifest(fd: &OwnedFd) -> Result<Vec<u8>, HandoffError> {
-    let deadline = Instant::now() + MANIFEST_DEADLINE;
     let mut bytes = Vec::with_capacity(4096);
     let mut buf = [0u8; 8192];
     loop {
         if bytes.ends_with(b"\nend\n") || bytes.len() > MAX_MANIFEST_BYTES {
             return Ok(bytes);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HandoffError::Io(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the manifest did not arrive in time",
-            )));
-        }
-        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
         let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(millis)) {
+        match poll(&mut fds, PollTimeout::NONE) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(e) => return Err(HandoffError::Io(e.into())),
         }
         match nix::unistd::read(fd.as_fd(), &mut buf) {
+            Ok(0) if bytes.is_empty() => return Err(HandoffError::Withdrawn),
             Ok(0) => return Ok(bytes),
             Ok(n) => bytes.extend_from_slice(&buf[..n]),
             Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}

@@ -147,6 +147,11 @@ pub enum HandoffError {
     /// Reading the handoff failed.
     #[error("reading the handoff: {0}")]
     Io(#[source] io::Error),
+    /// This process was started as a standby (see [`Options::standby`](crate::Options::standby))
+    /// and its parent let it go without handing anything over: the binary changed, the parent
+    /// is stopping, or it exited. Nothing is wrong; the process should exit quietly.
+    #[error("the parent withdrew this standby process before handing anything over")]
+    Withdrawn,
 }
 
 /// How a process ended.

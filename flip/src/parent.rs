@@ -200,8 +200,83 @@ fn cstring(bytes: &[u8], what: &str) -> io::Result<CString> {
     })
 }
 
-/// Starts the new process with every descriptor of `fds`.
-pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Child, Error> {
+/// A new process that was started with every descriptor but has not been told what they are:
+/// it waits for the manifest. A fresh upgrade hands over at once; a standby waits until the
+/// next upgrade (see [`Options::standby`](crate::Options::standby)).
+///
+/// Dropping it kills and reaps the process, which would otherwise read EOF and exit by itself.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    child: Child,
+    /// Write end of the handoff pipe; the manifest goes here.
+    control: OwnedFd,
+    manifest: String,
+    /// What was handed over, to tell whether the registry still holds exactly this.
+    handed: Vec<(Key, u64, u64)>,
+}
+
+impl Pending {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// Kills the process and reaps it before returning, for a process about to exit (a reaping
+    /// task would not get to run).
+    pub(crate) fn discard(mut self) {
+        if !self.child.reaped {
+            let _ = sys::process::kill_hard(self.child.pid);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.child.pid), None);
+            self.child.reaped = true;
+        }
+    }
+
+    /// Sends the manifest: from here on the new process adopts the descriptors and starts.
+    pub(crate) fn hand_over(self) -> Result<Child, Error> {
+        let Pending {
+            child,
+            control,
+            manifest,
+            ..
+        } = self;
+        // On failure `child` is dropped here, which kills it.
+        write_manifest(&control, manifest.as_bytes())
+            .map_err(Error::io("writing the handoff manifest"))?;
+        Ok(child)
+    }
+
+    /// Whether this process may still take over: it is alive, it runs the file the launch path
+    /// names now, and it holds exactly the sockets and files of `fds`.
+    pub(crate) fn is_current(&mut self, launch: &Launch, fds: &[(Key, OwnedFd)]) -> bool {
+        if self.child.reaped {
+            return false;
+        }
+        if let Ok(Some(_)) = sys::process::try_reap(self.child.pid) {
+            self.child.reaped = true;
+            return false;
+        }
+        let running = std::fs::metadata(format!("/proc/{}/exe", self.child.pid));
+        let on_disk = std::fs::metadata(&launch.program);
+        let same_binary = match (running, on_disk) {
+            (Ok(a), Ok(b)) => {
+                use std::os::unix::fs::MetadataExt;
+                (a.dev(), a.ino()) == (b.dev(), b.ino())
+            }
+            _ => false,
+        };
+        same_binary
+            && fds.len() == self.handed.len()
+            && fds
+                .iter()
+                .zip(&self.handed)
+                .all(|((key, fd), (k, dev, ino))| {
+                    key == k && sys::fd::identity(fd).is_ok_and(|(d, i, _)| (d, i) == (*dev, *ino))
+                })
+    }
+}
+
+/// Starts the new process with every descriptor of `fds`, without telling it yet what they
+/// are: [`Pending::hand_over`] does.
+pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Pending, Error> {
     let spawn_err = |source: io::Error| Error::Spawn {
         program: launch.program.clone(),
         source,
@@ -224,6 +299,10 @@ pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Child, 
             ino,
         });
     }
+    let handed = entries
+        .iter()
+        .map(|e| (e.key.clone(), e.dev, e.ino))
+        .collect();
     let manifest = Manifest {
         token,
         parent_pid: std::process::id(),
@@ -232,9 +311,7 @@ pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Child, 
         entries,
     }
     .encode();
-    write_manifest(&control_w, manifest.as_bytes())
-        .map_err(Error::io("writing the handoff manifest"))?;
-    drop(control_w);
+    prepare_control(&control_w, manifest.len()).map_err(Error::io("sizing the handoff pipe"))?;
 
     let (_, pipe_inode, _) =
         sys::fd::identity(&control_r).map_err(Error::io("inspecting the handoff pipe"))?;
@@ -286,12 +363,17 @@ pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Child, 
 
     let watches = prepare_ready(ready_r).and_then(|ready| Ok((ready, ExitWatch::new(pid)?)));
     match watches {
-        Ok((ready, exit)) => Ok(Child {
-            pid,
-            ready,
-            exit,
-            alive: Some(alive_w),
-            reaped: false,
+        Ok((ready, exit)) => Ok(Pending {
+            child: Child {
+                pid,
+                ready,
+                exit,
+                alive: Some(alive_w),
+                reaped: false,
+            },
+            control: control_w,
+            manifest,
+            handed,
         }),
         Err(e) => {
             let _ = sys::process::kill_hard(pid);
@@ -306,17 +388,20 @@ fn prepare_ready(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     sys::fd::async_readable(fd)
 }
 
-/// Writes the whole manifest into the pipe before the child exists, so the child never waits
-/// for it. The pipe is grown when the manifest would not fit.
-fn write_manifest(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
+/// Makes the handoff pipe non-blocking and large enough for the whole manifest, so writing it
+/// never waits for the child to read.
+fn prepare_control(fd: &OwnedFd, len: usize) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, fcntl};
     let capacity = fcntl(fd.as_fd(), FcntlArg::F_GETPIPE_SZ)?;
-    if usize::try_from(capacity).unwrap_or(0) < bytes.len() {
-        let want =
-            i32::try_from(bytes.len()).map_err(|_| io::Error::other("manifest too large"))?;
+    if usize::try_from(capacity).unwrap_or(0) < len {
+        let want = i32::try_from(len).map_err(|_| io::Error::other("manifest too large"))?;
         fcntl(fd.as_fd(), FcntlArg::F_SETPIPE_SZ(want))?;
     }
-    sys::fd::set_nonblocking(fd.as_fd())?;
+    sys::fd::set_nonblocking(fd.as_fd())
+}
+
+/// Writes the whole manifest into the pipe `prepare_control` made room in.
+fn write_manifest(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
     let mut rest = bytes;
     while !rest.is_empty() {
         match nix::unistd::write(fd, rest) {

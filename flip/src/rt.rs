@@ -9,7 +9,7 @@ use std::time::Duration;
 pub use inventory;
 
 use crate::bootstrap::{Bootstrap, BoxError, BoxFuture, Outcome, StartContext};
-use crate::error::Error;
+use crate::error::{Error, HandoffError};
 use crate::upgrader::Options;
 
 /// A starter collected by `#[flip::starter]`.
@@ -81,6 +81,9 @@ pub struct Environment {
     pub pid_file: Option<std::path::PathBuf>,
     /// `<PREFIX>_UPGRADES_ENABLED`, default true.
     pub upgrades_enabled: bool,
+    /// `<PREFIX>_STANDBY`, default false: keep the next process started ahead of time (see
+    /// [`Options::standby`]).
+    pub standby: bool,
 }
 
 /// A bad environment variable.
@@ -106,27 +109,25 @@ pub fn read_environment(
         Some(v) => Some(v.into()),
         None => config.pid_file.map(Into::into),
     };
-    let up_var = format!("{}_UPGRADES_ENABLED", config.env_prefix);
-    let upgrades_enabled = match get(&up_var) {
-        None => true,
+    let flag = |name: String, default: bool| match get(&name) {
+        None => Ok(default),
         Some(v) => {
             let text = v.to_string_lossy().to_ascii_lowercase();
             match text.trim() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                _ => {
-                    return Err(EnvError {
-                        name: up_var,
-                        value: v.to_string_lossy().into_owned(),
-                        reason: "expected 1, true, yes, on (enabled) or 0, false, no, off (disabled)",
-                    });
-                }
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(EnvError {
+                    name,
+                    value: v.to_string_lossy().into_owned(),
+                    reason: "expected 1, true, yes, on (enabled) or 0, false, no, off (disabled)",
+                }),
             }
         }
     };
     Ok(Environment {
         pid_file,
-        upgrades_enabled,
+        upgrades_enabled: flag(format!("{}_UPGRADES_ENABLED", config.env_prefix), true)?,
+        standby: flag(format!("{}_STANDBY", config.env_prefix), false)?,
     })
 }
 
@@ -153,7 +154,20 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
         }
     };
     init_logging();
-    let mut options = Options::new();
+    crate::child::stash_marker();
+    // The runtime comes before the handoff is read: a standby process waits for the handoff, so
+    // whatever precedes it is done before the upgrade starts.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut options = Options::new().standby(env.standby && env.upgrades_enabled);
     if let Some(p) = &env.pid_file {
         options = options.pid_file(p);
     }
@@ -162,6 +176,11 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     }
     let mut bootstrap = match Bootstrap::with_options(options, env.upgrades_enabled) {
         Ok(b) => b,
+        Err(Error::Handoff(HandoffError::Withdrawn)) => {
+            tracing::debug!("standby process no longer needed");
+            runtime.shutdown_background();
+            return ExitCode::SUCCESS;
+        }
         Err(e @ Error::PidFile { .. }) => {
             tracing::error!("{e}");
             eprintln!("error: {e}");
@@ -178,16 +197,6 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     for s in starters() {
         bootstrap.register_starter(s.name, s.start);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the tokio runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let code = runtime.block_on(async move {
         if let Err(e) = body(&mut bootstrap).await {
             tracing::error!("main failed: {e}");
