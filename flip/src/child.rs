@@ -315,6 +315,19 @@ mod tests {
     }
 
     #[test]
+    fn a_pipe_closed_before_any_manifest_means_the_standby_was_withdrawn() {
+        let (r, w) = sys::fd::pipe().unwrap();
+        drop(w);
+        assert!(matches!(read_manifest(&r), Err(HandoffError::Withdrawn)));
+
+        // A manifest cut short is not a withdrawal: it is returned for decoding to reject.
+        let (r, w) = sys::fd::pipe().unwrap();
+        nix::unistd::write(&w, b"flip-handoff 1\n").unwrap();
+        drop(w);
+        assert_eq!(read_manifest(&r).unwrap(), b"flip-handoff 1\n");
+    }
+
+    #[test]
     fn a_closed_descriptor_is_rejected() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();

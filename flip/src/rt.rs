@@ -245,6 +245,17 @@ mod tests {
         let e = read_environment(&config("FLIP"), env(&[])).unwrap();
         assert_eq!(e.pid_file, Some("/run/default.pid".into()));
         assert!(e.upgrades_enabled);
+        assert!(!e.standby);
+    }
+
+    #[test]
+    fn the_standby_flag_is_read_and_checked() {
+        let e = read_environment(&config("FLIP"), env(&[("FLIP_STANDBY", "on")])).unwrap();
+        assert!(e.standby);
+        let err = read_environment(&config("FLIP"), env(&[("FLIP_STANDBY", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("FLIP_STANDBY="), "{err}");
     }
 
     #[test]

@@ -319,43 +319,54 @@ impl Upgrader {
             armed: true,
         };
         let started = Instant::now();
-        let fds = self
-            .shared
-            .fds
-            .snapshot()
-            .map_err(Error::io("duplicating the sockets to hand over"))?;
-        let pending = match self.current_standby(&fds) {
-            Some(standby) => {
-                drop(fds);
-                tracing::debug!(pid = standby.pid(), "handing over to the standby process");
-                standby
-            }
-            None => parent::spawn(&self.shared.launch, fds)?,
-        };
-        let mut child = pending.hand_over()?;
-        let pid = child.pid();
-        tracing::debug!(pid, program = %self.shared.launch.program.display(), "started the new process");
         let timeout = self.shared.options.upgrade_timeout;
-        let failed = tokio::select! {
-            ready = child.wait_ready() => match ready {
-                Ok(()) => None,
-                Err(status) => Some(Error::ChildExited { pid, status }),
-            },
-            () = tokio::time::sleep(timeout) => {
-                child.kill().await;
-                Some(Error::Timeout { pid, timeout })
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (mut child, mut from_standby) = match self.take_standby()? {
+            Some(standby) => {
+                tracing::debug!(pid = standby.pid(), "handing over to the standby process");
+                match standby.hand_over() {
+                    Ok(child) => (child, true),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the standby process is gone; starting afresh");
+                        (self.start_fresh()?, false)
+                    }
+                }
             }
-            () = cancel.notified() => {
-                child.kill().await;
-                Some(Error::Terminating)
-            }
+            None => (self.start_fresh()?, false),
         };
-        if let Some(error) = failed {
+        loop {
+            let pid = child.pid();
+            tracing::debug!(pid, program = %self.shared.launch.program.display(), "started the new process");
+            let failed = tokio::select! {
+                ready = child.wait_ready() => match ready {
+                    Ok(()) => None,
+                    Err(status) => Some(Error::ChildExited { pid, status }),
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    child.kill().await;
+                    Some(Error::Timeout { pid, timeout })
+                }
+                () = cancel.notified() => {
+                    child.kill().await;
+                    Some(Error::Terminating)
+                }
+            };
+            let Some(error) = failed else { break };
             // The child may have died between writing the pid file and telling us it was ready:
             // the pid file must name the process that serves, this one.
             self.reclaim_pid_file(pid);
-            return Err(error);
+            match error {
+                // Killed from outside a moment before the upgrade (so it still looked alive),
+                // say. A fresh start is what the upgrade would have done without a standby.
+                Error::ChildExited { status, .. } if from_standby => {
+                    tracing::warn!(pid, %status, "the standby process ended before it was ready; starting afresh");
+                    child = self.start_fresh()?;
+                    from_standby = false;
+                }
+                error => return Err(error),
+            }
         }
+        let pid = child.pid();
         let shared = Arc::downgrade(&self.shared);
         *lock(&self.shared.successor_link) = child.into_successor(move |status| {
             if let Some(shared) = shared.upgrade() {
@@ -376,18 +387,35 @@ impl Upgrader {
         Ok(pid)
     }
 
-    /// Takes the standby if it may take over with `fds`; a stale one is killed.
-    fn current_standby(&self, fds: &[(crate::key::Key, OwnedFd)]) -> Option<Pending> {
-        let mut standby = lock(&self.shared.standby).take()?;
-        if standby.is_current(&self.shared.launch, fds) {
-            Some(standby)
+    /// Takes the standby if it may take over; a stale one is killed.
+    fn take_standby(&self) -> Result<Option<Pending>> {
+        let Some(mut standby) = lock(&self.shared.standby).take() else {
+            return Ok(None);
+        };
+        let fds = self
+            .shared
+            .fds
+            .snapshot()
+            .map_err(Error::io("duplicating the sockets to hand over"))?;
+        if standby.is_current(&self.shared.launch, &fds) {
+            Ok(Some(standby))
         } else {
             tracing::debug!(
                 pid = standby.pid(),
                 "the standby process is stale; starting afresh"
             );
-            None
+            Ok(None)
         }
+    }
+
+    /// Starts a new process with every socket of the registry and hands them over at once.
+    fn start_fresh(&self) -> Result<parent::Child> {
+        let fds = self
+            .shared
+            .fds
+            .snapshot()
+            .map_err(Error::io("duplicating the sockets to hand over"))?;
+        parent::spawn(&self.shared.launch, fds)?.hand_over()
     }
 
     /// Starts a standby process if [`Options::standby`] is set and there is none that is still

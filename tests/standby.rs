@@ -1,0 +1,182 @@
+//! The standby process (`FLIP_STANDBY=1`): started ahead of time by the serving process, used by
+//! the next upgrade while it is still what an upgrade would start, and never left behind.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use nix::sys::signal::Signal;
+use support::load::{Load, Mode};
+use support::*;
+
+/// Starts the `http` example (or a copy of it at `program`) with a standby.
+fn server_with_standby(scratch: Scratch, program: &Path) -> (Server, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_in(
+        scratch,
+        program,
+        &[("HTTP_ADDR", addr.clone()), ("FLIP_STANDBY", "1".into())],
+    );
+    (server, addr)
+}
+
+/// Waits until `parent` has exactly one live child, its standby, and returns it.
+fn standby_of(parent: u32) -> u32 {
+    wait_for(&format!("a standby process of {parent}"), DEADLINE, || {
+        let live: Vec<u32> = children_of(parent)
+            .into_iter()
+            .filter(|&p| alive(p))
+            .collect();
+        match live.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    })
+}
+
+/// Device and inode of the file a process runs.
+fn running_file(pid: u32) -> (u64, u64) {
+    let m = std::fs::metadata(format!("/proc/{pid}/exe")).expect("/proc/<pid>/exe");
+    (m.dev(), m.ino())
+}
+
+fn file_identity(path: &Path) -> (u64, u64) {
+    let m = std::fs::metadata(path).expect("metadata");
+    (m.dev(), m.ino())
+}
+
+/// Puts a new copy of `from` at `to` the way deployments do: write aside, then rename over.
+fn deploy(from: &Path, to: &Path) {
+    let aside = to.with_extension("new");
+    std::fs::copy(from, &aside).expect("copy the binary");
+    std::fs::rename(&aside, to).expect("rename over the binary");
+}
+
+#[test]
+fn each_upgrade_hands_over_to_the_standby_started_ahead_of_time_and_loses_nothing() {
+    let (server, addr) = server_with_standby(Scratch::new("standby-load"), &example_path("http"));
+    let load = Load::start(&addr, 4, Mode::Close);
+    let mut generations = vec![server.first_pid];
+    for _ in 0..5 {
+        let serving = *generations.last().expect("a generation");
+        let standby = standby_of(serving);
+        load.wait_for_more(50);
+        let new = server.upgrade_ok();
+        assert_eq!(
+            new, standby,
+            "the upgrade used the standby process, not a new one"
+        );
+        generations.push(new);
+    }
+    load.wait_for_more(50);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(
+        generations.iter().all(|g| report.pids.contains(g)),
+        "every generation answered: {generations:?} vs {:?}",
+        report.pids
+    );
+    // The last generation keeps a standby of its own, and only one.
+    let last = *generations.last().expect("a generation");
+    standby_of(last);
+}
+
+#[test]
+fn a_binary_replaced_on_disk_makes_the_standby_stale_and_the_upgrade_runs_the_new_one() {
+    let scratch = Scratch::new("standby-deploy");
+    let program = scratch.path("app");
+    std::fs::copy(example_path("http"), &program).expect("copy the binary");
+    let (server, _addr) = server_with_standby(scratch, &program);
+    let old = server.first_pid;
+    let first_standby = standby_of(old);
+    assert_eq!(running_file(first_standby), file_identity(&program));
+
+    // A new release lands: within the periodic check the standby is replaced by one of it.
+    deploy(&example_path("http"), &program);
+    let release = file_identity(&program);
+    let second_standby = wait_for("a standby of the new binary", DEADLINE, || {
+        let s = standby_of(old);
+        (s != first_standby && running_file(s) == release).then_some(s)
+    });
+    assert!(!alive(first_standby), "the stale standby was killed");
+    let new = server.upgrade_ok();
+    assert_eq!(new, second_standby);
+    assert_eq!(running_file(new), release);
+
+    // Deployed and upgraded at once, before any check: the stale standby is not used.
+    let stale = standby_of(new);
+    deploy(&example_path("http"), &program);
+    let release = file_identity(&program);
+    let newest = server.upgrade_ok();
+    assert_ne!(newest, stale, "a stale standby must not take over");
+    assert_eq!(
+        running_file(newest),
+        release,
+        "the upgrade runs the new file"
+    );
+    wait_exit(stale, DEADLINE);
+}
+
+#[test]
+fn a_dead_standby_is_replaced_by_a_fresh_start_at_upgrade() {
+    let (server, _addr) = server_with_standby(Scratch::new("standby-dead"), &example_path("http"));
+    let old = server.first_pid;
+    let standby = standby_of(old);
+    signal(standby, Signal::SIGKILL);
+    let new = server.upgrade_ok();
+    assert_ne!(new, standby);
+    assert!(alive(new));
+}
+
+#[test]
+fn a_standby_that_dies_after_the_handoff_is_replaced_by_a_fresh_start_in_the_same_upgrade() {
+    let (server, _addr) = server_with_standby(Scratch::new("standby-dies"), &example_path("http"));
+    let old = server.first_pid;
+    let standby = standby_of(old);
+    // Stopped, it still looks current, takes the handoff, and never gets to be ready.
+    signal(standby, Signal::SIGSTOP);
+    signal(old, Signal::SIGHUP);
+    wait_for("the handoff to the standby", DEADLINE, || {
+        server
+            .log()
+            .contains("handing over to the standby process")
+            .then_some(())
+    });
+    signal(standby, Signal::SIGKILL);
+    let new = wait_for("a new process in the pid file", DEADLINE, || {
+        server.pid().filter(|&p| p != old)
+    });
+    assert_ne!(new, standby);
+    server.wait_pid_file(new);
+    wait_exit(old, DEADLINE);
+    assert!(
+        server
+            .log()
+            .contains("the standby process ended before it was ready; starting afresh"),
+        "log:\n{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_standby_never_outlives_the_process_that_started_it() {
+    // Stopped by SIGTERM: the server kills and reaps its standby before exiting.
+    let (server, _addr) = server_with_standby(Scratch::new("standby-term"), &example_path("http"));
+    let pid = server.first_pid;
+    let standby = standby_of(pid);
+    signal(pid, Signal::SIGTERM);
+    assert_eq!(exit_code(pid, DEADLINE), 0);
+    wait_exit(standby, DEADLINE);
+
+    // Killed outright: the standby reads the end of the handoff pipe and exits by itself,
+    // quietly and with success.
+    let (server, _addr) = server_with_standby(Scratch::new("standby-kill"), &example_path("http"));
+    let pid = server.first_pid;
+    let standby = standby_of(pid);
+    signal(pid, Signal::SIGKILL);
+    assert_eq!(exit_code(pid, DEADLINE), 128 + Signal::SIGKILL as i32);
+    // Re-parented to this test process, the subreaper, so its exit code is ours to read.
+    assert_eq!(exit_code(standby, DEADLINE), 0, "log:\n{}", server.log());
+    assert!(!server.log().contains("ERROR"), "log:\n{}", server.log());
+}
