@@ -18,7 +18,9 @@
 //! example against the `plain` example, the same server on hyper without flip, in 5
 //! alternating runs of N seconds each, and print the ratios of the medians),
 //! `--same-session` (run the server in this program's session instead of one of its own),
-//! `--server-log FILTER` (the server's `RUST_LOG`; its log is kept). Traffic goes to loopback
+//! `--server-log FILTER` (the server's `RUST_LOG`; its log is kept), `--standby` (run the server
+//! with `FLIP_STANDBY=1`: each upgrade hands over to a process started ahead of time; the
+//! comparison then also prints the standby's memory). Traffic goes to loopback
 //! only and every loop is bounded by the number of upgrades and a deadline.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -354,6 +356,24 @@ fn print_stats(label: &str, s: &Stats, elapsed: Duration, windows: &[(Instant, I
     );
 }
 
+/// The standby's pid and memory in KiB: (pid, resident, private). Most of its resident pages
+/// are the binary's code, shared with the serving process; private ones are its own cost.
+fn standby_kib(server: i32) -> Option<(i32, u64, u64)> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{server}/task/{server}/children")).ok()?;
+    let standby: i32 = children.split_whitespace().next()?.parse().ok()?;
+    let rollup = std::fs::read_to_string(format!("/proc/{standby}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = rollup.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((
+        standby,
+        field("Rss:")?,
+        field("Private_Clean:")? + field("Private_Dirty:")?,
+    ))
+}
+
 /// Resident memory of a process in KiB: (anonymous, file-backed).
 fn rss_kib(pid: i32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -394,10 +414,11 @@ fn steady(
     exe: &std::path::Path,
     addr: &str,
     use_wrk: bool,
-) -> Result<(f64, (u64, u64)), String> {
+) -> Result<(f64, (u64, u64), Option<(u64, u64)>), String> {
     let server = server_command(c, exe)
         .env("HTTP_ADDR", addr)
         .env("FLIP_PID_FILE", "")
+        .env("FLIP_STANDBY", if c.standby { "1" } else { "0" })
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -426,9 +447,19 @@ fn steady(
         }
     };
     let rss = rss_kib(pid).unwrap_or((0, 0));
+    let standby = standby_kib(pid);
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     let _ = waitpid(Pid::from_raw(pid), None);
-    Ok((rate, rss))
+    if let Some((standby, ..)) = standby {
+        // It exits once its parent is gone, and comes to us (the subreaper) to be reaped.
+        wait_until(Duration::from_secs(10), || {
+            !matches!(
+                waitpid(Pid::from_raw(standby), Some(WaitPidFlag::WNOHANG)),
+                Ok(nix::sys::wait::WaitStatus::StillAlive)
+            )
+        });
+    }
+    Ok((rate, rss, standby.map(|(_, rss, private)| (rss, private))))
 }
 
 /// Requests per second that `wrk` measured against `addr`, with as many
@@ -474,15 +505,16 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     // Decided once, so that every run of both servers is measured the same way.
     let use_wrk = which_wrk();
     // Alternate, so that neither always runs on a warmer machine.
-    let (mut flip_rates, mut plain_rates, mut flip_rss, mut plain_rss) =
-        (vec![], vec![], vec![], vec![]);
+    let (mut flip_rates, mut plain_rates, mut flip_rss, mut plain_rss, mut standbys) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..RUNS {
-        let (r, m) = steady(c, &plain, addr, use_wrk)?;
+        let (r, m, _) = steady(c, &plain, addr, use_wrk)?;
         plain_rates.push(r);
         plain_rss.push(m);
-        let (r, m) = steady(c, exe, addr, use_wrk)?;
+        let (r, m, standby) = steady(c, exe, addr, use_wrk)?;
         flip_rates.push(r);
         flip_rss.push(m);
+        standbys.extend(standby);
     }
     // The median: on a shared 2-core machine single runs swing by a quarter either way.
     let median = |v: &[f64]| {
@@ -529,6 +561,18 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
         ff,
         ff - pf,
     );
+    if c.standby {
+        if standbys.is_empty() {
+            return Err("--standby: the server kept no standby process".into());
+        }
+        let n = standbys.len() as f64;
+        let rss = standbys.iter().map(|s| s.0).sum::<u64>() as f64 / n;
+        let private = standbys.iter().map(|s| s.1).sum::<u64>() as f64 / n;
+        println!(
+            "standby process: RSS {rss:.0} KiB, of which {private:.0} KiB private (the rest is code shared with the server); flip + standby overhead {:.0} KiB",
+            (fa + ff) - (pa + pf) + private
+        );
+    }
     Ok(())
 }
 

@@ -213,6 +213,8 @@ pub(crate) struct Pending {
     manifest: String,
     /// What was handed over, to tell whether the registry still holds exactly this.
     handed: Vec<(Key, u64, u64)>,
+    /// Device and inode of the file the process runs, `None` when that cannot be told.
+    binary: Option<(u64, u64)>,
 }
 
 impl Pending {
@@ -254,13 +256,8 @@ impl Pending {
             self.child.reaped = true;
             return false;
         }
-        let running = std::fs::metadata(format!("/proc/{}/exe", self.child.pid));
-        let on_disk = std::fs::metadata(&launch.program);
-        let same_binary = match (running, on_disk) {
-            (Ok(a), Ok(b)) => {
-                use std::os::unix::fs::MetadataExt;
-                (a.dev(), a.ino()) == (b.dev(), b.ino())
-            }
+        let same_binary = match (self.binary, file_identity(&launch.program)) {
+            (Some(running), Some(on_disk)) => running == on_disk,
             _ => false,
         };
         same_binary
@@ -272,6 +269,11 @@ impl Pending {
                     key == k && sys::fd::identity(fd).is_ok_and(|(d, i, _)| (d, i) == (*dev, *ino))
                 })
     }
+}
+
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// Starts the new process with every descriptor of `fds`, without telling it yet what they
@@ -350,6 +352,7 @@ pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Pending
 
     let mut passed: Vec<BorrowedFd<'_>> = vec![control_r.as_fd(), ready_w.as_fd(), alive_r.as_fd()];
     passed.extend(fds.iter().map(|(_, fd)| fd.as_fd()));
+    let before = file_identity(&launch.program);
     let pid = sys::spawn::spawn(&SpawnRequest {
         program: &program,
         argv: &argv,
@@ -360,6 +363,9 @@ pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Pending
     .map_err(spawn_err)?;
     drop(passed);
     drop((control_r, ready_w, alive_r, fds));
+    // What the child runs, exactly: `posix_spawn` returns once it has called `execve`. Without
+    // /proc, the file as it was just before.
+    let binary = file_identity(Path::new(&format!("/proc/{pid}/exe"))).or(before);
 
     let watches = prepare_ready(ready_r).and_then(|ready| Ok((ready, ExitWatch::new(pid)?)));
     match watches {
@@ -374,6 +380,7 @@ pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Pending
             control: control_w,
             manifest,
             handed,
+            binary,
         }),
         Err(e) => {
             let _ = sys::process::kill_hard(pid);

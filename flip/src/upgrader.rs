@@ -115,7 +115,11 @@ impl Options {
     /// one idle process (its memory before `main` hands over, a few MiB for a tokio server)
     /// and runs the new binary's code up to reading the handoff before anyone asked for an
     /// upgrade: with `#[flip::main]` that is logging setup and building the runtime, never a
-    /// starter or the `main` body.
+    /// starter or the `main` body. A program that uses the `Upgrader` alone runs its `main` up
+    /// to [`Upgrader::new`], which waits there for the handoff; if the standby is let go
+    /// instead, `new` fails with [`HandoffError::Withdrawn`](crate::HandoffError::Withdrawn)
+    /// and the program should exit quietly. Such a program calls
+    /// [`Upgrader::refresh_standby`] itself.
     pub fn standby(mut self, enabled: bool) -> Options {
         self.standby = enabled;
         self
@@ -185,6 +189,11 @@ struct Shared {
 ///
 /// If the new process exits or is not ready within the upgrade timeout, `upgrade` fails and the
 /// old process simply keeps serving.
+///
+/// With [`Options::standby`], step 1 happens ahead of time ([`refresh_standby`]) and `upgrade`
+/// only hands the sockets' manifest to the waiting process.
+///
+/// [`refresh_standby`]: Upgrader::refresh_standby
 ///
 /// The executable is resolved at upgrade time from the path the process was started by: a
 /// binary replaced at that path (or a symlink switched to a new release) is what runs.
@@ -446,6 +455,11 @@ impl Upgrader {
         *slot = None;
         let standby = parent::spawn(&self.shared.launch, fds)?;
         let pid = standby.pid();
+        if !matches!(*lock(&self.shared.phase), Phase::Ready) {
+            // An upgrade or a stop began meanwhile (another task): this one is not wanted.
+            drop(standby);
+            return Ok(None);
+        }
         tracing::debug!(pid, "started a standby process");
         *slot = Some(standby);
         Ok(Some(pid))
