@@ -408,13 +408,12 @@ fn server_command(c: &Config, exe: &std::path::Path) -> Command {
     cmd
 }
 
-/// Steady-state load against one server binary: (requests per second, RSS in KiB after).
-fn steady(
-    c: &Config,
-    exe: &std::path::Path,
-    addr: &str,
-    use_wrk: bool,
-) -> Result<(f64, (u64, u64), Option<(u64, u64)>), String> {
+/// What a steady-state run measured: requests per second, (anonymous, file-backed) RSS in KiB
+/// after the load, and the standby's (resident, private) KiB when there is one.
+type Steady = (f64, (u64, u64), Option<(u64, u64)>);
+
+/// Steady-state load against one server binary.
+fn steady(c: &Config, exe: &std::path::Path, addr: &str, use_wrk: bool) -> Result<Steady, String> {
     let server = server_command(c, exe)
         .env("HTTP_ADDR", addr)
         .env("FLIP_PID_FILE", "")
