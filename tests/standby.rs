@@ -46,6 +46,28 @@ fn file_identity(path: &Path) -> (u64, u64) {
     (m.dev(), m.ino())
 }
 
+/// Pids whose prepared pid file (`.<name>.<pid>.tmp`) lies beside the server's pid file.
+fn prepared_pid_files(server: &Server) -> Vec<u32> {
+    let name = server
+        .pid_file
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    let dir = server.pid_file.parent().expect("a directory");
+    let mut pids: Vec<u32> = std::fs::read_dir(dir)
+        .expect("the pid file's directory")
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let rest = file.strip_prefix(&format!(".{name}."))?;
+            rest.strip_suffix(".tmp")?.parse().ok()
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// Puts a new copy of `from` at `to` the way deployments do: write aside, then rename over.
 fn deploy(from: &Path, to: &Path) {
     let aside = to.with_extension("new");
@@ -77,9 +99,13 @@ fn each_upgrade_hands_over_to_the_standby_started_ahead_of_time_and_loses_nothin
         "every generation answered: {generations:?} vs {:?}",
         report.pids
     );
-    // The last generation keeps a standby of its own, and only one.
+    // The last generation keeps a standby of its own, and only one; only that one has its
+    // pid file prepared, waiting to be put in place.
     let last = *generations.last().expect("a generation");
-    standby_of(last);
+    let standby = standby_of(last);
+    wait_for("only the standby's prepared pid file", DEADLINE, || {
+        (prepared_pid_files(&server) == vec![standby]).then_some(())
+    });
 }
 
 #[test]
@@ -116,6 +142,11 @@ fn a_binary_replaced_on_disk_makes_the_standby_stale_and_the_upgrade_runs_the_ne
         "the upgrade runs the new file"
     );
     wait_exit(stale, DEADLINE);
+    // The standbys let go left no prepared pid file behind.
+    let standby = standby_of(newest);
+    wait_for("only the standby's prepared pid file", DEADLINE, || {
+        (prepared_pid_files(&server) == vec![standby]).then_some(())
+    });
 }
 
 #[test]

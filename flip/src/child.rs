@@ -28,6 +28,15 @@ pub(crate) fn stash_marker() {
     }
 }
 
+/// Whether this process was started by an upgrade (or carries a marker that claims so), without
+/// reading the handoff.
+pub(crate) fn has_marker() -> bool {
+    match &*STASHED_MARKER.lock().unwrap_or_else(|p| p.into_inner()) {
+        Some(stashed) => stashed.is_some(),
+        None => std::env::var_os(MARKER_VAR).is_some(),
+    }
+}
+
 fn take_marker() -> Option<OsString> {
     let stashed = STASHED_MARKER
         .lock()

@@ -30,6 +30,74 @@ pub(crate) fn write(path: &Path, pid: u32, mode: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// A pid file written ahead of time beside its path, waiting to be put in place by
+/// [`commit`](Prepared::commit). A process started by an upgrade prepares it before it reads the
+/// handoff, so that declaring itself ready costs one rename. Dropped uncommitted, it is removed.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    path: PathBuf,
+    tmp: PathBuf,
+    committed: bool,
+}
+
+/// Writes this process's pid to the temporary file that [`Prepared::commit`] moves to `path`.
+pub(crate) fn prepare(path: &Path, mode: u32) -> Result<Prepared, Error> {
+    let fail = |source: io::Error| Error::PidFile {
+        path: path.to_owned(),
+        source,
+    };
+    let pid = std::process::id();
+    let tmp = temp_path(path, pid).map_err(fail)?;
+    let prepared = Prepared {
+        path: path.to_owned(),
+        tmp,
+        committed: false,
+    };
+    create(&prepared.tmp, mode)
+        .and_then(|mut f| f.write_all(format!("{pid}\n").as_bytes()))
+        .map_err(fail)?;
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// Puts the pid file in place. The file it replaced (if any) is returned, to be removed
+    /// with [`remove_replaced`] once nobody waits.
+    pub(crate) fn commit(mut self) -> Result<Option<PathBuf>, Error> {
+        let exchanged =
+            crate::sys::fs::exchange(&self.tmp, &self.path).map_err(|source| Error::PidFile {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.committed = true;
+        Ok(exchanged.then(|| self.tmp.clone()))
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Removes the previous pid file that a commit left at its temporary path.
+pub(crate) fn remove_replaced(replaced: Option<PathBuf>) {
+    if let Some(old) = replaced {
+        // A leftover would harm nobody: the name carries a pid, and the next process with that
+        // pid truncates it.
+        let _ = std::fs::remove_file(old);
+    }
+}
+
+/// Removes the temporary file a process `pid` may have prepared and not committed: it was
+/// killed (a stale standby, a failed upgrade).
+pub(crate) fn remove_prepared_by(path: &Path, pid: u32) {
+    if let Ok(tmp) = temp_path(path, pid) {
+        let _ = std::fs::remove_file(tmp);
+    }
+}
+
 /// Checks, at first start, that a pid file can be written at `path`: creates and removes the
 /// temporary file that [`write`] would use, with the same content, so that a missing,
 /// read-only or full directory is reported before anything starts rather than when the
@@ -119,6 +187,50 @@ mod tests {
             "42\n",
             "the check leaves it alone"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_prepared_pid_file_is_put_in_place_by_commit_and_removed_if_dropped() {
+        let dir = std::env::temp_dir().join(format!("flip-prepared-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.pid");
+        let names = || {
+            let mut v: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+
+        // First commit: nothing to replace.
+        let prepared = prepare(&path, DEFAULT_MODE).unwrap();
+        assert!(!path.exists(), "nothing is in place before the commit");
+        assert_eq!(prepared.commit().unwrap(), None);
+        let me = format!("{}\n", std::process::id());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), me);
+
+        // Over an existing file: the old content comes back at the temporary path.
+        std::fs::write(&path, "1\n").unwrap();
+        let replaced = prepare(&path, DEFAULT_MODE).unwrap().commit().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), me);
+        let old = replaced.clone().expect("the replaced file");
+        assert_eq!(std::fs::read_to_string(&old).unwrap(), "1\n");
+        remove_replaced(replaced);
+        assert_eq!(names(), vec!["app.pid".to_string()]);
+
+        // Dropped without a commit: nothing changes, nothing is left.
+        drop(prepare(&path, DEFAULT_MODE).unwrap());
+        assert_eq!(names(), vec!["app.pid".to_string()]);
+        assert!(prepare(&dir.join("missing/app.pid"), DEFAULT_MODE).is_err());
+
+        // Prepared by a process that was killed: removed by its pid.
+        let prepared = prepare(&path, DEFAULT_MODE).unwrap();
+        std::mem::forget(prepared);
+        assert_eq!(names().len(), 2);
+        remove_prepared_by(&path, std::process::id());
+        assert_eq!(names(), vec!["app.pid".to_string()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

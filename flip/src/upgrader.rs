@@ -162,6 +162,8 @@ struct Shared {
     launch: Launch,
     phase: Mutex<Phase>,
     parent: Mutex<Option<ParentLink>>,
+    /// This process's pid file, written ahead of time when an upgrade started it.
+    prepared_pid_file: Mutex<Option<pidfile::Prepared>>,
     /// The next process, started ahead of time (`Options::standby`).
     standby: Mutex<Option<Pending>>,
     /// Write end of the pipe the successor watches; held open until this process exits.
@@ -231,6 +233,12 @@ impl Upgrader {
         let launch = Launch::capture(options.executable.clone()).map_err(Error::io(
             "finding the executable, arguments and working directory",
         ))?;
+        // Then readiness costs a rename. If this fails, `ready()` writes the file the long way
+        // and reports what is wrong.
+        let prepared_pid_file = match &options.pid_file {
+            Some(path) if child::has_marker() => pidfile::prepare(path, options.pid_file_mode).ok(),
+            _ => None,
+        };
         let inherited = child::take_handoff()?;
         // At first start a bad pid file path is reported before anything starts. During an
         // upgrade the write at `ready()` reports it just as clearly (and the parent keeps
@@ -262,6 +270,7 @@ impl Upgrader {
                 launch,
                 phase: Mutex::new(Phase::Starting),
                 parent: Mutex::new(parent),
+                prepared_pid_file: Mutex::new(prepared_pid_file),
                 standby: Mutex::new(None),
                 successor_link: Mutex::new(None),
                 successor_exit,
@@ -300,8 +309,14 @@ impl Upgrader {
         for key in self.shared.fds.close_unclaimed() {
             tracing::info!(%key, "closed an inherited socket that nobody asked for");
         }
+        let mut replaced = None;
         if let Some(path) = &self.shared.options.pid_file {
-            pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)?;
+            match lock(&self.shared.prepared_pid_file).take() {
+                Some(prepared) => replaced = prepared.commit()?,
+                None => {
+                    pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)?
+                }
+            }
         }
         if let Some(parent) = lock(&self.shared.parent).as_mut() {
             if let Err(e) = parent.notify_ready() {
@@ -309,6 +324,8 @@ impl Upgrader {
                 tracing::warn!(parent = parent.pid, error = %e, "could not tell the parent that we are ready");
             }
         }
+        // Off the way to ready: the parent is on its way out already.
+        pidfile::remove_replaced(replaced);
         *phase = Phase::Ready;
         Ok(())
     }
@@ -413,7 +430,18 @@ impl Upgrader {
                 pid = standby.pid(),
                 "the standby process is stale; starting afresh"
             );
+            self.let_go(standby);
             Ok(None)
+        }
+    }
+
+    /// Kills a standby that will not be used (reaped in the background) and removes the pid
+    /// file it prepared.
+    fn let_go(&self, standby: Pending) {
+        let pid = standby.pid();
+        drop(standby);
+        if let Some(path) = &self.shared.options.pid_file {
+            pidfile::remove_prepared_by(path, pid);
         }
     }
 
@@ -451,13 +479,14 @@ impl Upgrader {
             }
             tracing::debug!(pid = standby.pid(), "replacing the stale standby process");
         }
-        // The old one (if any) is killed when dropped here.
-        *slot = None;
+        if let Some(stale) = slot.take() {
+            self.let_go(stale);
+        }
         let standby = parent::spawn(&self.shared.launch, fds)?;
         let pid = standby.pid();
         if !matches!(*lock(&self.shared.phase), Phase::Ready) {
             // An upgrade or a stop began meanwhile (another task): this one is not wanted.
-            drop(standby);
+            self.let_go(standby);
             return Ok(None);
         }
         tracing::debug!(pid, "started a standby process");
@@ -470,6 +499,7 @@ impl Upgrader {
         let Some(path) = &self.shared.options.pid_file else {
             return;
         };
+        pidfile::remove_prepared_by(path, child);
         let names_child = std::fs::read_to_string(path)
             .is_ok_and(|text| text.trim().parse::<u32>().ok() == Some(child));
         if names_child {
@@ -531,7 +561,11 @@ impl Upgrader {
         *phase = Phase::Stopped;
         drop(phase);
         if let Some(standby) = lock(&self.shared.standby).take() {
+            let pid = standby.pid();
             standby.discard();
+            if let Some(path) = &self.shared.options.pid_file {
+                pidfile::remove_prepared_by(path, pid);
+            }
         }
         self.shared.exit.send_replace(true);
     }

@@ -12,21 +12,27 @@ use std::path::Path;
 /// so the durability that flush buys does not matter. Falls back to a plain rename where
 /// exchanging is not possible.
 pub(crate) fn replace(from: &Path, to: &Path) -> io::Result<()> {
+    if exchange(from, to)? {
+        // `from` now holds the previous file; if it cannot be removed, a stale temporary file
+        // stays behind, which harms nobody.
+        let _ = std::fs::remove_file(from);
+    }
+    Ok(())
+}
+
+/// The first half of [`replace`]: afterwards `to` is the new file, and when this returns
+/// `true` the previous one is at `from`, for the caller to remove when it has time.
+pub(crate) fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use nix::errno::Errno;
         use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
         match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_EXCHANGE) {
-            Ok(()) => {
-                // `from` now holds the previous file; if it cannot be removed, a stale
-                // temporary file stays behind, which harms nobody.
-                let _ = std::fs::remove_file(from);
-                return Ok(());
-            }
+            Ok(()) => return Ok(true),
             // Nothing to exchange with, or a file system or kernel without exchange.
             Err(Errno::ENOENT | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    std::fs::rename(from, to)
+    std::fs::rename(from, to).map(|()| false)
 }
