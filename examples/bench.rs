@@ -325,15 +325,38 @@ fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> Option<Dura
 
 fn print_stats(label: &str, s: &Stats, elapsed: Duration, windows: &[(Instant, Instant)]) {
     let (mut during, mut outside): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
+    // Requests during upgrades by when they started after the SIGHUP, to show where a tail
+    // comes from: the new process's first moments, or the old one's drain and exit.
+    let phases = [
+        ("0-5 ms", Duration::ZERO, Duration::from_millis(5)),
+        (
+            "5-50 ms",
+            Duration::from_millis(5),
+            Duration::from_millis(50),
+        ),
+        ("50 ms-exit", Duration::from_millis(50), Duration::MAX),
+    ];
+    let mut by_phase: Vec<Vec<Duration>> = vec![Vec::new(); phases.len()];
     for (start, lat) in &s.latencies {
-        if windows.iter().any(|(a, b)| start >= a && start <= b) {
-            during.push(*lat);
-        } else {
-            outside.push(*lat);
+        match windows.iter().find(|(a, b)| start >= a && start <= b) {
+            Some((a, _)) => {
+                during.push(*lat);
+                let offset = start.duration_since(*a);
+                if let Some(i) = phases
+                    .iter()
+                    .position(|(_, from, to)| offset >= *from && offset < *to)
+                {
+                    by_phase[i].push(*lat);
+                }
+            }
+            None => outside.push(*lat),
         }
     }
     during.sort();
     outside.sort();
+    for v in &mut by_phase {
+        v.sort();
+    }
     println!(
         "{label}: {} answered ({:.0}/s), {} failed (connect {}, no response {}, bad status {}, other {}), {} idle keep-alive close races",
         s.ok,
@@ -354,6 +377,24 @@ fn print_stats(label: &str, s: &Stats, elapsed: Duration, windows: &[(Instant, I
         ms(percentile(&during, 0.99)),
         during.len()
     );
+    if !during.is_empty() {
+        let parts: Vec<String> = phases
+            .iter()
+            .zip(&by_phase)
+            .map(|((name, ..), v)| {
+                format!(
+                    "{name} p50 {} p99 {} ({})",
+                    ms(percentile(v, 0.5)),
+                    ms(percentile(v, 0.99)),
+                    v.len()
+                )
+            })
+            .collect();
+        println!(
+            "{label}: latency during upgrades by start after SIGHUP: {}",
+            parts.join("; ")
+        );
+    }
 }
 
 /// The standby's pid and memory in KiB: (pid, resident, private). Most of its resident pages

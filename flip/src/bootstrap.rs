@@ -447,6 +447,10 @@ impl Bootstrap {
         let mut standby_check = tokio::time::interval(STANDBY_CHECK);
         standby_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         standby_check.reset();
+        let upgrader = self.upgrader.clone();
+        let parent_gone = async move { upgrader.parent_exited().await };
+        tokio::pin!(parent_gone);
+        let mut parent_running = self.upgrader.has_parent();
         loop {
             self.refresh_standby();
             // Serving, until an upgrade succeeds (or an immediate stop).
@@ -485,6 +489,10 @@ impl Bootstrap {
                         }
                     }
                     _ = standby_check.tick(), if in_flight.is_none() && self.upgrades_enabled => {
+                        self.refresh_standby();
+                    }
+                    _ = &mut parent_gone, if parent_running => {
+                        parent_running = false;
                         self.refresh_standby();
                     }
                     () = &mut exit => break,

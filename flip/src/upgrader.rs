@@ -457,14 +457,18 @@ impl Upgrader {
 
     /// Starts a standby process if [`Options::standby`] is set and there is none that is still
     /// current (see there); returns its pid. Does nothing (and returns `None`) without the
-    /// option, before [`ready`](Upgrader::ready), during an upgrade and once this process is
-    /// exiting.
+    /// option, before [`ready`](Upgrader::ready), while the process that started this one still
+    /// runs (upgrades are refused until it exits, and the new process should not compete with
+    /// its drain for the CPU), during an upgrade and once this process is exiting.
     ///
-    /// [`Bootstrap`](crate::Bootstrap) calls this when it starts serving, after a failed
+    /// [`Bootstrap`](crate::Bootstrap) calls this when its parent has exited, after a failed
     /// upgrade, and every second (a binary replaced on disk makes the standby stale; this
     /// starts one of the new binary). Needs a tokio runtime with I/O enabled.
     pub fn refresh_standby(&self) -> Result<Option<u32>> {
         if !self.shared.options.standby || !matches!(*lock(&self.shared.phase), Phase::Ready) {
+            return Ok(None);
+        }
+        if self.living_parent()?.is_some() {
             return Ok(None);
         }
         let fds = self
@@ -520,21 +524,28 @@ impl Upgrader {
             Phase::Stopped => return Err(Error::Terminating),
             Phase::Ready => {}
         }
-        let mut parent = lock(&self.shared.parent);
-        if let Some(link) = parent.as_ref() {
-            match link.parent_exited() {
-                Ok(true) => *parent = None,
-                Ok(false) => {
-                    return Err(Error::ParentAlive {
-                        parent_pid: link.pid,
-                    });
-                }
-                Err(e) => return Err(Error::io("checking whether the parent exited")(e)),
-            }
+        if let Some(parent_pid) = self.living_parent()? {
+            return Err(Error::ParentAlive { parent_pid });
         }
         let cancel = Arc::new(Notify::new());
         *phase = Phase::Upgrading(cancel.clone());
         Ok(cancel)
+    }
+
+    /// The pid of the process that started this one, while it still runs.
+    fn living_parent(&self) -> Result<Option<u32>> {
+        let mut parent = lock(&self.shared.parent);
+        let Some(link) = parent.as_ref() else {
+            return Ok(None);
+        };
+        match link.parent_exited() {
+            Ok(true) => {
+                *parent = None;
+                Ok(None)
+            }
+            Ok(false) => Ok(Some(link.pid)),
+            Err(e) => Err(Error::io("checking whether the parent exited")(e)),
+        }
     }
 
     /// Resolves when this process should exit: a new process took over, or
