@@ -7,7 +7,9 @@
 //!
 //! The core is [`Upgrader`]: open sockets through its registry ([`Upgrader::fds`]), call
 //! [`Upgrader::ready`] once serving, call [`Upgrader::upgrade`] on SIGHUP
-//! ([`upgrade_signal`]), and stop accepting when [`Upgrader::exit`] resolves.
+//! ([`upgrade_signal`]), and stop accepting when [`Upgrader::exit`] resolves. With
+//! [`Options::standby`] (`FLIP_STANDBY=1` under `#[flip::main]`) the next process is started
+//! ahead of time and waits for the handoff, so that an upgrade only hands the sockets over.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

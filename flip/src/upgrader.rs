@@ -349,11 +349,13 @@ impl Upgrader {
         let deadline = tokio::time::Instant::now() + timeout;
         let (mut child, mut from_standby) = match self.take_standby()? {
             Some(standby) => {
-                tracing::debug!(pid = standby.pid(), "handing over to the standby process");
+                let pid = standby.pid();
+                tracing::debug!(pid, "handing over to the standby process");
                 match standby.hand_over() {
                     Ok(child) => (child, true),
                     Err(e) => {
-                        tracing::warn!(error = %e, "the standby process is gone; starting afresh");
+                        tracing::warn!(pid, error = %e, "the standby process is gone; starting afresh");
+                        self.reclaim_pid_file(pid);
                         (self.start_fresh()?, false)
                     }
                 }
