@@ -16,7 +16,8 @@
 //! keeps serving after the last upgrade, for an outside load generator), `--compare-secs N` (0:
 //! also measure steady-state throughput, with `wrk` when installed, and RSS of the `http`
 //! example against the `plain` example, the same server on hyper without flip, in 5
-//! alternating runs of N seconds each, and print the ratios of the medians),
+//! alternating runs of N seconds each, and print the ratios of the medians), `--compare-runs N`
+//! (5: how many runs of each),
 //! `--same-session` (run the server in this program's session instead of one of its own),
 //! `--server-log FILTER` (the server's `RUST_LOG`; its log is kept), `--standby` (run the server
 //! with `FLIP_STANDBY=1`: each upgrade hands over to a process started ahead of time; the
@@ -47,6 +48,7 @@ struct Config {
     baseline: Duration,
     tail: Duration,
     compare_secs: u64,
+    compare_runs: usize,
     same_session: bool,
     server_log: Option<String>,
     standby: bool,
@@ -64,6 +66,7 @@ fn parse_args() -> Result<Config, String> {
         baseline: Duration::from_secs(3),
         tail: Duration::ZERO,
         compare_secs: 0,
+        compare_runs: 5,
         same_session: false,
         server_log: None,
         standby: false,
@@ -86,6 +89,7 @@ fn parse_args() -> Result<Config, String> {
         };
         match flag.as_str() {
             "--upgrades" => c.upgrades = num()? as usize,
+            "--compare-runs" => c.compare_runs = (num()? as usize).max(1),
             "--mode" if ["close", "keepalive", "none"].contains(&value.as_str()) => c.mode = value,
             "--clients" => c.clients = num()? as usize,
             "--slow" => c.slow = num()? as usize,
@@ -543,9 +547,6 @@ fn which_wrk() -> bool {
         .is_ok()
 }
 
-/// Steady-state runs of each server, alternating.
-const RUNS: usize = 5;
-
 fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     let mut plain = exe.to_owned();
     plain.set_file_name("plain");
@@ -558,17 +559,23 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     let addr = "127.0.0.1:18181";
     // Decided once, so that every run of both servers is measured the same way.
     let use_wrk = which_wrk();
-    // Alternate, so that neither always runs on a warmer machine.
+    // Alternate, and swap the order every other pair (plain, flip, flip, plain, ...), so that
+    // neither always runs first or on a warmer machine.
     let (mut flip_rates, mut plain_rates, mut flip_rss, mut plain_rss, mut standbys) =
         (vec![], vec![], vec![], vec![], vec![]);
-    for _ in 0..RUNS {
-        let (r, m, _) = steady(c, &plain, addr, use_wrk)?;
-        plain_rates.push(r);
-        plain_rss.push(m);
-        let (r, m, standby) = steady(c, exe, addr, use_wrk)?;
-        flip_rates.push(r);
-        flip_rss.push(m);
-        standbys.extend(standby);
+    for run in 0..c.compare_runs {
+        for flip_turn in [run % 2 == 1, run % 2 == 0] {
+            if flip_turn {
+                let (r, m, standby) = steady(c, exe, addr, use_wrk)?;
+                flip_rates.push(r);
+                flip_rss.push(m);
+                standbys.extend(standby);
+            } else {
+                let (r, m, _) = steady(c, &plain, addr, use_wrk)?;
+                plain_rates.push(r);
+                plain_rss.push(m);
+            }
+        }
     }
     // The median: on a shared 2-core machine single runs swing by a quarter either way.
     let median = |v: &[f64]| {
@@ -593,10 +600,11 @@ fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
         runs(&plain_rates)
     );
     println!(
-        "steady state ({} mode, {} clients, {} s x{RUNS} each, alternating), medians: flip {:.0} req/s, plain hyper {:.0} req/s, ratio {:.3}",
+        "steady state ({} mode, {} clients, {} s x{} each, alternating), medians: flip {:.0} req/s, plain hyper {:.0} req/s, ratio {:.3}",
         c.mode,
         c.clients,
         c.compare_secs,
+        c.compare_runs,
         fr,
         pr,
         fr / pr

@@ -206,7 +206,9 @@ impl HttpServer {
     {
         #[cfg(feature = "tls")]
         let stream: Box<dyn Io> = match &self.tls {
-            Some(tls) => match tls.accept(stream).await {
+            // Boxed: the handshake's state is large, and inline it would take room in every
+            // connection's task, TLS or not, for the connection's whole life.
+            Some(tls) => match Box::pin(tls.accept(stream)).await {
                 Ok(s) => Box::new(s),
                 Err(e) => {
                     tracing::debug!(error = %e, "TLS handshake failed");
@@ -221,8 +223,10 @@ impl HttpServer {
             draining: drain.draining.clone(),
             http2: http2.clone(),
         };
-        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
-        tokio::pin!(conn);
+        // Boxed, like the handshake above: inline, the two made every connection's task
+        // 5.8 KiB (plain hyper's is 2 KiB), which doubled a busy server's heap. Now the task
+        // is 0.6 KiB, plus the connection itself.
+        let mut conn = Box::pin(self.builder.serve_connection(TokioIo::new(stream), service));
         tokio::select! {
             _ = conn.as_mut() => return,
             // An error means the server dropped the handle: it is stopping at once.
