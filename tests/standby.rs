@@ -21,18 +21,44 @@ fn server_with_standby(scratch: Scratch, program: &Path) -> (Server, String) {
     (server, addr)
 }
 
-/// Waits until `parent` has exactly one live child, its standby, and returns it.
-fn standby_of(parent: u32) -> u32 {
+/// Waits until `parent` has exactly one live child, its standby, started and waiting: the
+/// server logged it, which it does once `posix_spawn` returned. (Before that, the child may
+/// still be inside `vfork`, where stopping it would stop the server too.)
+fn standby_of(server: &Server, parent: u32) -> u32 {
     wait_for(&format!("a standby process of {parent}"), DEADLINE, || {
         let live: Vec<u32> = children_of(parent)
             .into_iter()
             .filter(|&p| alive(p))
             .collect();
         match live.as_slice() {
-            [one] => Some(*one),
+            [one]
+                if plain_log(server).contains(&format!("started a standby process pid={one}")) =>
+            {
+                Some(*one)
+            }
             _ => None,
         }
     })
+}
+
+/// The server's log without terminal colour codes.
+fn plain_log(server: &Server) -> String {
+    let log = server.log();
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the end of the escape sequence (`ESC [ ... m`).
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Device and inode of the file a process runs.
@@ -82,7 +108,7 @@ fn each_upgrade_hands_over_to_the_standby_started_ahead_of_time_and_loses_nothin
     let mut generations = vec![server.first_pid];
     for _ in 0..5 {
         let serving = *generations.last().expect("a generation");
-        let standby = standby_of(serving);
+        let standby = standby_of(&server, serving);
         load.wait_for_more(50);
         let new = server.upgrade_ok();
         assert_eq!(
@@ -102,7 +128,7 @@ fn each_upgrade_hands_over_to_the_standby_started_ahead_of_time_and_loses_nothin
     // The last generation keeps a standby of its own, and only one; only that one has its
     // pid file prepared, waiting to be put in place.
     let last = *generations.last().expect("a generation");
-    let standby = standby_of(last);
+    let standby = standby_of(&server, last);
     wait_for("only the standby's prepared pid file", DEADLINE, || {
         (prepared_pid_files(&server) == vec![standby]).then_some(())
     });
@@ -115,14 +141,14 @@ fn a_binary_replaced_on_disk_makes_the_standby_stale_and_the_upgrade_runs_the_ne
     std::fs::copy(example_path("http"), &program).expect("copy the binary");
     let (server, _addr) = server_with_standby(scratch, &program);
     let old = server.first_pid;
-    let first_standby = standby_of(old);
+    let first_standby = standby_of(&server, old);
     assert_eq!(running_file(first_standby), file_identity(&program));
 
     // A new release lands: within the periodic check the standby is replaced by one of it.
     deploy(&example_path("http"), &program);
     let release = file_identity(&program);
     let second_standby = wait_for("a standby of the new binary", DEADLINE, || {
-        let s = standby_of(old);
+        let s = standby_of(&server, old);
         (s != first_standby && running_file(s) == release).then_some(s)
     });
     assert!(!alive(first_standby), "the stale standby was killed");
@@ -131,7 +157,7 @@ fn a_binary_replaced_on_disk_makes_the_standby_stale_and_the_upgrade_runs_the_ne
     assert_eq!(running_file(new), release);
 
     // Deployed and upgraded at once, before any check: the stale standby is not used.
-    let stale = standby_of(new);
+    let stale = standby_of(&server, new);
     deploy(&example_path("http"), &program);
     let release = file_identity(&program);
     let newest = server.upgrade_ok();
@@ -143,7 +169,7 @@ fn a_binary_replaced_on_disk_makes_the_standby_stale_and_the_upgrade_runs_the_ne
     );
     wait_exit(stale, DEADLINE);
     // The standbys let go left no prepared pid file behind.
-    let standby = standby_of(newest);
+    let standby = standby_of(&server, newest);
     wait_for("only the standby's prepared pid file", DEADLINE, || {
         (prepared_pid_files(&server) == vec![standby]).then_some(())
     });
@@ -153,7 +179,7 @@ fn a_binary_replaced_on_disk_makes_the_standby_stale_and_the_upgrade_runs_the_ne
 fn a_dead_standby_is_replaced_by_a_fresh_start_at_upgrade() {
     let (server, _addr) = server_with_standby(Scratch::new("standby-dead"), &example_path("http"));
     let old = server.first_pid;
-    let standby = standby_of(old);
+    let standby = standby_of(&server, old);
     signal(standby, Signal::SIGKILL);
     let new = server.upgrade_ok();
     assert_ne!(new, standby);
@@ -164,7 +190,7 @@ fn a_dead_standby_is_replaced_by_a_fresh_start_at_upgrade() {
 fn a_standby_that_dies_after_the_handoff_is_replaced_by_a_fresh_start_in_the_same_upgrade() {
     let (server, _addr) = server_with_standby(Scratch::new("standby-dies"), &example_path("http"));
     let old = server.first_pid;
-    let standby = standby_of(old);
+    let standby = standby_of(&server, old);
     // Stopped, it still looks current, takes the handoff, and never gets to be ready.
     signal(standby, Signal::SIGSTOP);
     signal(old, Signal::SIGHUP);
@@ -195,7 +221,7 @@ fn a_standby_never_outlives_the_process_that_started_it() {
     // Stopped by SIGTERM: the server kills and reaps its standby before exiting.
     let (server, _addr) = server_with_standby(Scratch::new("standby-term"), &example_path("http"));
     let pid = server.first_pid;
-    let standby = standby_of(pid);
+    let standby = standby_of(&server, pid);
     signal(pid, Signal::SIGTERM);
     assert_eq!(exit_code(pid, DEADLINE), 0);
     wait_exit(standby, DEADLINE);
@@ -204,7 +230,7 @@ fn a_standby_never_outlives_the_process_that_started_it() {
     // quietly and with success.
     let (server, _addr) = server_with_standby(Scratch::new("standby-kill"), &example_path("http"));
     let pid = server.first_pid;
-    let standby = standby_of(pid);
+    let standby = standby_of(&server, pid);
     signal(pid, Signal::SIGKILL);
     assert_eq!(exit_code(pid, DEADLINE), 128 + Signal::SIGKILL as i32);
     // Re-parented to this test process, the subreaper, so its exit code is ours to read.
