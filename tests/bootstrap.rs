@@ -250,13 +250,7 @@ fn the_macro_built_example_upgrades_under_load_without_losing_a_request() {
         generations.push(server.upgrade_ok());
     }
     load.wait_for_more(50);
-    let report = load.finish();
-    assert_eq!(report.failed, 0, "{report:?}");
-    assert!(
-        generations.iter().all(|g| report.pids.contains(g)),
-        "every generation answered: {generations:?} vs {:?}",
-        report.pids
-    );
+    load.finish().assert_lossless_across(&generations);
 }
 
 #[test]

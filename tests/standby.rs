@@ -32,33 +32,15 @@ fn standby_of(server: &Server, parent: u32) -> u32 {
             .collect();
         match live.as_slice() {
             [one]
-                if plain_log(server).contains(&format!("started a standby process pid={one}")) =>
+                if server
+                    .log()
+                    .contains(&format!("started a standby process pid={one}")) =>
             {
                 Some(*one)
             }
             _ => None,
         }
     })
-}
-
-/// The server's log without terminal colour codes.
-fn plain_log(server: &Server) -> String {
-    let log = server.log();
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // Skip to the end of the escape sequence (`ESC [ ... m`).
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Device and inode of the file a process runs.
@@ -118,13 +100,7 @@ fn each_upgrade_hands_over_to_the_standby_started_ahead_of_time_and_loses_nothin
         generations.push(new);
     }
     load.wait_for_more(50);
-    let report = load.finish();
-    assert_eq!(report.failed, 0, "{report:?}");
-    assert!(
-        generations.iter().all(|g| report.pids.contains(g)),
-        "every generation answered: {generations:?} vs {:?}",
-        report.pids
-    );
+    load.finish().assert_lossless_across(&generations);
     // The last generation keeps a standby of its own, and only one; only that one has its
     // pid file prepared, waiting to be put in place.
     let last = *generations.last().expect("a generation");

@@ -420,11 +420,7 @@ impl Upgrader {
         let Some(mut standby) = lock(&self.shared.standby).take() else {
             return Ok(None);
         };
-        let fds = self
-            .shared
-            .fds
-            .snapshot()
-            .map_err(Error::io("duplicating the sockets to hand over"))?;
+        let fds = self.snapshot()?;
         if standby.is_current(&self.shared.launch, &fds) {
             Ok(Some(standby))
         } else {
@@ -449,12 +445,15 @@ impl Upgrader {
 
     /// Starts a new process with every socket of the registry and hands them over at once.
     fn start_fresh(&self) -> Result<parent::Child> {
-        let fds = self
-            .shared
+        parent::spawn(&self.shared.launch, self.snapshot()?)?.hand_over()
+    }
+
+    /// Duplicates of every socket and file of the registry, for a new process.
+    fn snapshot(&self) -> Result<Vec<(crate::key::Key, OwnedFd)>> {
+        self.shared
             .fds
             .snapshot()
-            .map_err(Error::io("duplicating the sockets to hand over"))?;
-        parent::spawn(&self.shared.launch, fds)?.hand_over()
+            .map_err(Error::io("duplicating the sockets to hand over"))
     }
 
     /// Starts a standby process if [`Options::standby`] is set and there is none that is still
@@ -473,11 +472,7 @@ impl Upgrader {
         if self.living_parent()?.is_some() {
             return Ok(None);
         }
-        let fds = self
-            .shared
-            .fds
-            .snapshot()
-            .map_err(Error::io("duplicating the sockets for the standby"))?;
+        let fds = self.snapshot()?;
         let mut slot = lock(&self.shared.standby);
         if let Some(standby) = slot.as_mut() {
             if standby.is_current(&self.shared.launch, &fds) {

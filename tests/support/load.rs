@@ -27,6 +27,19 @@ pub struct Report {
     pub pids: Vec<u32>,
 }
 
+impl Report {
+    /// Nothing failed, and each of `generations` answered some request.
+    pub fn assert_lossless_across(&self, generations: &[u32]) {
+        assert_eq!(self.failed, 0, "{self:?}");
+        for g in generations {
+            assert!(
+                self.pids.contains(g),
+                "generation {g} never answered: {self:?}"
+            );
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
