@@ -306,7 +306,8 @@ impl std::fmt::Debug for Bootstrap {
 }
 
 impl Bootstrap {
-    /// Builds the upgrader (reading the handoff, if any) with an optional pid file.
+    /// Builds the upgrader (reading the handoff, if any) with an optional pid file. See
+    /// [`Upgrader::new`] for what that waits for and when it fails.
     pub fn new(
         pid_file: Option<impl Into<PathBuf>>,
         upgrades_enabled: bool,

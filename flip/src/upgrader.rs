@@ -215,7 +215,9 @@ impl Upgrader {
     /// Reads the handoff (if this process was started by an upgrade) and builds the upgrader.
     ///
     /// Fails when the handoff is unusable, the pid file's directory does not exist, or an
-    /// upgrader already exists in this process. Needs no tokio runtime.
+    /// upgrader already exists in this process. Needs no tokio runtime. In a standby process
+    /// (see [`Options::standby`]) this waits until the parent hands over, or fails with
+    /// [`HandoffError::Withdrawn`](crate::HandoffError::Withdrawn) when it lets the standby go.
     pub fn new(options: Options) -> Result<Upgrader> {
         if CREATED.swap(true, Ordering::SeqCst) {
             return Err(Error::AlreadyCreated);
