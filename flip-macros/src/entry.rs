@@ -9,7 +9,8 @@ use syn::punctuated::Punctuated;
 use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, Meta, Token, Type};
 
 const ALLOWED_ARGS: &str = "the arguments of #[flip::main] are pidfile = \"/run/app.pid\", \
-                            env_prefix = \"APP\", grace = \"30s\" and upgrade_timeout = \"10s\"";
+                            env_prefix = \"APP\", grace = \"30s\", upgrade_timeout = \"10s\" \
+                            and standby = true";
 const ALLOWED_FORMS: &str = "#[flip::main] takes `fn main()` or `fn main(bootstrap: &mut flip::Bootstrap)`, \
                              each also as `async fn`, returning `()` or `Result<(), E>`";
 
@@ -19,6 +20,7 @@ struct Args {
     env_prefix: Option<LitStr>,
     grace: Option<u64>,
     upgrade_timeout: Option<u64>,
+    standby: Option<bool>,
 }
 
 struct Form {
@@ -46,6 +48,18 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
 pub(crate) fn with_error(mut tokens: TokenStream, error: syn::Error) -> TokenStream {
     tokens.extend(error.into_compile_error());
     tokens
+}
+
+fn bool_value(expr: &Expr, name: &str) -> syn::Result<bool> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Ok(b.value),
+        other => Err(syn::Error::new_spanned(
+            other,
+            format!("`{name}` takes `true` or `false`, as in {name} = true; {ALLOWED_ARGS}"),
+        )),
+    }
 }
 
 fn string_value(expr: &Expr, name: &str) -> syn::Result<LitStr> {
@@ -158,6 +172,12 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
                     }
                     out.upgrade_timeout = Some(ms);
                 }
+                "standby" => {
+                    if out.standby.is_some() {
+                        return Err(duplicate());
+                    }
+                    out.standby = Some(bool_value(&nv.value, &name)?);
+                }
                 _ => {
                     return Err(syn::Error::new_spanned(
                         &nv.path,
@@ -253,6 +273,7 @@ fn expand(args: Args, form: Form, func: ItemFn) -> TokenStream {
     };
     let grace = millis(args.grace);
     let upgrade_timeout = millis(args.upgrade_timeout);
+    let standby = args.standby.unwrap_or(false);
     let (param, call) = if form.takes_bootstrap {
         (quote!(bootstrap), quote!(__flip_main(bootstrap)))
     } else {
@@ -273,6 +294,7 @@ fn expand(args: Args, form: Form, func: ItemFn) -> TokenStream {
                     env_prefix: #prefix,
                     grace: #grace,
                     upgrade_timeout: #upgrade_timeout,
+                    standby: #standby,
                 },
                 |#param| ::std::boxed::Box::pin(async move {
                     ::flip::__rt::MainResult::into_main_result(#call)

@@ -72,6 +72,8 @@ pub struct MainConfig {
     pub grace: Option<Duration>,
     /// `upgrade_timeout = "..."`
     pub upgrade_timeout: Option<Duration>,
+    /// `standby = true`: the default of `<PREFIX>_STANDBY`.
+    pub standby: bool,
 }
 
 /// What the environment says, read once before any thread exists.
@@ -127,7 +129,7 @@ pub fn read_environment(
     Ok(Environment {
         pid_file,
         upgrades_enabled: flag(format!("{}_UPGRADES_ENABLED", config.env_prefix), true)?,
-        standby: flag(format!("{}_STANDBY", config.env_prefix), false)?,
+        standby: flag(format!("{}_STANDBY", config.env_prefix), config.standby)?,
     })
 }
 
@@ -229,6 +231,7 @@ mod tests {
             env_prefix: prefix,
             grace: None,
             upgrade_timeout: None,
+            standby: false,
         }
     }
 
@@ -252,6 +255,14 @@ mod tests {
     fn the_standby_flag_is_read_and_checked() {
         let e = read_environment(&config("FLIP"), env(&[("FLIP_STANDBY", "on")])).unwrap();
         assert!(e.standby);
+        // `standby = true` in the attribute is the default the variable overrides.
+        let on = MainConfig {
+            standby: true,
+            ..config("FLIP")
+        };
+        assert!(read_environment(&on, env(&[])).unwrap().standby);
+        let off = read_environment(&on, env(&[("FLIP_STANDBY", "0")])).unwrap();
+        assert!(!off.standby);
         let err = read_environment(&config("FLIP"), env(&[("FLIP_STANDBY", "sometimes")]))
             .unwrap_err()
             .to_string();

@@ -1,0 +1,2 @@
+#[flip::main(standby = "yes")]
+fn main() {}
