@@ -12,21 +12,8 @@ pub const DEFAULT_MODE: u32 = 0o644;
 /// Writes `pid` to `path` atomically: a temporary file in the same directory, renamed over the
 /// target, so a reader sees the old pid or the new one, never a partial write.
 pub(crate) fn write(path: &Path, pid: u32, mode: u32) -> Result<(), Error> {
-    let fail = |source: io::Error| Error::PidFile {
-        path: path.to_owned(),
-        source,
-    };
-    let tmp = temp_path(path, pid).map_err(fail)?;
-    let result = create(&tmp, mode)
-        .and_then(|mut f| {
-            f.write_all(format!("{pid}\n").as_bytes())?;
-            f.flush()
-        })
-        .and_then(|()| crate::sys::fs::replace(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e));
-    }
+    let replaced = prepare_for(path, pid, mode)?.commit()?;
+    remove_replaced(replaced);
     Ok(())
 }
 
@@ -42,11 +29,14 @@ pub(crate) struct Prepared {
 
 /// Writes this process's pid to the temporary file that [`Prepared::commit`] moves to `path`.
 pub(crate) fn prepare(path: &Path, mode: u32) -> Result<Prepared, Error> {
+    prepare_for(path, std::process::id(), mode)
+}
+
+fn prepare_for(path: &Path, pid: u32, mode: u32) -> Result<Prepared, Error> {
     let fail = |source: io::Error| Error::PidFile {
         path: path.to_owned(),
         source,
     };
-    let pid = std::process::id();
     let tmp = temp_path(path, pid).map_err(fail)?;
     let prepared = Prepared {
         path: path.to_owned(),
