@@ -430,16 +430,21 @@ impl Upgrader {
                 pid = standby.pid(),
                 "the standby process is stale; starting afresh"
             );
-            self.let_go(standby);
+            self.let_go(standby, false);
             Ok(None)
         }
     }
 
-    /// Kills a standby that will not be used (reaped in the background) and removes the pid
-    /// file it prepared.
-    fn let_go(&self, standby: Pending) {
+    /// Kills a standby that will not be used and removes the pid file it prepared. It is reaped
+    /// in the background, or before this returns with `reap_now` (for a process about to exit,
+    /// where a reaping task would not get to run).
+    fn let_go(&self, standby: Pending, reap_now: bool) {
         let pid = standby.pid();
-        drop(standby);
+        if reap_now {
+            standby.discard();
+        } else {
+            drop(standby);
+        }
         if let Some(path) = &self.shared.options.pid_file {
             pidfile::remove_prepared_by(path, pid);
         }
@@ -483,13 +488,13 @@ impl Upgrader {
             tracing::debug!(pid = standby.pid(), "replacing the stale standby process");
         }
         if let Some(stale) = slot.take() {
-            self.let_go(stale);
+            self.let_go(stale, false);
         }
         let standby = parent::spawn(&self.shared.launch, fds)?;
         let pid = standby.pid();
         if !matches!(*lock(&self.shared.phase), Phase::Ready) {
             // An upgrade or a stop began meanwhile (another task): this one is not wanted.
-            self.let_go(standby);
+            self.let_go(standby, false);
             return Ok(None);
         }
         tracing::debug!(pid, "started a standby process");
@@ -571,11 +576,7 @@ impl Upgrader {
         *phase = Phase::Stopped;
         drop(phase);
         if let Some(standby) = lock(&self.shared.standby).take() {
-            let pid = standby.pid();
-            standby.discard();
-            if let Some(path) = &self.shared.options.pid_file {
-                pidfile::remove_prepared_by(path, pid);
-            }
+            self.let_go(standby, true);
         }
         self.shared.exit.send_replace(true);
     }
