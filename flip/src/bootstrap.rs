@@ -444,14 +444,16 @@ impl Bootstrap {
             "ready"
         );
 
-        // Only with `Options::standby`; a no-op otherwise.
         let mut standby_check = tokio::time::interval(STANDBY_CHECK);
         standby_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         standby_check.reset();
         let upgrader = self.upgrader.clone();
         let parent_gone = async move { upgrader.parent_exited().await };
         tokio::pin!(parent_gone);
-        let mut parent_running = self.upgrader.has_parent();
+        // Without a standby, neither the periodic check nor the parent watch is armed: no timer
+        // wakes this process and no descriptor is held for them.
+        let standby = self.upgrades_enabled && self.upgrader.options().standby_enabled();
+        let mut parent_running = standby && self.upgrader.has_parent();
         loop {
             self.refresh_standby();
             // Serving, until an upgrade succeeds (or an immediate stop).
@@ -489,7 +491,7 @@ impl Bootstrap {
                             self.refresh_standby();
                         }
                     }
-                    _ = standby_check.tick(), if in_flight.is_none() && self.upgrades_enabled => {
+                    _ = standby_check.tick(), if in_flight.is_none() && standby => {
                         self.refresh_standby();
                     }
                     _ = &mut parent_gone, if parent_running => {
