@@ -24,6 +24,9 @@
 //! comparison then also prints the standby's memory). Traffic goes to loopback
 //! only and every loop is bounded by the number of upgrades and a deadline.
 
+#[path = "../tests/support/ansi.rs"]
+mod ansi;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -299,21 +302,7 @@ fn parse_utc(ts: &str) -> Option<std::time::SystemTime> {
 fn ready_logged_at(log: &std::path::Path, pid: i32) -> Option<std::time::SystemTime> {
     let text = std::fs::read_to_string(log).ok()?;
     let needle = format!("pid={pid} ");
-    text.lines().find_map(|raw| {
-        // Drop ANSI colour escapes.
-        let mut line = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                for c in chars.by_ref() {
-                    if c == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                line.push(c);
-            }
-        }
+    ansi::strip(&text).lines().find_map(|line| {
         let ready = line.contains(" ready ") && line.contains(&needle);
         ready.then(|| parse_utc(line.split_whitespace().next()?))?
     })

@@ -2,6 +2,7 @@
 //! waiting for conditions with deadlines.
 #![allow(dead_code)]
 
+pub mod ansi;
 pub mod load;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -425,22 +426,7 @@ impl Server {
 
     /// The server family's log, without terminal colour codes.
     pub fn log(&self) -> String {
-        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let mut out = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // Skip to the end of the escape sequence (`ESC [ ... m`).
-                for c in chars.by_ref() {
-                    if c == 'm' {
-                        break;
-                    }
-                }
-            } else {
-                out.push(c);
-            }
-        }
-        out
+        ansi::strip(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
     /// Every pid this server family reported (servers, new processes, spawned children), and
