@@ -1,18 +1,44 @@
 //! `#[flip::main]`: parses its arguments, checks the function, and expands to a `main` that
-//! hands everything to `flip::__rt::run`. On error the function is still emitted, so IDEs keep
-//! working, with the errors on the offending spans.
+//! hands everything to `flip::__rt::run`.
+//!
+//! Errors are gathered, each on the offending span. With a bad argument the function still
+//! expands as usual with the default of that argument, and with a bad signature the body is kept
+//! inside a plain `fn main()`: IDEs keep working, and rustc adds no error of its own on top of
+//! ours.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, format_ident, quote};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
-use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, Meta, Token, Type};
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, Meta, MetaNameValue, Path, Token, Type};
 
 const ALLOWED_ARGS: &str = "the arguments of #[flip::main] are pidfile = \"/run/app.pid\", \
-                            env_prefix = \"APP\", grace = \"30s\", upgrade_timeout = \"10s\" \
-                            and standby = true";
+                            env_prefix = \"APP\", grace = \"30s\", upgrade_timeout = \"10s\", \
+                            standby = true and crate = \"path::to::flip\"";
 const ALLOWED_FORMS: &str = "#[flip::main] takes `fn main()` or `fn main(bootstrap: &mut flip::Bootstrap)`, \
                              each also as `async fn`, returning `()` or `Result<(), E>`";
+
+/// Errors gathered along the way, reported together.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, e: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+
+    /// Appends the errors to `tokens`.
+    pub(crate) fn emit(self, mut tokens: TokenStream) -> TokenStream {
+        if let Some(e) = self.0 {
+            tokens.extend(e.into_compile_error());
+        }
+        tokens
+    }
+}
 
 #[derive(Default)]
 struct Args {
@@ -21,6 +47,7 @@ struct Args {
     grace: Option<u64>,
     upgrade_timeout: Option<u64>,
     standby: Option<bool>,
+    krate: Option<Path>,
 }
 
 struct Form {
@@ -33,21 +60,40 @@ pub(crate) fn main(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(f) => f,
         Err(e) => return with_error(item, e),
     };
-    let args = parse_args(args);
-    let form = check_signature(&func);
-    match (args, form) {
-        (Ok(args), Ok(form)) => expand(args, form, func),
-        (Err(mut a), Err(f)) => {
-            a.combine(f);
-            with_error(func.into_token_stream(), a)
+    let mut errors = Errors::default();
+    let args = parse_args(args, &mut errors);
+    match check_signature(&func) {
+        Ok(form) => errors.emit(expand(&args, &form, func)),
+        Err(e) => {
+            errors.push(e);
+            errors.emit(keep_body(func))
         }
-        (Err(e), _) | (_, Err(e)) => with_error(func.into_token_stream(), e),
     }
 }
 
 pub(crate) fn with_error(mut tokens: TokenStream, error: syn::Error) -> TokenStream {
     tokens.extend(error.into_compile_error());
     tokens
+}
+
+/// The path of the flip crate in the expansion: `::flip`, or what `crate = "..."` says (for a
+/// crate that re-exports flip).
+pub(crate) fn crate_path(krate: Option<&Path>) -> TokenStream {
+    match krate {
+        Some(path) => path.to_token_stream(),
+        None => quote!(::flip),
+    }
+}
+
+/// Parses `crate = "path"`.
+pub(crate) fn parse_crate(value: &Expr) -> syn::Result<Path> {
+    let lit = string_value(value, "crate")?;
+    lit.parse::<Path>().map_err(|_| {
+        syn::Error::new_spanned(
+            &lit,
+            "`crate` takes the path of the flip crate, such as \"::my_framework::flip\"",
+        )
+    })
 }
 
 fn bool_value(expr: &Expr, name: &str) -> syn::Result<bool> {
@@ -98,106 +144,95 @@ fn duration_ms(lit: &LitStr, name: &str) -> syn::Result<u64> {
     n.checked_mul(factor).ok_or_else(bad)
 }
 
-fn parse_args(args: TokenStream) -> syn::Result<Args> {
-    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args)?;
+fn pidfile(value: &Expr) -> syn::Result<LitStr> {
+    let s = string_value(value, "pidfile")?;
+    if s.value().is_empty() {
+        return Err(syn::Error::new_spanned(&s, "`pidfile` must not be empty"));
+    }
+    Ok(s)
+}
+
+fn env_prefix(value: &Expr) -> syn::Result<LitStr> {
+    let s = string_value(value, "env_prefix")?;
+    let v = s.value();
+    let fits = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_';
+    if v.is_empty() || !v.chars().all(fits) {
+        return Err(syn::Error::new_spanned(
+            &s,
+            "`env_prefix` must be upper-case letters, digits and `_`, such as \"APP\"",
+        ));
+    }
+    Ok(s)
+}
+
+fn grace(value: &Expr) -> syn::Result<u64> {
+    duration_ms(&string_value(value, "grace")?, "grace")
+}
+
+fn upgrade_timeout(value: &Expr) -> syn::Result<u64> {
+    let s = string_value(value, "upgrade_timeout")?;
+    match duration_ms(&s, "upgrade_timeout")? {
+        0 => Err(syn::Error::new_spanned(
+            &s,
+            "`upgrade_timeout` must be longer than zero",
+        )),
+        ms => Ok(ms),
+    }
+}
+
+/// Stores what `parse` makes of the argument's value in `slot`, once: a second occurrence, or
+/// a value that does not parse, is an error and leaves the slot as it was.
+fn set_once<T>(
+    slot: &mut Option<T>,
+    nv: &MetaNameValue,
+    name: &str,
+    parse: impl FnOnce(&Expr) -> syn::Result<T>,
+) -> syn::Result<()> {
+    if slot.is_some() {
+        return Err(syn::Error::new_spanned(
+            &nv.path,
+            format!("`{name}` is given twice; {ALLOWED_ARGS}"),
+        ));
+    }
+    *slot = Some(parse(&nv.value)?);
+    Ok(())
+}
+
+fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
     let mut out = Args::default();
-    let mut errors: Option<syn::Error> = None;
-    let mut push = |e: syn::Error| match &mut errors {
-        Some(all) => all.combine(e),
-        None => errors = Some(e),
+    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
+        Ok(metas) => metas,
+        Err(e) => {
+            errors.push(e);
+            return out;
+        }
     };
     for meta in metas {
         let Meta::NameValue(nv) = &meta else {
-            push(syn::Error::new_spanned(
+            errors.push(syn::Error::new_spanned(
                 &meta,
                 format!("expected `name = \"value\"`; {ALLOWED_ARGS}"),
             ));
             continue;
         };
-        let name = nv
-            .path
-            .get_ident()
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let duplicate = || {
-            syn::Error::new_spanned(&nv.path, format!("`{name}` is given twice; {ALLOWED_ARGS}"))
+        let name = nv.path.to_token_stream().to_string();
+        let result = match name.as_str() {
+            "pidfile" => set_once(&mut out.pidfile, nv, &name, pidfile),
+            "env_prefix" => set_once(&mut out.env_prefix, nv, &name, env_prefix),
+            "grace" => set_once(&mut out.grace, nv, &name, grace),
+            "upgrade_timeout" => set_once(&mut out.upgrade_timeout, nv, &name, upgrade_timeout),
+            "standby" => set_once(&mut out.standby, nv, &name, |v| bool_value(v, "standby")),
+            "crate" => set_once(&mut out.krate, nv, &name, parse_crate),
+            _ => Err(syn::Error::new_spanned(
+                &nv.path,
+                format!("unknown argument `{name}`; {ALLOWED_ARGS}"),
+            )),
         };
-        let result: syn::Result<()> = (|| {
-            match name.as_str() {
-                "pidfile" => {
-                    if out.pidfile.is_some() {
-                        return Err(duplicate());
-                    }
-                    let s = string_value(&nv.value, &name)?;
-                    if s.value().is_empty() {
-                        return Err(syn::Error::new_spanned(&s, "`pidfile` must not be empty"));
-                    }
-                    out.pidfile = Some(s);
-                }
-                "env_prefix" => {
-                    if out.env_prefix.is_some() {
-                        return Err(duplicate());
-                    }
-                    let s = string_value(&nv.value, &name)?;
-                    let v = s.value();
-                    if v.is_empty()
-                        || !v
-                            .chars()
-                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-                    {
-                        return Err(syn::Error::new_spanned(
-                            &s,
-                            "`env_prefix` must be upper-case letters, digits and `_`, such as \"APP\"",
-                        ));
-                    }
-                    out.env_prefix = Some(s);
-                }
-                "grace" => {
-                    if out.grace.is_some() {
-                        return Err(duplicate());
-                    }
-                    out.grace = Some(duration_ms(&string_value(&nv.value, &name)?, &name)?);
-                }
-                "upgrade_timeout" => {
-                    if out.upgrade_timeout.is_some() {
-                        return Err(duplicate());
-                    }
-                    let s = string_value(&nv.value, &name)?;
-                    let ms = duration_ms(&s, &name)?;
-                    if ms == 0 {
-                        return Err(syn::Error::new_spanned(
-                            &s,
-                            "`upgrade_timeout` must be longer than zero",
-                        ));
-                    }
-                    out.upgrade_timeout = Some(ms);
-                }
-                "standby" => {
-                    if out.standby.is_some() {
-                        return Err(duplicate());
-                    }
-                    out.standby = Some(bool_value(&nv.value, &name)?);
-                }
-                _ => {
-                    return Err(syn::Error::new_spanned(
-                        &nv.path,
-                        format!(
-                            "unknown argument `{}`; {ALLOWED_ARGS}",
-                            nv.path.to_token_stream()
-                        ),
-                    ));
-                }
-            }
-            Ok(())
-        })();
         if let Err(e) = result {
-            push(e);
+            errors.push(e);
         }
     }
-    match errors {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    out
 }
 
 /// Whether `ty` is `&mut Bootstrap` (any path ending in `Bootstrap`).
@@ -251,7 +286,33 @@ fn check_signature(func: &ItemFn) -> syn::Result<Form> {
     })
 }
 
-fn expand(args: Args, form: Form, func: ItemFn) -> TokenStream {
+/// For a signature flip cannot run: a plain `fn main()` that holds the function (without a
+/// `self` it cannot have), so its body is still checked and rustc has no `main` to object to.
+fn keep_body(func: ItemFn) -> TokenStream {
+    let outer_attrs = &func.attrs;
+    let vis = &func.vis;
+    let name = &func.sig.ident;
+    let mut inner = func.clone();
+    inner.attrs.clear();
+    inner.vis = syn::Visibility::Inherited;
+    inner.sig.ident = format_ident!("__flip_main");
+    inner.sig.inputs = inner
+        .sig
+        .inputs
+        .into_iter()
+        .filter(|arg| matches!(arg, FnArg::Typed(_)))
+        .collect();
+    quote! {
+        #(#outer_attrs)*
+        #vis fn #name() {
+            #[allow(dead_code, unused)]
+            #inner
+        }
+    }
+}
+
+fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
+    let flip = crate_path(args.krate.as_ref());
     let outer_attrs = &func.attrs;
     let vis = &func.vis;
     let name = &func.sig.ident;
@@ -266,6 +327,7 @@ fn expand(args: Args, form: Form, func: ItemFn) -> TokenStream {
     };
     let prefix = args
         .env_prefix
+        .clone()
         .unwrap_or_else(|| LitStr::new("FLIP", Span::call_site()));
     let millis = |ms: Option<u64>| match ms {
         Some(ms) => quote!(::core::option::Option::Some(::std::time::Duration::from_millis(#ms))),
@@ -284,21 +346,23 @@ fn expand(args: Args, form: Form, func: ItemFn) -> TokenStream {
     } else {
         call
     };
+    // Spanned on the return type, so that an error type flip cannot take is reported there.
+    let convert = quote_spanned! {func.sig.output.span()=>
+        #flip::__rt::MainResult::into_main_result(#call)
+    };
     quote! {
         #(#outer_attrs)*
         #vis fn #name() -> ::std::process::ExitCode {
             #inner
-            ::flip::__rt::run(
-                ::flip::__rt::MainConfig {
+            #flip::__rt::run(
+                #flip::__rt::MainConfig {
                     pid_file: #pid_file,
                     env_prefix: #prefix,
                     grace: #grace,
                     upgrade_timeout: #upgrade_timeout,
                     standby: #standby,
                 },
-                |#param| ::std::boxed::Box::pin(async move {
-                    ::flip::__rt::MainResult::into_main_result(#call)
-                }),
+                |#param| ::std::boxed::Box::pin(async move { #convert }),
             )
         }
     }

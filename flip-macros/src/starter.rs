@@ -1,10 +1,13 @@
 //! `#[flip::starter]`: registers a function with `inventory` so `#[flip::main]` finds it.
 
 use proc_macro2::TokenStream;
-use quote::{ToTokens, quote};
-use syn::{FnArg, ItemFn, ReturnType, Type};
+use quote::{ToTokens, quote, quote_spanned};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn, Meta, Path, ReturnType, Token, Type};
 
-use crate::entry::with_error;
+use crate::entry::{Errors, crate_path, parse_crate, with_error};
 
 const ALLOWED_FORMS: &str = "a starter is `fn name(ctx: &flip::StartContext) -> Result<(), E>` \
                              or takes `ctx: flip::StartContext`, and may be `async`";
@@ -14,28 +17,16 @@ pub(crate) fn starter(args: TokenStream, item: TokenStream) -> TokenStream {
         Ok(f) => f,
         Err(e) => return with_error(item, e),
     };
-    let mut errors: Option<syn::Error> = None;
-    let mut push = |e: syn::Error| match &mut errors {
-        Some(all) => all.combine(e),
-        None => errors = Some(e),
-    };
-    if !args.is_empty() {
-        push(syn::Error::new_spanned(
-            &args,
-            "#[flip::starter] takes no arguments",
-        ));
-    }
+    let mut errors = Errors::default();
+    let krate = parse_args(args, &mut errors);
     let by_ref = match check_signature(&func) {
         Ok(by_ref) => by_ref,
         Err(e) => {
-            push(e);
-            false
+            errors.push(e);
+            return errors.emit(func.into_token_stream());
         }
     };
-    if let Some(e) = errors {
-        return with_error(func.into_token_stream(), e);
-    }
-
+    let flip = crate_path(krate.as_ref());
     let name = &func.sig.ident;
     let name_str = name.to_string();
     let arg = if by_ref { quote!(&ctx) } else { quote!(ctx) };
@@ -44,15 +35,19 @@ pub(crate) fn starter(args: TokenStream, item: TokenStream) -> TokenStream {
     } else {
         quote!(#name(#arg))
     };
-    quote! {
+    // Spanned on the return type, so that an error type flip cannot take is reported there.
+    let convert = quote_spanned! {func.sig.output.span()=>
+        #flip::__rt::StarterResult::into_starter_result(#call)
+    };
+    errors.emit(quote! {
         #func
 
         const _: () = {
-            fn start(ctx: ::flip::StartContext) -> ::flip::BoxFuture<::core::result::Result<(), ::flip::BoxError>> {
-                ::std::boxed::Box::pin(async move { ::flip::__rt::starter_result(#call) })
+            fn start(ctx: #flip::StartContext) -> #flip::BoxFuture<::core::result::Result<(), #flip::BoxError>> {
+                ::std::boxed::Box::pin(async move { #convert })
             }
-            ::flip::__rt::inventory::submit! {
-                ::flip::__rt::StarterEntry {
+            #flip::__rt::inventory::submit! {
+                #flip::__rt::StarterEntry {
                     name: #name_str,
                     module: ::core::module_path!(),
                     line: ::core::line!(),
@@ -60,7 +55,34 @@ pub(crate) fn starter(args: TokenStream, item: TokenStream) -> TokenStream {
                 }
             }
         };
+    })
+}
+
+/// The one argument a starter takes: `crate = "path::to::flip"`.
+fn parse_args(args: TokenStream, errors: &mut Errors) -> Option<Path> {
+    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
+        Ok(metas) => metas,
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    let mut krate = None;
+    for meta in metas {
+        match &meta {
+            Meta::NameValue(nv) if nv.path.is_ident("crate") && krate.is_none() => {
+                match parse_crate(&nv.value) {
+                    Ok(path) => krate = Some(path),
+                    Err(e) => errors.push(e),
+                }
+            }
+            _ => errors.push(syn::Error::new_spanned(
+                &meta,
+                "#[flip::starter] takes no arguments but `crate = \"path::to::flip\"`, once",
+            )),
+        }
     }
+    krate
 }
 
 fn is_context(ty: &Type) -> bool {

@@ -8,9 +8,21 @@ use std::time::Duration;
 /// Everything that can go wrong in flip.
 ///
 /// Upgrade refusals and failures are distinct variants so a caller can tell "try again later"
-/// ([`Error::InProgress`], [`Error::ParentAlive`]) from "the new binary is broken"
+/// ([`Error::is_refusal`]: nothing was started) from "the new binary is broken"
 /// ([`Error::ChildExited`], [`Error::Timeout`]). After any upgrade error the old process still
 /// owns every socket and keeps serving; a later upgrade may succeed.
+///
+/// As in hyper, an error's `Display` says what flip was doing and its
+/// [`source`](std::error::Error::source) says why; [`Error::chain`] prints both.
+///
+/// ```
+/// let e = flip::Error::Io {
+///     context: "creating the ready pipe",
+///     source: std::io::Error::from_raw_os_error(24),
+/// };
+/// assert_eq!(e.to_string(), "creating the ready pipe");
+/// assert!(e.chain().to_string().starts_with("creating the ready pipe: Too many open files"));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -50,7 +62,7 @@ pub enum Error {
         timeout: Duration,
     },
     /// The new process could not be started at all.
-    #[error("could not start {program}: {source}")]
+    #[error("could not start {program}")]
     Spawn {
         /// The executable flip tried to start.
         program: PathBuf,
@@ -58,10 +70,10 @@ pub enum Error {
         source: io::Error,
     },
     /// The handoff from the parent process is unusable. Nothing from it was adopted.
-    #[error("invalid handoff from the parent process: {0}")]
+    #[error("invalid handoff from the parent process")]
     Handoff(#[from] HandoffError),
     /// The pid file could not be written.
-    #[error("pid file {path}: {source}")]
+    #[error("pid file {path}")]
     PidFile {
         /// The pid file path.
         path: PathBuf,
@@ -79,7 +91,7 @@ pub enum Error {
         reason: String,
     },
     /// Opening, binding or adopting a socket or file failed.
-    #[error("{network} {address}: {source}")]
+    #[error("{network} {address}")]
     Socket {
         /// The network (`tcp`, `unix`, ... or `file`).
         network: String,
@@ -91,8 +103,12 @@ pub enum Error {
     /// A second [`Upgrader`](crate::Upgrader) was created in one process.
     #[error("an Upgrader already exists in this process")]
     AlreadyCreated,
+    /// [`Upgrader::resume`](crate::Upgrader::resume) was called, but this process was not
+    /// upgraded, or its successor still runs.
+    #[error("cannot take service back: no successor of this process has exited")]
+    NotResumable,
     /// Any other system error, with what flip was doing.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What flip was doing.
         context: &'static str,
@@ -102,6 +118,31 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether an upgrade was refused without starting anything: before ready, while another
+    /// runs, after one succeeded, after stop, or while the parent still drains. Asking again
+    /// later may succeed; the binary was not tried.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::NotReady
+                | Error::InProgress
+                | Error::AlreadyUpgraded
+                | Error::Terminating
+                | Error::ParentAlive { .. }
+        )
+    }
+
+    /// Whether a new process was started and failed: it exited before it was ready, or was not
+    /// ready in time.
+    pub fn is_failed_upgrade(&self) -> bool {
+        matches!(self, Error::ChildExited { .. } | Error::Timeout { .. })
+    }
+
+    /// Displays this error followed by each of its sources: `a: b: c`.
+    pub fn chain(&self) -> Chain<'_> {
+        Chain(self)
+    }
+
     pub(crate) fn io(context: &'static str) -> impl FnOnce(io::Error) -> Error {
         move |source| Error::Io { context, source }
     }
@@ -145,7 +186,7 @@ pub enum HandoffError {
         reason: String,
     },
     /// Reading the handoff failed.
-    #[error("reading the handoff: {0}")]
+    #[error("reading the handoff")]
     Io(#[source] io::Error),
     /// This process was started as a standby (see [`Options::standby`](crate::Options::standby))
     /// and its parent let it go without handing anything over: the binary changed, the parent
@@ -172,13 +213,34 @@ impl fmt::Display for ExitStatus {
         match self {
             ExitStatus::Code(code) => write!(f, "exit code {code}"),
             ExitStatus::Signal(sig) => {
-                let name = nix::sys::signal::Signal::try_from(*sig)
-                    .map(|s| s.as_str())
-                    .unwrap_or("unknown signal");
+                let name = crate::sys::process::signal_name(*sig).unwrap_or("unknown signal");
                 write!(f, "killed by signal {sig} ({name})")
             }
             ExitStatus::Unknown => f.write_str("exit status unknown"),
         }
+    }
+}
+
+/// An error followed by each of its sources, `a: b: c`, for logs and messages to users (see
+/// [`Error::chain`]). Works for any error.
+#[derive(Clone, Copy)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'a));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 

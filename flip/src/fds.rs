@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::error::Error;
 use crate::key::{FILE_NETWORK, Key, Kind};
-use crate::{socket, sys};
+use crate::{address, sys};
 
 /// A listening socket from the registry: TCP or unix stream.
 ///
@@ -124,13 +124,13 @@ impl Fds {
         match network {
             "tcp" | "tcp4" | "tcp6" => {
                 let fd = self.inet(Kind::Listener, network, address, |addr| {
-                    socket::tcp_listener(network, addr, self.settings.backlog)
+                    sys::socket::tcp_listener(network, addr, self.settings.backlog)
                 })?;
                 Ok(Listener::Tcp(TcpListener::from(fd)))
             }
             "unix" => {
                 let fd = self.unix(Kind::Listener, network, address, |path| {
-                    socket::unix_listener(path, self.settings.backlog, self.settings.unix_mode)
+                    sys::socket::unix_listener(path, self.settings.backlog, self.settings.unix_mode)
                 })?;
                 Ok(Listener::Unix(UnixListener::from(fd)))
             }
@@ -163,13 +163,13 @@ impl Fds {
         match network {
             "udp" | "udp4" | "udp6" => {
                 let fd = self.inet(Kind::Packet, network, address, |addr| {
-                    socket::udp_socket(network, addr)
+                    sys::socket::udp_socket(network, addr)
                 })?;
                 Ok(PacketSocket::Udp(UdpSocket::from(fd)))
             }
             "unixgram" => {
                 let fd = self.unix(Kind::Packet, network, address, |path| {
-                    socket::unix_datagram(path, self.settings.unix_mode)
+                    sys::socket::unix_datagram(path, self.settings.unix_mode)
                 })?;
                 Ok(PacketSocket::Unix(UnixDatagram::from(fd)))
             }
@@ -221,14 +221,14 @@ impl Fds {
         address: &str,
         bind: impl FnOnce(&std::net::SocketAddr) -> io::Result<OwnedFd>,
     ) -> Result<OwnedFd, Error> {
-        let addr = socket::resolve_inet(network, address)?;
+        let addr = address::resolve_inet(network, address)?;
         if addr.port() != 0 {
             if let Some(fd) = self.claim(&Key::new(kind, network, &addr.to_string()))? {
                 return Ok(fd);
             }
         }
         let fd = bind(&addr).map_err(socket_error(network, address))?;
-        let bound = socket::local_inet(&fd).map_err(socket_error(network, address))?;
+        let bound = sys::socket::local_inet(&fd).map_err(socket_error(network, address))?;
         self.insert(Key::new(kind, network, &bound.to_string()), fd)
     }
 
@@ -296,7 +296,7 @@ impl Fds {
                 .unwrap_or(false);
             if key.is_unix_path() && is_socket {
                 if let Err(e) = std::fs::remove_file(&key.address) {
-                    tracing::warn!(path = %key.address, error = %e, "could not remove the socket path of an unclaimed inherited socket");
+                    tracing::warn!(path = %key.address, error = %crate::error::Chain(&e), "could not remove the socket path of an unclaimed inherited socket");
                 }
             }
         }
@@ -433,7 +433,7 @@ mod tests {
         let path_str = path.to_str().unwrap();
         let live = UnixListener::bind(&path).unwrap();
         let fds = Fds::new(Vec::new(), false, TEST_SETTINGS);
-        let err = fds.unix_listener(path_str).unwrap_err().to_string();
+        let err = fds.unix_listener(path_str).unwrap_err().chain().to_string();
         assert!(err.contains("another process is serving"), "{err}");
         drop(live); // std does not remove the path: now it is stale
         fds.unix_listener(path_str).unwrap();
@@ -442,6 +442,7 @@ mod tests {
         let err = fds
             .unix_listener(plain.to_str().unwrap())
             .unwrap_err()
+            .chain()
             .to_string();
         assert!(err.contains("not a socket"), "{err}");
         assert_eq!(std::fs::read_to_string(&plain).unwrap(), "data");

@@ -32,43 +32,72 @@
 
 #![warn(missing_docs)]
 
-mod bootstrap;
-mod child;
+// The layers, lowest first; a module imports only from the layers below it.
+// 1. The operating system: every `unsafe` block and syscall.
+mod sys;
+// 2. What the upgrade is made of: errors, registry keys and addresses, the handoff protocol, the
+//    registry, the pid file.
+mod address;
 mod error;
 mod fds;
-#[cfg(feature = "tonic")]
-pub mod grpc;
-pub mod handoff;
-#[cfg(feature = "hyper")]
-pub mod http;
+mod handoff;
 mod key;
-mod parent;
 mod pidfile;
+// 3. The upgrade: starting processes, the old process's handle on the new one (`child`), the new
+//    process's link to the old one (`parent`), the standby, and the state machine.
+mod child;
+mod options;
+mod parent;
+mod process;
+mod signal;
+mod standby;
+mod upgrader;
+// 4. Gitaly's bootstrap: starters, signals, readiness, the wait loop, the grace period.
+mod bootstrap;
+mod server;
+// 5. What the macros' expansions call.
+mod rt;
 #[doc(hidden)]
 pub mod __rt {
     //! Support for the macros' expansions; not a stable API.
     pub use crate::rt::*;
 }
-mod rt;
-mod server;
-mod signal;
-mod socket;
-mod sys;
+// On top: server adapters, which use only the public API.
+mod adapters;
+
+#[cfg(feature = "tonic")]
+pub use adapters::grpc;
+#[cfg(feature = "hyper")]
+pub use adapters::http;
 #[cfg(feature = "tls")]
-pub mod tls;
-mod upgrader;
+pub use adapters::tls;
 
 pub use bootstrap::{
     Bootstrap, BoxError, BoxFuture, DEFAULT_GRACE_PERIOD, Drain, ErrorSender, Outcome, Shutdown,
     ShutdownTrigger, StartContext, StartError,
 };
-pub use error::{Error, ExitStatus, HandoffError, Result};
+pub use error::{Chain, Error, ExitStatus, HandoffError, Result};
 pub use fds::{Fds, Listener, PacketSocket};
 pub use flip_macros::{main, starter};
+/// The environment variable that tells a process it was started by an upgrade (the handoff
+/// marker). flip removes it at startup, so nothing the server spawns sees it.
+pub use handoff::MARKER_VAR as HANDOFF_VAR;
 pub use key::{Key, Kind};
+pub use options::{DEFAULT_BACKLOG, DEFAULT_UNIX_SOCKET_MODE, DEFAULT_UPGRADE_TIMEOUT, Options};
 pub use pidfile::DEFAULT_MODE as DEFAULT_PID_FILE_MODE;
 pub use server::GracefulStoppableServer;
 pub use signal::upgrade_signal;
-pub use upgrader::{
-    DEFAULT_BACKLOG, DEFAULT_UNIX_SOCKET_MODE, DEFAULT_UPGRADE_TIMEOUT, Options, Upgrader,
-};
+pub use upgrader::Upgrader;
+
+/// Entry point of the cargo-fuzz target in `fuzz/` (feature `fuzzing`; not an API).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzz {
+    pub use crate::handoff::fuzz::decode;
+}
+
+/// Locks a mutex, poisoned or not: every critical section in flip is a plain assignment, insert
+/// or remove, so a panic inside one cannot leave the data half-updated.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,421 +1,367 @@
-//! The old process's side of an upgrade: starting the new binary with the handoff, and waiting
-//! until it is ready or has failed.
+//! The new process's link to the old one: receiving the handoff, checking every descriptor
+//! before adopting any, telling the parent we are ready, and learning when it has exited.
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 
-use tokio::io::unix::AsyncFd;
-
-use crate::error::{Error, ExitStatus};
-use crate::handoff::{Entry, MARKER_VAR, Manifest, Marker, Token};
-use crate::key::Key;
+use crate::error::HandoffError;
+use crate::handoff::{self, MARKER_VAR, Manifest, Marker};
+use crate::key::{Key, Kind};
 use crate::sys;
-use crate::sys::process::Ended;
-use crate::sys::spawn::{FIRST_CHILD_FD, SpawnRequest};
+use crate::sys::fd::FileId;
+use crate::sys::socket::{LocalAddr, SocketType};
 
-/// How the new process is started: captured once, when the first `Upgrader` is built.
-#[derive(Debug, Clone)]
-pub(crate) struct Launch {
-    pub(crate) program: PathBuf,
-    pub(crate) args: Vec<OsString>,
-    pub(crate) cwd: PathBuf,
-}
+/// The marker, moved out of the environment by [`stash_marker`] before any thread exists.
+static STASHED_MARKER: Mutex<Option<Option<OsString>>> = Mutex::new(None);
 
-impl Launch {
-    /// Captures arguments and working directory now, and picks the path to execute at upgrade
-    /// time.
-    ///
-    /// The path is the one the process was started by (argv\[0\], made absolute against the
-    /// starting directory or looked up in `PATH`), not the resolved `/proc/self/exe`: a binary
-    /// replaced at that path, or a `current -> release-N` symlink switched to a new release, is
-    /// what the upgrade runs. When argv\[0\] does not lead to this very binary (a launcher that
-    /// sets a custom argv\[0\]), the resolved path of the running binary is used instead.
-    pub(crate) fn capture(program: Option<PathBuf>) -> io::Result<Launch> {
-        let args: Vec<OsString> = std::env::args_os().collect();
-        let cwd = std::env::current_dir()?;
-        let program = match program {
-            Some(p) if p.is_absolute() => p,
-            Some(p) => cwd.join(p),
-            None => Self::from_argv0(args.first(), &cwd)
-                .or_else(|| std::env::current_exe().ok())
-                .ok_or_else(|| io::Error::other("cannot tell which executable is running"))?,
-        };
-        Ok(Launch { program, args, cwd })
-    }
-
-    fn from_argv0(argv0: Option<&OsString>, cwd: &Path) -> Option<PathBuf> {
-        let argv0 = Path::new(argv0?);
-        let candidate = if argv0.as_os_str().as_bytes().contains(&b'/') {
-            cwd.join(argv0)
-        } else {
-            std::env::split_paths(&std::env::var_os("PATH")?)
-                .map(|dir| cwd.join(dir).join(argv0))
-                .find(|p| p.is_file())?
-        };
-        let running = std::env::current_exe().ok()?.canonicalize().ok()?;
-        (candidate.canonicalize().ok()? == running).then_some(candidate)
-    }
-}
-
-/// Waits for a process to end without a thread: a pidfd where the kernel has them, polling
-/// otherwise.
-#[derive(Debug)]
-struct ExitWatch {
-    pid: i32,
-    pidfd: Option<AsyncFd<OwnedFd>>,
-}
-
-impl ExitWatch {
-    fn new(pid: i32) -> io::Result<ExitWatch> {
-        let pidfd = match sys::process::pidfd_open(pid)? {
-            Some(fd) => Some(sys::fd::async_readable(fd)?),
-            None => None,
-        };
-        Ok(ExitWatch { pid, pidfd })
-    }
-
-    /// Waits until the process ended and reaps it.
-    async fn reap(&self) -> ExitStatus {
-        loop {
-            match sys::process::try_reap(self.pid) {
-                Ok(Some(Ended::Exited(code))) => return ExitStatus::Code(code),
-                Ok(Some(Ended::Signaled(sig))) => return ExitStatus::Signal(sig),
-                Ok(None) => {}
-                // Someone else reaped it (a SIGCHLD handler of the application): it is gone.
-                Err(_) => return ExitStatus::Unknown,
-            }
-            match &self.pidfd {
-                Some(fd) => match fd.readable().await {
-                    Ok(mut guard) => guard.clear_ready(),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-                },
-                None => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
-    }
-}
-
-/// A new process that has not declared itself ready yet.
-#[derive(Debug)]
-pub(crate) struct Child {
-    pid: i32,
-    ready: AsyncFd<OwnedFd>,
-    exit: ExitWatch,
-    alive: Option<OwnedFd>,
-    reaped: bool,
-}
-
-impl Child {
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid.unsigned_abs()
-    }
-
-    /// Resolves when the child says it is ready, or with its exit status when it ended first.
-    pub(crate) async fn wait_ready(&mut self) -> Result<(), ExitStatus> {
-        let mut buf = [0u8; 8];
-        loop {
-            let Ok(mut guard) = self.ready.readable().await else {
-                break;
-            };
-            match guard.try_io(|fd| {
-                nix::unistd::read(fd.get_ref().as_fd(), &mut buf).map_err(io::Error::from)
-            }) {
-                Ok(Ok(n)) if n > 0 => return Ok(()),
-                // EOF: the child closed its end, which only happens when it exits.
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(_)) => break,
-                Err(_would_block) => {}
-            }
-        }
-        let status = self.exit.reap().await;
-        self.reaped = true;
-        Err(status)
-    }
-
-    /// Kills the child and waits until it is reaped.
-    pub(crate) async fn kill(&mut self) {
-        if !self.reaped {
-            let _ = sys::process::kill_hard(self.pid);
-            self.exit.reap().await;
-            self.reaped = true;
-        }
-    }
-
-    /// The child is ready and now serves. Returns the write end of the pipe that tells it when
-    /// this process exits (keep it open until then), and reaps the child in the background
-    /// should it end while this process drains, reporting how it ended to `on_exit`.
-    pub(crate) fn into_successor(
-        mut self,
-        on_exit: impl FnOnce(ExitStatus) + Send + 'static,
-    ) -> Option<OwnedFd> {
-        let alive = self.alive.take();
-        let pid = self.pid;
-        self.reaped = true; // the task below takes over
-        if let Ok(watch) = ExitWatch::new(pid) {
-            tokio::spawn(async move {
-                let status = watch.reap().await;
-                tracing::error!(pid, %status, "the new process exited while this one was draining");
-                on_exit(status);
-            });
-        }
-        alive
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        // The upgrade future was dropped while the child was starting: the child must not live
-        // on unsupervised.
-        let _ = sys::process::kill_hard(self.pid);
-        let pid = self.pid;
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move {
-                    if let Ok(watch) = ExitWatch::new(pid) {
-                        watch.reap().await;
-                    }
-                });
-            }
-            Err(_) => {
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            }
-        }
-    }
-}
-
-fn cstring(bytes: &[u8], what: &str) -> io::Result<CString> {
-    CString::new(bytes).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{what} contains a NUL byte"),
-        )
-    })
-}
-
-/// A new process that was started with every descriptor but has not been told what they are:
-/// it waits for the manifest. A fresh upgrade hands over at once; a standby waits until the
-/// next upgrade (see [`Options::standby`](crate::Options::standby)).
+/// Moves the handoff marker out of the environment now, for [`take_handoff`] to use later.
 ///
-/// Dropping it kills and reaps the process, which would otherwise read EOF and exit by itself.
+/// `#[flip::main]` calls this before the runtime starts its threads (removing a variable is
+/// only safe then), and reads the handoff itself once the runtime is built: a standby process
+/// waits for the handoff with its runtime already up, so that work is off the upgrade's path.
+pub(crate) fn stash_marker() {
+    let mut stash = crate::lock(&STASHED_MARKER);
+    if stash.is_none() {
+        *stash = Some(sys::env::take_var(MARKER_VAR));
+    }
+}
+
+/// Whether this process was started by an upgrade (or carries a marker that claims so), without
+/// reading the handoff.
+pub(crate) fn has_marker() -> bool {
+    match &*crate::lock(&STASHED_MARKER) {
+        Some(stashed) => stashed.is_some(),
+        None => std::env::var_os(MARKER_VAR).is_some(),
+    }
+}
+
+fn take_marker() -> Option<OsString> {
+    let stashed = crate::lock(&STASHED_MARKER).take();
+    match stashed {
+        Some(marker) => marker,
+        None => sys::env::take_var(MARKER_VAR),
+    }
+}
+
+/// What a process started by an upgrade received.
 #[derive(Debug)]
-pub(crate) struct Pending {
-    child: Child,
-    /// Write end of the handoff pipe; the manifest goes here.
-    control: OwnedFd,
-    manifest: String,
-    /// What was handed over, to tell whether the registry still holds exactly this.
-    handed: Vec<(Key, u64, u64)>,
-    /// Device and inode of the file the process runs, `None` when that cannot be told.
-    binary: Option<(u64, u64)>,
+pub(crate) struct Inherited {
+    pub(crate) fds: Vec<(Key, OwnedFd)>,
+    pub(crate) parent: ParentLink,
 }
 
-impl Pending {
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.pid()
-    }
+/// The pipes that connect a new process with the one that started it.
+#[derive(Debug)]
+pub(crate) struct ParentLink {
+    pub(crate) pid: u32,
+    /// Write end of the ready pipe; `None` once readiness was sent.
+    ready: Option<OwnedFd>,
+    /// Read end of the pipe the parent holds open until it exits; EOF means it is gone.
+    alive: OwnedFd,
+}
 
-    /// Kills the process and reaps it before returning, for a process about to exit (a reaping
-    /// task would not get to run).
-    pub(crate) fn discard(mut self) {
-        if !self.child.reaped {
-            let _ = sys::process::kill_hard(self.child.pid);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.child.pid), None);
-            self.child.reaped = true;
+impl ParentLink {
+    /// Tells the parent that this process is ready. Sent once; later calls do nothing.
+    pub(crate) fn notify_ready(&mut self) -> io::Result<()> {
+        match self.ready.take() {
+            Some(fd) => handoff::send_ready(fd.as_fd()),
+            None => Ok(()),
         }
     }
 
-    /// Sends the manifest: from here on the new process adopts the descriptors and starts.
-    pub(crate) fn hand_over(self) -> Result<Child, Error> {
-        let Pending {
-            child,
-            control,
-            manifest,
-            ..
-        } = self;
-        // On failure `child` is dropped here, which kills it.
-        write_manifest(&control, manifest.as_bytes())
-            .map_err(Error::io("writing the handoff manifest"))?;
-        Ok(child)
+    /// Whether the parent has exited, without blocking.
+    pub(crate) fn parent_exited(&self) -> io::Result<bool> {
+        handoff::parent_exited(self.alive.as_fd())
     }
 
-    /// Whether this process may still take over: it is alive, it runs the file the launch path
-    /// names now, and it holds exactly the sockets and files of `fds`.
-    pub(crate) fn is_current(&mut self, launch: &Launch, fds: &[(Key, OwnedFd)]) -> bool {
-        if self.child.reaped {
-            return false;
-        }
-        if let Ok(Some(_)) = sys::process::try_reap(self.child.pid) {
-            self.child.reaped = true;
-            return false;
-        }
-        let same_binary = match (self.binary, file_identity(&launch.program)) {
-            (Some(running), Some(on_disk)) => running == on_disk,
-            _ => false,
-        };
-        same_binary
-            && fds.len() == self.handed.len()
-            && fds
-                .iter()
-                .zip(&self.handed)
-                .all(|((key, fd), (k, dev, ino))| {
-                    key == k && sys::fd::identity(fd).is_ok_and(|(d, i, _)| (d, i) == (*dev, *ino))
-                })
+    /// A descriptor of the parent pipe registered with tokio, to wait for the parent's exit
+    /// (readable at EOF). Needs a tokio runtime with I/O enabled.
+    pub(crate) fn watch_fd(&self) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+        sys::fd::async_readable(sys::fd::dup(self.alive.as_fd())?)
     }
 }
 
-fn file_identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-/// Starts the new process with every descriptor of `fds`, without telling it yet what they
-/// are: [`Pending::hand_over`] does.
-pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Pending, Error> {
-    let spawn_err = |source: io::Error| Error::Spawn {
-        program: launch.program.clone(),
-        source,
+/// Reads the handoff if this process was started by an upgrade, and removes the marker from the
+/// environment so no process we spawn later sees it.
+///
+/// Returns `Ok(None)` on a first start. Every inherited descriptor that is accepted is made
+/// close-on-exec; a descriptor that does not match the manifest is left untouched and the whole
+/// handoff is rejected.
+pub(crate) fn take_handoff() -> Result<Option<Inherited>, HandoffError> {
+    let Some(value) = take_marker() else {
+        return Ok(None);
     };
-    let token = Token::generate().map_err(Error::io("generating the handoff token"))?;
-    let (control_r, control_w) = sys::fd::pipe().map_err(Error::io("creating the handoff pipe"))?;
-    let (ready_r, ready_w) = sys::fd::pipe().map_err(Error::io("creating the ready pipe"))?;
-    let (alive_r, alive_w) = sys::fd::pipe().map_err(Error::io("creating the parent pipe"))?;
+    let marker = Marker::decode(&value)?;
+    let not_for_us = |reason: String| HandoffError::NotForUs { reason };
 
-    // Layout in the child: control pipe, ready pipe, parent pipe, then the sockets and files.
-    let first_entry = FIRST_CHILD_FD + 3;
-    let mut entries = Vec::with_capacity(fds.len());
-    for (i, (key, fd)) in (0..).zip(&fds) {
-        let (dev, ino, _) =
-            sys::fd::identity(fd).map_err(Error::io("inspecting a handed-over descriptor"))?;
-        entries.push(Entry {
-            key: key.clone(),
-            fd: first_entry + i,
-            dev,
-            ino,
-        });
-    }
-    let handed = entries
-        .iter()
-        .map(|e| (e.key.clone(), e.dev, e.ino))
-        .collect();
-    let manifest = Manifest {
-        token,
-        parent_pid: std::process::id(),
-        ready_fd: FIRST_CHILD_FD + 1,
-        alive_fd: FIRST_CHILD_FD + 2,
-        entries,
-    }
-    .encode();
-    prepare_control(&control_w, manifest.len()).map_err(Error::io("sizing the handoff pipe"))?;
-
-    let (_, pipe_inode, _) =
-        sys::fd::identity(&control_r).map_err(Error::io("inspecting the handoff pipe"))?;
-    let marker = Marker {
-        control_fd: FIRST_CHILD_FD,
-        pipe_inode,
-        token,
-    };
-    let mut envp: Vec<CString> = Vec::new();
-    for (name, value) in std::env::vars_os() {
-        if name.as_bytes() == MARKER_VAR.as_bytes() {
-            continue;
+    // Only a pipe with the inode the parent wrote into the marker is read: a process that
+    // inherited the variable by accident has another file (or nothing) at that number.
+    match sys::fd::identity_raw(marker.control_fd) {
+        Ok(id) if id.is_pipe() && id.file.ino == marker.pipe_inode => {}
+        Ok(_) => {
+            return Err(not_for_us(format!(
+                "fd {} is not the handoff pipe",
+                marker.control_fd
+            )));
         }
-        let mut pair = name.as_bytes().to_vec();
-        pair.push(b'=');
-        pair.extend_from_slice(value.as_bytes());
-        envp.push(cstring(&pair, "an environment variable").map_err(spawn_err)?);
-    }
-    envp.push(
-        cstring(
-            format!("{MARKER_VAR}={}", marker.encode()).as_bytes(),
-            MARKER_VAR,
-        )
-        .map_err(spawn_err)?,
-    );
-    let argv = launch
-        .args
-        .iter()
-        .map(|a| cstring(a.as_bytes(), "an argument"))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(spawn_err)?;
-    let program =
-        cstring(launch.program.as_os_str().as_bytes(), "the program path").map_err(spawn_err)?;
-    let cwd =
-        cstring(launch.cwd.as_os_str().as_bytes(), "the working directory").map_err(spawn_err)?;
-
-    let mut passed: Vec<BorrowedFd<'_>> = vec![control_r.as_fd(), ready_w.as_fd(), alive_r.as_fd()];
-    passed.extend(fds.iter().map(|(_, fd)| fd.as_fd()));
-    let before = file_identity(&launch.program);
-    let pid = sys::spawn::spawn(&SpawnRequest {
-        program: &program,
-        argv: &argv,
-        envp: &envp,
-        cwd: &cwd,
-        fds: &passed,
-    })
-    .map_err(spawn_err)?;
-    drop(passed);
-    drop((control_r, ready_w, alive_r, fds));
-    // What the child runs, exactly: `posix_spawn` returns once it has called `execve`. Without
-    // /proc, the file as it was just before.
-    let binary = file_identity(Path::new(&format!("/proc/{pid}/exe"))).or(before);
-
-    let watches = prepare_ready(ready_r).and_then(|ready| Ok((ready, ExitWatch::new(pid)?)));
-    match watches {
-        Ok((ready, exit)) => Ok(Pending {
-            child: Child {
-                pid,
-                ready,
-                exit,
-                alive: Some(alive_w),
-                reaped: false,
-            },
-            control: control_w,
-            manifest,
-            handed,
-            binary,
-        }),
         Err(e) => {
-            let _ = sys::process::kill_hard(pid);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            Err(Error::io("watching the new process")(e))
+            return Err(not_for_us(format!(
+                "fd {} is not open ({e})",
+                marker.control_fd
+            )));
         }
     }
-}
-
-fn prepare_ready(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    sys::fd::set_nonblocking(fd.as_fd())?;
-    sys::fd::async_readable(fd)
-}
-
-/// Makes the handoff pipe non-blocking and large enough for the whole manifest, so writing it
-/// never waits for the child to read.
-fn prepare_control(fd: &OwnedFd, len: usize) -> io::Result<()> {
-    use nix::fcntl::{FcntlArg, fcntl};
-    let capacity = fcntl(fd.as_fd(), FcntlArg::F_GETPIPE_SZ)?;
-    if usize::try_from(capacity).unwrap_or(0) < len {
-        let want = i32::try_from(len).map_err(|_| io::Error::other("manifest too large"))?;
-        fcntl(fd.as_fd(), FcntlArg::F_SETPIPE_SZ(want))?;
+    let control = sys::fd::adopt(marker.control_fd).map_err(HandoffError::Io)?;
+    let bytes = handoff::read_manifest(control.as_fd())?;
+    drop(control);
+    let manifest = Manifest::decode(&bytes)?;
+    if manifest.token != marker.token {
+        return Err(not_for_us(
+            "the token in the manifest differs from the marker's".into(),
+        ));
     }
-    sys::fd::set_nonblocking(fd.as_fd())
+    adopt_all(manifest).map(Some)
 }
 
-/// Writes the whole manifest into the pipe `prepare_control` made room in.
-fn write_manifest(fd: &OwnedFd, bytes: &[u8]) -> io::Result<()> {
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        match nix::unistd::write(fd, rest) {
-            Ok(n) => rest = &rest[n..],
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
+/// What a handed-over descriptor must be.
+#[derive(Clone, Copy)]
+enum Want {
+    Pipe,
+    Socket(FileId),
+    File(FileId),
+}
+
+fn check_identity(fd: RawFd, what: &str, want: Want) -> Result<(), HandoffError> {
+    let bad = |reason: String| HandoffError::Fd {
+        fd,
+        what: what.to_owned(),
+        reason,
+    };
+    let id = sys::fd::identity_raw(fd).map_err(|e| bad(format!("not open ({e})")))?;
+    let (type_fits, file) = match want {
+        Want::Pipe => (id.is_pipe(), None),
+        Want::Socket(file) => (id.is_socket(), Some(file)),
+        Want::File(file) => (true, Some(file)),
+    };
+    if !type_fits {
+        return Err(bad(format!(
+            "file type {:o} is not a {}",
+            id.file_type,
+            match want {
+                Want::Pipe => "pipe",
+                _ => "socket",
+            }
+        )));
+    }
+    if let Some(want) = file
+        && id.file != want
+    {
+        return Err(bad(format!(
+            "device/inode {}/{}, the parent handed over {}/{}",
+            id.file.dev, id.file.ino, want.dev, want.ino
+        )));
     }
     Ok(())
+}
+
+/// Checks that an inherited socket is what its key says, and returns the address it is really
+/// bound to (canonical form), or why it is not.
+fn check_socket(fd: &OwnedFd, kind: Kind, network: &str) -> Result<String, String> {
+    let info = sys::socket::inspect(fd).map_err(|e| format!("not a socket ({e})"))?;
+    let want_ty = match kind {
+        Kind::Listener => SocketType::Stream,
+        Kind::Packet => SocketType::Datagram,
+        Kind::File => return Err("a file entry cannot be inspected as a socket".into()),
+    };
+    if info.socket_type != want_ty {
+        return Err(format!(
+            "socket type is {:?}, expected {want_ty:?}",
+            info.socket_type
+        ));
+    }
+    if kind == Kind::Listener && !info.listening {
+        return Err("the socket is not listening".into());
+    }
+    match (network, info.local) {
+        ("unix" | "unixgram", LocalAddr::UnixPath(Some(path))) => Ok(path),
+        ("unix" | "unixgram", LocalAddr::UnixPath(None)) => Err("socket path is not UTF-8".into()),
+        ("unix" | "unixgram", other) => Err(format!(
+            "expected a unix socket with a path, found {other:?}"
+        )),
+        (_, LocalAddr::Inet(addr)) => {
+            let fits = match network.chars().last() {
+                Some('4') => addr.is_ipv4(),
+                Some('6') => addr.is_ipv6(),
+                _ => true,
+            };
+            if fits {
+                Ok(addr.to_string())
+            } else {
+                Err(format!("address {addr} does not fit {network}"))
+            }
+        }
+        (_, other) => Err(format!("expected an IP socket, found {other:?}")),
+    }
+}
+
+fn adopt_all(m: Manifest) -> Result<Inherited, HandoffError> {
+    // Check every number before touching any: a mismatch leaves all of them as they were.
+    check_identity(m.ready_fd, "ready pipe", Want::Pipe)?;
+    check_identity(m.alive_fd, "parent pipe", Want::Pipe)?;
+    for e in &m.entries {
+        let want = match e.key.kind {
+            Kind::File => Want::File(e.file),
+            Kind::Listener | Kind::Packet => Want::Socket(e.file),
+        };
+        check_identity(e.fd, &e.key.to_string(), want)?;
+    }
+
+    let adopt = |fd: RawFd, what: &str| {
+        sys::fd::adopt(fd).map_err(|e| HandoffError::Fd {
+            fd,
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })
+    };
+    let ready = adopt(m.ready_fd, "ready pipe")?;
+    let alive = adopt(m.alive_fd, "parent pipe")?;
+    let mut owned = Vec::with_capacity(m.entries.len());
+    for e in &m.entries {
+        owned.push((e, adopt(e.fd, &e.key.to_string())?));
+    }
+    sys::fd::set_nonblocking(alive.as_fd()).map_err(HandoffError::Io)?;
+
+    let mut fds = Vec::with_capacity(owned.len());
+    for (e, fd) in owned {
+        let bad = |reason: String| HandoffError::Fd {
+            fd: e.fd,
+            what: e.key.to_string(),
+            reason,
+        };
+        if e.key.kind != Kind::File {
+            let actual = check_socket(&fd, e.key.kind, &e.key.network).map_err(bad)?;
+            if actual != e.key.address {
+                return Err(bad(format!("bound to {actual}, not {}", e.key.address)));
+            }
+            sys::fd::set_nonblocking(fd.as_fd()).map_err(|e| bad(e.to_string()))?;
+        }
+        fds.push((e.key.clone(), fd));
+    }
+    Ok(Inherited {
+        fds,
+        parent: ParentLink {
+            pid: m.parent_pid,
+            ready: Some(ready),
+            alive,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    use super::*;
+    use crate::handoff::{Entry, Token};
+
+    fn manifest(entries: Vec<Entry>) -> Manifest {
+        let (r1, w1) = sys::fd::pipe().unwrap();
+        let (r2, w2) = sys::fd::pipe().unwrap();
+        drop((r1, w2));
+        Manifest {
+            token: Token::generate().unwrap(),
+            parent_pid: 1,
+            ready_fd: w1.into_raw_fd(),
+            alive_fd: r2.into_raw_fd(),
+            entries,
+        }
+    }
+
+    fn entry(kind: Kind, network: &str, address: &str, fd: &impl AsFd) -> Entry {
+        Entry {
+            key: Key::new(kind, network, address),
+            fd: fd.as_fd().as_raw_fd(),
+            file: sys::fd::identity(fd).unwrap().file,
+        }
+    }
+
+    #[test]
+    fn a_socket_of_the_right_kind_is_adopted() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let e = entry(Kind::Listener, "tcp", &addr, &l);
+        let fd = l.into_raw_fd();
+        let inherited = adopt_all(manifest(vec![e])).unwrap();
+        assert_eq!(inherited.fds.len(), 1);
+        assert_eq!(inherited.fds[0].1.as_raw_fd(), fd);
+    }
+
+    #[test]
+    fn a_socket_of_another_kind_is_rejected() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = udp.local_addr().unwrap().to_string();
+        let err = adopt_all(manifest(vec![entry(Kind::Listener, "tcp", &addr, &udp)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("socket type"), "{err}");
+        std::mem::forget(udp); // adopt_all owned and closed it
+    }
+
+    #[test]
+    fn a_listener_on_another_address_is_rejected() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = adopt_all(manifest(vec![entry(
+            Kind::Listener,
+            "tcp",
+            "127.0.0.1:1",
+            &l,
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bound to"), "{err}");
+        std::mem::forget(l);
+    }
+
+    #[test]
+    fn a_descriptor_with_another_identity_is_left_untouched() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mut e = entry(Kind::Listener, "tcp", &addr, &l);
+        e.file.ino += 1;
+        let err = adopt_all(manifest(vec![e])).unwrap_err().to_string();
+        assert!(err.contains("device/inode"), "{err}");
+        // Still open and ours: it was not adopted, so not closed.
+        assert!(l.local_addr().is_ok());
+    }
+
+    #[test]
+    fn a_pipe_closed_before_any_manifest_means_the_standby_was_withdrawn() {
+        let (r, w) = sys::fd::pipe().unwrap();
+        drop(w);
+        assert!(matches!(
+            handoff::read_manifest(r.as_fd()),
+            Err(HandoffError::Withdrawn)
+        ));
+
+        // A manifest cut short is not a withdrawal: it is returned for decoding to reject.
+        let (r, w) = sys::fd::pipe().unwrap();
+        nix::unistd::write(&w, b"flip-handoff 1\n").unwrap();
+        drop(w);
+        assert_eq!(
+            handoff::read_manifest(r.as_fd()).unwrap(),
+            b"flip-handoff 1\n"
+        );
+    }
+
+    #[test]
+    fn a_closed_descriptor_is_rejected() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let mut e = entry(Kind::Listener, "tcp", &addr, &l);
+        e.fd = 1 << 19;
+        let err = adopt_all(manifest(vec![e])).unwrap_err().to_string();
+        assert!(err.contains("not open"), "{err}");
+    }
 }

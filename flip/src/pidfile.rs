@@ -168,7 +168,10 @@ mod tests {
         assert!(check_writable(&path, DEFAULT_MODE).is_ok());
         let link = dir.join("link.pid");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        let err = check_writable(&link, DEFAULT_MODE).unwrap_err().to_string();
+        let err = check_writable(&link, DEFAULT_MODE)
+            .unwrap_err()
+            .chain()
+            .to_string();
         assert!(err.contains("symbolic link"), "{err}");
         assert!(write(&link, 7, DEFAULT_MODE).is_err());
         std::fs::remove_file(&link).unwrap();

@@ -9,8 +9,8 @@ use std::time::Duration;
 pub use inventory;
 
 use crate::bootstrap::{Bootstrap, BoxError, BoxFuture, Outcome, StartContext};
-use crate::error::{Error, HandoffError};
-use crate::upgrader::Options;
+use crate::error::{Chain, Error, HandoffError};
+use crate::options::Options;
 
 /// A starter collected by `#[flip::starter]`.
 #[derive(Debug)]
@@ -35,12 +35,29 @@ pub fn starters() -> Vec<&'static StarterEntry> {
     all
 }
 
-/// Turns what a starter returned into the common result type.
-pub fn starter_result<E: Into<BoxError>>(r: Result<(), E>) -> Result<(), BoxError> {
-    r.map_err(Into::into)
+/// What a starter may return: `Result<(), E>` with an error that converts into [`BoxError`].
+#[diagnostic::on_unimplemented(
+    message = "a starter must return `Result<(), E>` where `E` converts into `Box<dyn std::error::Error + Send + Sync>`; it returns `{Self}`",
+    label = "this starter's result",
+    note = "any `std::error::Error + Send + Sync + 'static` converts, and so do `String` and `&str`"
+)]
+pub trait StarterResult {
+    /// Converts into the common result type.
+    fn into_starter_result(self) -> Result<(), BoxError>;
+}
+
+impl<E: Into<BoxError>> StarterResult for Result<(), E> {
+    fn into_starter_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
 }
 
 /// What a `main` body may return: `()` or `Result<(), E>`.
+#[diagnostic::on_unimplemented(
+    message = "a #[flip::main] body must return `()` or `Result<(), E>` where `E` converts into `Box<dyn std::error::Error + Send + Sync>`; it returns `{Self}`",
+    label = "this body's result",
+    note = "any `std::error::Error + Send + Sync + 'static` converts, and so do `String` and `&str`"
+)]
 pub trait MainResult {
     /// Converts into the common result type.
     fn into_main_result(self) -> Result<(), BoxError>;
@@ -138,8 +155,11 @@ fn init_logging() {
     {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // Colour only on a terminal: a log written to a file, a pipe or the journal stays text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .try_init();
     }
@@ -156,7 +176,7 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
         }
     };
     init_logging();
-    crate::child::stash_marker();
+    crate::parent::stash_marker();
     // The runtime comes before the handoff is read: a standby process waits for the handoff, so
     // whatever precedes it is done before the upgrade starts.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -184,12 +204,12 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
             return ExitCode::SUCCESS;
         }
         Err(e @ Error::PidFile { .. }) => {
-            tracing::error!("{e}");
-            eprintln!("error: {e}");
+            tracing::error!("{}", e.chain());
+            eprintln!("error: {}", e.chain());
             return ExitCode::from(2);
         }
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", e.chain());
             return ExitCode::from(1);
         }
     };
@@ -201,11 +221,11 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     }
     let code = runtime.block_on(async move {
         if let Err(e) = body(&mut bootstrap).await {
-            tracing::error!("main failed: {e}");
+            tracing::error!("main failed: {}", Chain(&*e));
             return 1;
         }
         if let Err(e) = bootstrap.start().await {
-            tracing::error!("{e}");
+            tracing::error!("{}", Chain(&e));
             return 1;
         }
         let outcome = bootstrap.wait().await;

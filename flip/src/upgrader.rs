@@ -1,145 +1,22 @@
 //! The upgrade state machine.
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::{Notify, watch};
 
-use crate::child::{self, ParentLink};
+use crate::child::{self, Child};
 use crate::error::{Error, ExitStatus, Result};
 use crate::fds::{Fds, SocketSettings};
-use crate::parent::{self, Launch, Pending};
+use crate::key::Key;
+use crate::lock;
+use crate::options::Options;
+use crate::parent::{self, ParentLink};
 use crate::pidfile;
-
-/// Default time a new process has to become ready.
-pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Default mode of new unix socket paths: owner and group may connect.
-pub const DEFAULT_UNIX_SOCKET_MODE: u32 = 0o660;
-
-/// Default listen backlog of new stream sockets.
-pub const DEFAULT_BACKLOG: i32 = 1024;
-
-/// Settings of an [`Upgrader`].
-///
-/// ```
-/// use std::time::Duration;
-/// let options = flip::Options::new()
-///     .pid_file("/run/app.pid")
-///     .upgrade_timeout(Duration::from_secs(10));
-/// ```
-#[derive(Debug, Clone)]
-pub struct Options {
-    pid_file: Option<PathBuf>,
-    pid_file_mode: u32,
-    upgrade_timeout: Duration,
-    executable: Option<PathBuf>,
-    backlog: i32,
-    unix_socket_mode: u32,
-    standby: bool,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            pid_file: None,
-            pid_file_mode: pidfile::DEFAULT_MODE,
-            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
-            executable: None,
-            backlog: DEFAULT_BACKLOG,
-            unix_socket_mode: DEFAULT_UNIX_SOCKET_MODE,
-            standby: false,
-        }
-    }
-}
-
-impl Options {
-    /// Defaults: no pid file, 60 s upgrade timeout, the running executable's path.
-    pub fn new() -> Options {
-        Options::default()
-    }
-
-    /// Where the serving process writes its pid when it becomes ready.
-    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Options {
-        self.pid_file = Some(path.into());
-        self
-    }
-
-    /// Mode bits of the pid file (default `0o644`).
-    pub fn pid_file_mode(mut self, mode: u32) -> Options {
-        self.pid_file_mode = mode;
-        self
-    }
-
-    /// How long a new process has to become ready before it is killed (default 60 s).
-    pub fn upgrade_timeout(mut self, timeout: Duration) -> Options {
-        self.upgrade_timeout = timeout;
-        self
-    }
-
-    /// Start this executable on upgrade instead of the path this process was started by.
-    pub fn executable(mut self, path: impl Into<PathBuf>) -> Options {
-        self.executable = Some(path.into());
-        self
-    }
-
-    /// Listen backlog of stream sockets created by the registry (default 1024).
-    pub fn backlog(mut self, backlog: i32) -> Options {
-        self.backlog = backlog;
-        self
-    }
-
-    /// Mode of unix socket paths the registry creates (default `0o660`: owner and group may
-    /// connect). Set before the socket listens, so there is no moment with a wider mode.
-    pub fn unix_socket_mode(mut self, mode: u32) -> Options {
-        self.unix_socket_mode = mode;
-        self
-    }
-
-    /// Keep the next process started ahead of time (default off).
-    ///
-    /// A new process spends most of its start in `exec`, the dynamic loader and runtime setup
-    /// (about 3 ms of CPU for the examples here, and several times that on a loaded machine).
-    /// With a standby, the serving process starts its successor as soon as it is ready and
-    /// [`Upgrader::refresh_standby`] is called; the standby does all of that, then waits for the
-    /// handoff. An upgrade only sends it the manifest, so the new process is ready in a
-    /// fraction of the time.
-    ///
-    /// The standby is used only while it is still what an upgrade would start: it runs the file
-    /// the executable path names now (a binary replaced there, or a switched symlink, makes it
-    /// stale) and it holds exactly the sockets and files of the registry. Otherwise it is
-    /// killed and the upgrade starts a fresh process, as without this option. A standby costs
-    /// one idle process (its memory before `main` hands over, a few MiB for a tokio server)
-    /// and runs the new binary's code up to reading the handoff before anyone asked for an
-    /// upgrade: with `#[flip::main]` that is logging setup and building the runtime, never a
-    /// starter or the `main` body. A program that uses the `Upgrader` alone runs its `main` up
-    /// to [`Upgrader::new`], which waits there for the handoff; if the standby is let go
-    /// instead, `new` fails with [`HandoffError::Withdrawn`](crate::HandoffError::Withdrawn)
-    /// and the program should exit quietly. Such a program calls
-    /// [`Upgrader::refresh_standby`] itself.
-    pub fn standby(mut self, enabled: bool) -> Options {
-        self.standby = enabled;
-        self
-    }
-
-    /// Whether a standby process is kept (see [`standby`](Options::standby)).
-    pub fn standby_enabled(&self) -> bool {
-        self.standby
-    }
-
-    /// The configured pid file, if any.
-    pub fn pid_file_path(&self) -> Option<&Path> {
-        self.pid_file.as_deref()
-    }
-
-    /// The configured upgrade timeout.
-    pub fn upgrade_timeout_value(&self) -> Duration {
-        self.upgrade_timeout
-    }
-}
+use crate::process::Launch;
+use crate::standby::Standby;
 
 #[derive(Debug)]
 enum Phase {
@@ -165,7 +42,7 @@ struct Shared {
     /// This process's pid file, written ahead of time when an upgrade started it.
     prepared_pid_file: Mutex<Option<pidfile::Prepared>>,
     /// The next process, started ahead of time (`Options::standby`).
-    standby: Mutex<Option<Pending>>,
+    standby: Standby,
     /// Write end of the pipe the successor watches; held open until this process exits.
     successor_link: Mutex<Option<OwnedFd>>,
     /// How the successor ended, should it end while this process still runs.
@@ -206,11 +83,6 @@ pub struct Upgrader {
 
 static CREATED: AtomicBool = AtomicBool::new(false);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a plain assignment, so a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Upgrader {
     /// Reads the handoff (if this process was started by an upgrade) and builds the upgrader.
     ///
@@ -238,10 +110,12 @@ impl Upgrader {
         // Then readiness costs a rename. If this fails, `ready()` writes the file the long way
         // and reports what is wrong.
         let prepared_pid_file = match &options.pid_file {
-            Some(path) if child::has_marker() => pidfile::prepare(path, options.pid_file_mode).ok(),
+            Some(path) if parent::has_marker() => {
+                pidfile::prepare(path, options.pid_file_mode).ok()
+            }
             _ => None,
         };
-        let inherited = child::take_handoff()?;
+        let inherited = parent::take_handoff()?;
         // At first start a bad pid file path is reported before anything starts. During an
         // upgrade the write at `ready()` reports it just as clearly (and the parent keeps
         // serving), so the new process skips the probe: it is on the upgrade's critical path.
@@ -273,7 +147,7 @@ impl Upgrader {
                 phase: Mutex::new(Phase::Starting),
                 parent: Mutex::new(parent),
                 prepared_pid_file: Mutex::new(prepared_pid_file),
-                standby: Mutex::new(None),
+                standby: Standby::default(),
                 successor_link: Mutex::new(None),
                 successor_exit,
                 exit,
@@ -323,7 +197,7 @@ impl Upgrader {
         if let Some(parent) = lock(&self.shared.parent).as_mut() {
             if let Err(e) = parent.notify_ready() {
                 // The parent is gone already; this process serves either way.
-                tracing::warn!(parent = parent.pid, error = %e, "could not tell the parent that we are ready");
+                tracing::warn!(parent = parent.pid, error = %crate::error::Chain(&e), "could not tell the parent that we are ready");
             }
         }
         // Off the way to ready: the parent is on its way out already.
@@ -349,20 +223,25 @@ impl Upgrader {
         let started = Instant::now();
         let timeout = self.shared.options.upgrade_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let (mut child, mut from_standby) = match self.take_standby()? {
+        let fds = self.snapshot()?;
+        let standby = self
+            .shared
+            .standby
+            .take_current(&self.shared.launch, &fds, self.pid_file());
+        let (mut child, mut from_standby) = match standby {
             Some(standby) => {
                 let pid = standby.pid();
                 tracing::debug!(pid, "handing over to the standby process");
                 match standby.hand_over() {
                     Ok(child) => (child, true),
                     Err(e) => {
-                        tracing::warn!(pid, error = %e, "the standby process is gone; starting afresh");
+                        tracing::warn!(pid, error = %crate::error::Chain(&e), "the standby process is gone; starting afresh");
                         self.reclaim_pid_file(pid);
-                        (self.start_fresh()?, false)
+                        (self.start_fresh(fds)?, false)
                     }
                 }
             }
-            None => (self.start_fresh()?, false),
+            None => (self.start_fresh(fds)?, false),
         };
         loop {
             let pid = child.pid();
@@ -390,7 +269,7 @@ impl Upgrader {
                 // say. A fresh start is what the upgrade would have done without a standby.
                 Error::ChildExited { status, .. } if from_standby => {
                     tracing::warn!(pid, %status, "the standby process ended before it was ready; starting afresh");
-                    child = self.start_fresh()?;
+                    child = self.start_fresh(self.snapshot()?)?;
                     from_standby = false;
                 }
                 error => return Err(error),
@@ -417,46 +296,17 @@ impl Upgrader {
         Ok(pid)
     }
 
-    /// Takes the standby if it may take over; a stale one is killed.
-    fn take_standby(&self) -> Result<Option<Pending>> {
-        let Some(mut standby) = lock(&self.shared.standby).take() else {
-            return Ok(None);
-        };
-        let fds = self.snapshot()?;
-        if standby.is_current(&self.shared.launch, &fds) {
-            Ok(Some(standby))
-        } else {
-            tracing::debug!(
-                pid = standby.pid(),
-                "the standby process is stale; starting afresh"
-            );
-            self.let_go(standby, false);
-            Ok(None)
-        }
+    /// Starts a new process with `fds` and hands them over at once.
+    fn start_fresh(&self, fds: Vec<(Key, OwnedFd)>) -> Result<Child> {
+        child::spawn(&self.shared.launch, fds)?.hand_over()
     }
 
-    /// Kills a standby that will not be used and removes the pid file it prepared. It is reaped
-    /// in the background, or before this returns with `reap_now` (for a process about to exit,
-    /// where a reaping task would not get to run).
-    fn let_go(&self, standby: Pending, reap_now: bool) {
-        let pid = standby.pid();
-        if reap_now {
-            standby.discard();
-        } else {
-            drop(standby);
-        }
-        if let Some(path) = &self.shared.options.pid_file {
-            pidfile::remove_prepared_by(path, pid);
-        }
-    }
-
-    /// Starts a new process with every socket of the registry and hands them over at once.
-    fn start_fresh(&self) -> Result<parent::Child> {
-        parent::spawn(&self.shared.launch, self.snapshot()?)?.hand_over()
+    fn pid_file(&self) -> Option<&std::path::Path> {
+        self.shared.options.pid_file.as_deref()
     }
 
     /// Duplicates of every socket and file of the registry, for a new process.
-    fn snapshot(&self) -> Result<Vec<(crate::key::Key, OwnedFd)>> {
+    fn snapshot(&self) -> Result<Vec<(Key, OwnedFd)>> {
         self.shared
             .fds
             .snapshot()
@@ -479,27 +329,12 @@ impl Upgrader {
         if self.living_parent()?.is_some() {
             return Ok(None);
         }
-        let fds = self.snapshot()?;
-        let mut slot = lock(&self.shared.standby);
-        if let Some(standby) = slot.as_mut() {
-            if standby.is_current(&self.shared.launch, &fds) {
-                return Ok(Some(standby.pid()));
-            }
-            tracing::debug!(pid = standby.pid(), "replacing the stale standby process");
-        }
-        if let Some(stale) = slot.take() {
-            self.let_go(stale, false);
-        }
-        let standby = parent::spawn(&self.shared.launch, fds)?;
-        let pid = standby.pid();
-        if !matches!(*lock(&self.shared.phase), Phase::Ready) {
-            // An upgrade or a stop began meanwhile (another task): this one is not wanted.
-            self.let_go(standby, false);
-            return Ok(None);
-        }
-        tracing::debug!(pid, "started a standby process");
-        *slot = Some(standby);
-        Ok(Some(pid))
+        self.shared.standby.refresh(
+            &self.shared.launch,
+            self.snapshot()?,
+            self.pid_file(),
+            || matches!(*lock(&self.shared.phase), Phase::Ready),
+        )
     }
 
     /// Rewrites the pid file with this process's pid if it names `child`, which is gone.
@@ -514,7 +349,7 @@ impl Upgrader {
             if let Err(e) =
                 pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)
             {
-                tracing::error!(error = %e, "could not restore the pid file");
+                tracing::error!(error = %crate::error::Chain(&e), "could not restore the pid file");
             }
         }
     }
@@ -575,9 +410,7 @@ impl Upgrader {
         }
         *phase = Phase::Stopped;
         drop(phase);
-        if let Some(standby) = lock(&self.shared.standby).take() {
-            self.let_go(standby, true);
-        }
+        self.shared.standby.stop(self.pid_file());
         self.shared.exit.send_replace(true);
     }
 
@@ -605,7 +438,7 @@ impl Upgrader {
     pub fn resume(&self) -> Result<()> {
         let mut phase = lock(&self.shared.phase);
         if !matches!(*phase, Phase::Upgraded) || self.shared.successor_exit.borrow().is_none() {
-            return Err(Error::InProgress);
+            return Err(Error::NotResumable);
         }
         if let Some(path) = &self.shared.options.pid_file {
             pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)?;
@@ -620,15 +453,13 @@ impl Upgrader {
     /// Resolves once the process that started this one has exited (at once on a first start).
     /// Upgrades are refused until then.
     pub async fn parent_exited(&self) -> Result<()> {
-        let fd = {
+        let afd = {
             let parent = lock(&self.shared.parent);
             match parent.as_ref() {
                 None => return Ok(()),
-                Some(link) => crate::sys::fd::dup(std::os::fd::AsFd::as_fd(link.alive_fd()))
-                    .map_err(Error::io("watching the parent"))?,
+                Some(link) => link.watch_fd().map_err(Error::io("watching the parent"))?,
             }
         };
-        let afd = crate::sys::fd::async_readable(fd).map_err(Error::io("watching the parent"))?;
         loop {
             {
                 let parent = lock(&self.shared.parent);

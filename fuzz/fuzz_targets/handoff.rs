@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    flip::handoff::fuzz::decode(data);
+    flip::fuzz::decode(data);
 });

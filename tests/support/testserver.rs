@@ -47,8 +47,8 @@ fn main() {
     let upgrader = match flip::Upgrader::new(options) {
         Ok(u) => u,
         Err(e) => {
-            event(&format!("error {pid} {e}"));
-            eprintln!("testserver: {e}");
+            event(&format!("error {pid} {}", e.chain()));
+            eprintln!("testserver: {}", e.chain());
             std::process::exit(1);
         }
     };
@@ -80,8 +80,8 @@ fn main() {
         behaviour == "skip-unix",
     ));
     if let Err(e) = result {
-        event(&format!("error {pid} {e}"));
-        eprintln!("testserver: {e}");
+        event(&format!("error {pid} {}", flip::Chain(&*e)));
+        eprintln!("testserver: {}", flip::Chain(&*e));
         std::process::exit(1);
     }
 }

@@ -1,9 +1,50 @@
-//! File descriptor flags and adoption of descriptors handed over by a parent.
+//! Descriptors: flags, identities, pipes, plain reads and writes, and adoption of descriptors
+//! handed over by a parent.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// Which file a descriptor or a path leads to: two descriptors with the same id are the same
+/// open file (socket, pipe, regular file), whatever their numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FileId {
+    /// Device number (`st_dev`).
+    pub(crate) dev: u64,
+    /// Inode number (`st_ino`).
+    pub(crate) ino: u64,
+}
+
+/// A descriptor's file and its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) file: FileId,
+    /// The `S_IFMT` bits of `st_mode`.
+    pub(crate) file_type: u32,
+}
+
+impl Identity {
+    pub(crate) fn is_pipe(&self) -> bool {
+        self.file_type == libc::S_IFIFO
+    }
+
+    pub(crate) fn is_socket(&self) -> bool {
+        self.file_type == libc::S_IFSOCK
+    }
+
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    fn from_stat(st: &libc::stat) -> Identity {
+        Identity {
+            file: FileId {
+                dev: st.st_dev as u64,
+                ino: st.st_ino as u64,
+            },
+            file_type: st.st_mode as u32 & libc::S_IFMT,
+        }
+    }
+}
 
 /// Takes ownership of a descriptor number received from the parent process.
 ///
@@ -46,21 +87,56 @@ pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
 }
 
-/// Identity of the file behind a descriptor: (device, inode, file type bits).
-pub(crate) fn identity(fd: impl AsFd) -> io::Result<(u64, u64, u32)> {
-    let st = nix::sys::stat::fstat(fd.as_fd())?;
-    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    Ok((
-        st.st_dev as u64,
-        st.st_ino as u64,
-        st.st_mode as u32 & libc::S_IFMT,
-    ))
+/// Makes room for `len` bytes in a pipe, so that writing them never waits for the reader.
+pub(crate) fn reserve_pipe(fd: BorrowedFd<'_>, len: usize) -> io::Result<()> {
+    let capacity = fcntl(fd, FcntlArg::F_GETPIPE_SZ)?;
+    if usize::try_from(capacity).unwrap_or(0) < len {
+        let want = i32::try_from(len).map_err(|_| io::Error::other("too large for a pipe"))?;
+        fcntl(fd, FcntlArg::F_SETPIPE_SZ(want))?;
+    }
+    Ok(())
 }
 
-/// Identity of the file behind a descriptor number that we do not own: (device, inode, file
-/// type bits). Used to check a descriptor before adopting it, so that a number that is not what
-/// the handoff says is never touched.
-pub(crate) fn identity_raw(raw: RawFd) -> io::Result<(u64, u64, u32)> {
+/// One `read`: `Interrupted` and `WouldBlock` come back as errors of those kinds.
+pub(crate) fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    Ok(nix::unistd::read(fd, buf)?)
+}
+
+/// Writes all of `bytes`, retrying after signals.
+pub(crate) fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match nix::unistd::write(fd, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Blocks until the descriptor is readable (or at EOF).
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Identity of the file behind a descriptor.
+pub(crate) fn identity(fd: impl AsFd) -> io::Result<Identity> {
+    let st = nix::sys::stat::fstat(fd.as_fd())?;
+    Ok(Identity::from_stat(&st))
+}
+
+/// Identity of the file behind a descriptor number that we do not own. Used to check a
+/// descriptor before adopting it, so that a number that is not what the handoff says is never
+/// touched.
+pub(crate) fn identity_raw(raw: RawFd) -> io::Result<Identity> {
     if raw < 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
@@ -73,12 +149,7 @@ pub(crate) fn identity_raw(raw: RawFd) -> io::Result<(u64, u64, u32)> {
     }
     // SAFETY: fstat succeeded, so the structure is initialised.
     let st = unsafe { st.assume_init() };
-    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    Ok((
-        st.st_dev as u64,
-        st.st_ino as u64,
-        st.st_mode as u32 & libc::S_IFMT,
-    ))
+    Ok(Identity::from_stat(&st))
 }
 
 /// Registers a descriptor we own with tokio's reactor, for readiness to read.

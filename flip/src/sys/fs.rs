@@ -1,4 +1,5 @@
-//! Replacing a file by renaming another over it, without the flush ext4 adds.
+//! Files: replacing one by renaming another over it (without the flush ext4 adds), and telling
+//! which file a path leads to.
 
 use std::io;
 use std::path::Path;
@@ -8,8 +9,8 @@ use std::path::Path;
 /// When `to` exists, the two are exchanged (`RENAME_EXCHANGE`): afterwards `to` is the new
 /// file, and when this returns `true` the previous one is at `from`, for the caller to remove
 /// when it has time. ext4 starts writing back the new file's data when a plain rename replaces a
-/// file (`auto_da_alloc`): that made replacing a small file cost 0.25 to 1 ms here, against
-/// 0.06 ms for an exchange. The callers rewrite files whose content is worthless after a crash,
+/// file (`auto_da_alloc`): that made replacing a small file cost many times what an exchange
+/// does (BENCHMARKS.md). The callers rewrite files whose content is worthless after a crash,
 /// so the durability that flush buys does not matter. Falls back to a plain rename where
 /// exchanging is not possible.
 pub(crate) fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
@@ -25,4 +26,14 @@ pub(crate) fn exchange(from: &Path, to: &Path) -> io::Result<bool> {
         }
     }
     std::fs::rename(from, to).map(|()| false)
+}
+
+/// Which file `path` leads to now (symbolic links followed).
+pub(crate) fn file_id(path: &Path) -> io::Result<super::fd::FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok(super::fd::FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
 }

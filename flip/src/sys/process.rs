@@ -43,6 +43,23 @@ pub(crate) fn try_reap(pid: i32) -> io::Result<Option<Ended>> {
     }
 }
 
+/// Waits until `pid` ended and reaps it, blocking the thread.
+pub(crate) fn reap_blocking(pid: i32) -> io::Result<Ended> {
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Ended::Exited(code)),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(Ended::Signaled(sig as i32)),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The name of a signal number (`SIGTERM`), if it is one.
+pub(crate) fn signal_name(sig: i32) -> Option<&'static str> {
+    Signal::try_from(sig).ok().map(Signal::as_str)
+}
+
 /// Sends SIGKILL to `pid`. A process that is already gone is not an error.
 pub(crate) fn kill_hard(pid: i32) -> io::Result<()> {
     match kill(Pid::from_raw(pid), Signal::SIGKILL) {

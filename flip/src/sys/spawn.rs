@@ -1,7 +1,7 @@
 //! Starting the new binary with `posix_spawn`.
 //!
-//! Why not `fork`: its cost grows with the parent's memory (about 35 ms for a 1 GiB server, over
-//! 100 ms at 4 GiB), while `posix_spawn` costs the same at any size. Why not std's `Command`: it
+//! Why not `fork`: its cost grows with the parent's memory (tens of milliseconds for a 1 GiB
+//! server, see BENCHMARKS.md), while `posix_spawn` costs the same at any size. Why not std's `Command`: it
 //! cannot place extra descriptors in the child, and a `pre_exec` closure silently turns it back
 //! into `fork`. Why dup2 file actions: the handed-over descriptors stay close-on-exec in the
 //! parent, and only the spawned child receives copies without the flag, so a process that another

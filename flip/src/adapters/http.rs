@@ -42,9 +42,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::bootstrap::{BoxError, BoxFuture, Shutdown, ShutdownTrigger};
-use crate::fds::Listener;
-use crate::server::GracefulStoppableServer;
+use crate::GracefulStoppableServer;
+use crate::Listener;
+use crate::{BoxError, BoxFuture, Shutdown, ShutdownTrigger};
 
 /// Default time an idle HTTP/1.1 connection may still send one request once the drain began.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(1);
@@ -185,10 +185,13 @@ impl HttpServer {
                 }
             }
         }
-        drop(listener);
+        // Every connection learns of the drain before the listener closes: whoever sees the
+        // listener gone (a client, or the new process) can count on responses saying
+        // `Connection: close` from then on.
         for (_, handle) in drains.drain() {
             handle.start();
         }
+        drop(listener);
         tracing::debug!(connections = connections.len(), "draining HTTP connections");
         while connections.join_next().await.is_some() {}
         Ok(())
@@ -224,8 +227,7 @@ impl HttpServer {
             http2: http2.clone(),
         };
         // Boxed, like the handshake above: inline, the two made every connection's task
-        // 5.8 KiB (plain hyper's is 2 KiB), which doubled a busy server's heap. Now the task
-        // is 0.6 KiB, plus the connection itself.
+        // several times larger than plain hyper's (BENCHMARKS.md has the sizes).
         let mut conn = Box::pin(self.builder.serve_connection(TokioIo::new(stream), service));
         tokio::select! {
             _ = conn.as_mut() => return,

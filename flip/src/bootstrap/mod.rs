@@ -1,0 +1,409 @@
+//! Starters, signals, readiness, the wait loop and the grace period: Gitaly's `bootstrap`.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::error::Error;
+use crate::options::Options;
+use crate::upgrader::Upgrader;
+
+mod context;
+mod outcome;
+mod shutdown;
+mod standby;
+
+pub use context::{ErrorSender, StartContext};
+pub use outcome::{Drain, Outcome, StartError};
+pub(crate) use shutdown::Stage;
+pub use shutdown::{Shutdown, ShutdownTrigger};
+
+/// Default time the old process has to drain after an upgrade.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Any error a starter or a server reports.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A boxed future, as starters and stop actions return them.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Starters and the stop action can run more than once: again when this process takes service
+/// back after its successor died.
+type StarterFn = Arc<dyn Fn(StartContext) -> BoxFuture<Result<(), BoxError>> + Send + Sync>;
+type StopAction = Arc<dyn Fn() -> BoxFuture<()> + Send + Sync>;
+
+/// Graceful upgrades for a set of servers, as Gitaly's `bootstrap` package.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let mut bootstrap = flip::Bootstrap::new(Some("/run/app.pid"), true)?;
+/// bootstrap.register_starter("http", |ctx: flip::StartContext| async move {
+///     let listener = ctx.tcp_listener("127.0.0.1:8080")?;
+///     let mut shutdown = ctx.shutdown();
+///     ctx.serve(async move {
+///         loop {
+///             tokio::select! {
+///                 _ = shutdown.wait() => return Ok::<_, std::io::Error>(()),
+///                 conn = listener.accept() => { let _ = conn?; /* serve */ }
+///             }
+///         }
+///     });
+///     Ok::<_, flip::Error>(())
+/// });
+/// bootstrap.start().await?;
+/// let outcome = bootstrap.wait().await;
+/// println!("{outcome}");
+/// # Ok(()) }
+/// ```
+pub struct Bootstrap {
+    upgrader: Upgrader,
+    upgrades_enabled: bool,
+    grace: Duration,
+    starters: Vec<(String, StarterFn)>,
+    stop_action: Option<StopAction>,
+    errors_tx: ErrorSender,
+    errors_rx: mpsc::UnboundedReceiver<BoxError>,
+    shutdown_tx: watch::Sender<Stage>,
+    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+}
+
+impl std::fmt::Debug for Bootstrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bootstrap")
+            .field("upgrades_enabled", &self.upgrades_enabled)
+            .field("grace", &self.grace)
+            .field(
+                "starters",
+                &self.starters.iter().map(|s| &s.0).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bootstrap {
+    /// Builds the upgrader (reading the handoff, if any) with an optional pid file. See
+    /// [`Upgrader::new`] for what that waits for and when it fails.
+    pub fn new(
+        pid_file: Option<impl Into<PathBuf>>,
+        upgrades_enabled: bool,
+    ) -> Result<Bootstrap, Error> {
+        let mut options = Options::new();
+        if let Some(p) = pid_file {
+            options = options.pid_file(p);
+        }
+        Self::with_options(options, upgrades_enabled)
+    }
+
+    /// Builds the upgrader with full [`Options`].
+    pub fn with_options(options: Options, upgrades_enabled: bool) -> Result<Bootstrap, Error> {
+        let upgrader = Upgrader::new(options)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (shutdown_tx, _) = watch::channel(Stage::Starting);
+        Ok(Bootstrap {
+            upgrader,
+            upgrades_enabled,
+            grace: DEFAULT_GRACE_PERIOD,
+            starters: Vec::new(),
+            stop_action: None,
+            errors_tx: ErrorSender(tx),
+            errors_rx: rx,
+            shutdown_tx,
+            tasks: Arc::new(std::sync::Mutex::new(JoinSet::new())),
+        })
+    }
+
+    /// The upgrader underneath.
+    pub fn upgrader(&self) -> &Upgrader {
+        &self.upgrader
+    }
+
+    /// Whether SIGHUP upgrades.
+    pub fn upgrades_enabled(&self) -> bool {
+        self.upgrades_enabled
+    }
+
+    /// How long the old process may drain after an upgrade (default 60 s).
+    pub fn set_grace_period(&mut self, grace: Duration) -> &mut Self {
+        self.grace = grace;
+        self
+    }
+
+    /// The grace period in force.
+    pub fn grace_period(&self) -> Duration {
+        self.grace
+    }
+
+    /// Replaces the stop action, which runs at the start of the grace period after
+    /// [`Shutdown`] has been signalled. The drain waits for it and for every task of the drain
+    /// group ([`StartContext::serve`]).
+    pub fn set_stop_action<F, Fut>(&mut self, action: F) -> &mut Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.stop_action = Some(Arc::new(move || Box::pin(action())));
+        self
+    }
+
+    /// Adds a starter; [`start`](Bootstrap::start) calls starters in registration order.
+    /// A starter runs again if this process takes service back after its successor died.
+    pub fn register_starter<F, Fut, E>(&mut self, name: impl Into<String>, starter: F) -> &mut Self
+    where
+        F: Fn(StartContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let run: StarterFn = Arc::new(move |ctx| {
+            let fut = starter(ctx);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
+        self.starters.push((name.into(), run));
+        self
+    }
+
+    /// Names of the registered starters, in the order they run.
+    pub fn starter_names(&self) -> Vec<&str> {
+        self.starters.iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    /// Calls every starter in order. The first setup error stops here and is returned.
+    pub async fn start(&mut self) -> Result<(), StartError> {
+        let starters = self.starters.clone();
+        for (name, run) in starters {
+            let ctx = StartContext {
+                upgrader: self.upgrader.clone(),
+                errors: self.errors_tx.clone(),
+                shutdown: self.shutdown_tx.subscribe(),
+                tasks: self.tasks.clone(),
+            };
+            tracing::debug!(starter = %name, "starting");
+            run(ctx).await.map_err(|source| StartError {
+                starter: name,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Declares readiness, then waits for the end: SIGTERM/SIGINT or a runtime error stop at
+    /// once; a successful upgrade starts the graceful stop, bounded by the grace period and
+    /// cut short by a second SIGTERM/SIGINT.
+    ///
+    /// If readiness cannot be declared (the pid file cannot be written), this returns
+    /// [`Outcome::Failed`] at once, and the parent, if any, keeps serving.
+    pub async fn wait(mut self) -> Outcome {
+        let mut signals = match Signals::subscribe() {
+            Ok(signals) => signals,
+            Err(e) => return Outcome::Failed(format!("cannot subscribe to signals: {e}").into()),
+        };
+        if let Err(e) = self.upgrader.ready() {
+            // The servers may have accepted connections already: serve those (the parent, still
+            // serving, takes every new one) before giving up.
+            tracing::error!(error = %crate::error::Chain(&e), "cannot declare readiness; draining what was accepted");
+            let mut group = self.start_drain();
+            let drained = async { while group.join_next().await.is_some() {} };
+            let _ = tokio::time::timeout(self.grace, drained).await;
+            return Outcome::Failed(e.into());
+        }
+        self.shutdown_tx.send_replace(Stage::Serving);
+        tracing::info!(
+            pid = std::process::id(),
+            upgrades = self.upgrades_enabled,
+            "ready"
+        );
+        let mut standby = standby::Schedule::new(&self.upgrader, self.upgrades_enabled);
+        loop {
+            let new_pid = match self.serve_until_upgraded(&mut signals, &mut standby).await {
+                Ok(new_pid) => new_pid,
+                Err(stopped) => return stopped,
+            };
+            match self.drain(&mut signals).await {
+                DrainEnd::Ended(drain) => return Outcome::Upgraded { new_pid, drain },
+                DrainEnd::Resumed => {}
+                DrainEnd::Failed(e) => return Outcome::Failed(e),
+            }
+        }
+    }
+
+    /// Serves until an upgrade succeeded (the new pid) or an immediate stop (its outcome).
+    async fn serve_until_upgraded(
+        &mut self,
+        signals: &mut Signals,
+        standby: &mut standby::Schedule,
+    ) -> Result<Option<u32>, Outcome> {
+        self.refresh_standby();
+        let exit = self.upgrader.exit();
+        tokio::pin!(exit);
+        // The upgrade runs right here, on the thread that waits for signals, not on the
+        // runtime's workers: under load they are busy serving, and every moment spent in
+        // their queues is added to the upgrade.
+        let mut in_flight: Option<BoxFuture<Option<u32>>> = None;
+        let mut new_pid = None;
+        loop {
+            tokio::select! {
+                _ = signals.term.recv() => return Err(self.stop_now(in_flight, Outcome::Signaled("SIGTERM")).await),
+                _ = signals.int.recv() => return Err(self.stop_now(in_flight, Outcome::Signaled("SIGINT")).await),
+                Some(e) = self.errors_rx.recv() => return Err(self.stop_now(in_flight, Outcome::Failed(e)).await),
+                _ = signals.hup.recv() => {
+                    if !self.upgrades_enabled {
+                        tracing::warn!("SIGHUP ignored: upgrades are disabled (set FLIP_UPGRADES_ENABLED=1, or the prefix your main uses, to enable them)");
+                    } else if in_flight.is_some() {
+                        // Refused at once (in progress); this logs why.
+                        upgrade(self.upgrader.clone()).await;
+                    } else {
+                        in_flight = Some(Box::pin(upgrade(self.upgrader.clone())));
+                    }
+                }
+                done = async {
+                    match in_flight.as_mut() {
+                        Some(upgrade) => upgrade.await,
+                        None => std::future::pending().await,
+                    }
+                }, if in_flight.is_some() => {
+                    in_flight = None;
+                    new_pid = new_pid.or(done);
+                    if done.is_none() {
+                        self.refresh_standby();
+                    }
+                }
+                () = standby.due(), if in_flight.is_none() => self.refresh_standby(),
+                () = &mut exit => break,
+            }
+        }
+        // The upgrade that succeeded may not have returned yet.
+        if let Some(upgrade) = in_flight.take() {
+            new_pid = new_pid.or(upgrade.await);
+        }
+        Ok(new_pid)
+    }
+
+    /// Drains within the grace period, or takes service back when the new process died.
+    async fn drain(&mut self, signals: &mut Signals) -> DrainEnd {
+        tracing::info!(grace = ?self.grace, "draining");
+        let action = self.stop_action.clone();
+        let mut group = self.start_drain();
+        // A task of its own, so the drain goes on should this process take service back.
+        let mut drain = tokio::spawn(async move {
+            if let Some(action) = action {
+                action().await;
+            }
+            while group.join_next().await.is_some() {}
+        });
+        let deadline = tokio::time::sleep(self.grace);
+        tokio::pin!(deadline);
+        let successor_exited = self.upgrader.successor_exited();
+        tokio::pin!(successor_exited);
+        loop {
+            tokio::select! {
+                _ = &mut drain => return DrainEnd::Ended(Drain::Completed),
+                () = &mut deadline => return DrainEnd::Ended(Drain::GracePeriodExpired),
+                _ = signals.term.recv() => return DrainEnd::Ended(Drain::Forced("SIGTERM")),
+                _ = signals.int.recv() => return DrainEnd::Ended(Drain::Forced("SIGINT")),
+                Some(e) = self.errors_rx.recv() => {
+                    tracing::debug!(error = %crate::error::Chain(&*e), "error while draining, ignored");
+                }
+                status = &mut successor_exited => {
+                    // Nobody serves now but us: take service back on the same sockets.
+                    tracing::error!(%status, "the new process died; taking service back");
+                    return match self.resume().await {
+                        Ok(()) => DrainEnd::Resumed,
+                        Err(e) => DrainEnd::Failed(e),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Starts or replaces the standby process when [`Options::standby`] asks for one.
+    fn refresh_standby(&self) {
+        if let Err(e) = self.upgrader.refresh_standby() {
+            tracing::warn!(error = %crate::error::Chain(&e), "cannot start a standby process; upgrades start one afresh");
+        }
+    }
+
+    /// Signals [`Shutdown`] and takes the drain group, for the caller to wait on.
+    fn start_drain(&mut self) -> JoinSet<()> {
+        self.shutdown_tx.send_replace(Stage::Stopping);
+        std::mem::take(&mut *crate::lock(&self.tasks))
+    }
+
+    /// Serves again after the successor died during the drain: new shutdown token and drain
+    /// group, the starters once more (the registry hands out the same sockets), and the
+    /// upgrader ready again with the pid file naming this process.
+    async fn resume(&mut self) -> Result<(), BoxError> {
+        self.shutdown_tx = watch::channel(Stage::Starting).0;
+        *crate::lock(&self.tasks) = JoinSet::new();
+        self.upgrader.resume()?;
+        self.start().await?;
+        self.shutdown_tx.send_replace(Stage::Serving);
+        tracing::info!(pid = std::process::id(), "serving again");
+        Ok(())
+    }
+
+    /// Immediate stop: cancels an upgrade in flight and waits (briefly) until its new process
+    /// is killed and reaped, so none outlives this one.
+    async fn stop_now(
+        &self,
+        in_flight: Option<BoxFuture<Option<u32>>>,
+        outcome: Outcome,
+    ) -> Outcome {
+        self.upgrader.stop();
+        if let Some(upgrade) = in_flight
+            && tokio::time::timeout(Duration::from_secs(5), upgrade)
+                .await
+                .is_err()
+        {
+            tracing::warn!("an upgrade in flight did not end within 5 s of the stop");
+        }
+        outcome
+    }
+}
+
+/// The signals [`Bootstrap::wait`] handles.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn subscribe() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: crate::signal::upgrade_signal()?,
+        })
+    }
+}
+
+/// How a drain ended.
+enum DrainEnd {
+    /// The old process exits.
+    Ended(Drain),
+    /// The new process died and this one serves again.
+    Resumed,
+    /// The new process died and this one could not serve again.
+    Failed(BoxError),
+}
+
+/// One upgrade, logged with its outcome and duration; the new pid on success.
+async fn upgrade(upgrader: Upgrader) -> Option<u32> {
+    let started = Instant::now();
+    tracing::info!("SIGHUP: upgrading");
+    match upgrader.upgrade().await {
+        Ok(pid) => {
+            tracing::info!(new_pid = pid, elapsed = ?started.elapsed(), "upgrade succeeded");
+            Some(pid)
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::error::Chain(&e), elapsed = ?started.elapsed(), "upgrade failed; still serving");
+            None
+        }
+    }
+}

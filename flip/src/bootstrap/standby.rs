@@ -1,0 +1,63 @@
+//! When the Bootstrap starts or checks its standby process (see
+//! [`Options::standby`](crate::Options::standby)): once the parent has exited, and every
+//! second after that, since a binary replaced on disk makes the standby stale.
+
+use std::time::Duration;
+
+use tokio::time::{Interval, MissedTickBehavior};
+
+use crate::BoxFuture;
+use crate::upgrader::Upgrader;
+
+/// How often the serving process checks that its standby process still runs the binary an
+/// upgrade would start.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The standby's timer and the watch on the parent, armed only when a standby is wanted: without
+/// one, no timer wakes the process and no descriptor is held.
+pub(super) struct Schedule {
+    armed: Option<Armed>,
+}
+
+struct Armed {
+    check: Interval,
+    /// Resolves once the process that started this one exited; `None` once it did.
+    parent: Option<BoxFuture<()>>,
+}
+
+impl Schedule {
+    pub(super) fn new(upgrader: &Upgrader, upgrades_enabled: bool) -> Schedule {
+        if !upgrades_enabled || !upgrader.options().standby_enabled() {
+            return Schedule { armed: None };
+        }
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        check.reset();
+        let parent = upgrader.has_parent().then(|| {
+            let upgrader = upgrader.clone();
+            Box::pin(async move {
+                // An error watching it: the periodic check starts the standby instead.
+                let _ = upgrader.parent_exited().await;
+            }) as BoxFuture<()>
+        });
+        Schedule {
+            armed: Some(Armed { check, parent }),
+        }
+    }
+
+    /// Resolves when the standby should be started or checked; never without a standby.
+    pub(super) async fn due(&mut self) {
+        let Some(armed) = self.armed.as_mut() else {
+            return std::future::pending().await;
+        };
+        match armed.parent.as_mut() {
+            Some(parent) => tokio::select! {
+                _ = armed.check.tick() => {}
+                () = parent => armed.parent = None,
+            },
+            None => {
+                armed.check.tick().await;
+            }
+        }
+    }
+}

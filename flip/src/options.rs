@@ -1,0 +1,136 @@
+//! Settings of an [`Upgrader`](crate::Upgrader).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[cfg(doc)]
+use crate::Upgrader;
+use crate::pidfile;
+
+/// Default time a new process has to become ready.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default mode of new unix socket paths: owner and group may connect.
+pub const DEFAULT_UNIX_SOCKET_MODE: u32 = 0o660;
+
+/// Default listen backlog of new stream sockets.
+pub const DEFAULT_BACKLOG: i32 = 1024;
+
+/// Settings of an [`Upgrader`].
+///
+/// ```
+/// use std::time::Duration;
+/// let options = flip::Options::new()
+///     .pid_file("/run/app.pid")
+///     .upgrade_timeout(Duration::from_secs(10));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) pid_file: Option<PathBuf>,
+    pub(crate) pid_file_mode: u32,
+    pub(crate) upgrade_timeout: Duration,
+    pub(crate) executable: Option<PathBuf>,
+    pub(crate) backlog: i32,
+    pub(crate) unix_socket_mode: u32,
+    pub(crate) standby: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            pid_file: None,
+            pid_file_mode: pidfile::DEFAULT_MODE,
+            upgrade_timeout: DEFAULT_UPGRADE_TIMEOUT,
+            executable: None,
+            backlog: DEFAULT_BACKLOG,
+            unix_socket_mode: DEFAULT_UNIX_SOCKET_MODE,
+            standby: false,
+        }
+    }
+}
+
+impl Options {
+    /// Defaults: no pid file, 60 s upgrade timeout, the running executable's path.
+    pub fn new() -> Options {
+        Options::default()
+    }
+
+    /// Where the serving process writes its pid when it becomes ready.
+    pub fn pid_file(mut self, path: impl Into<PathBuf>) -> Options {
+        self.pid_file = Some(path.into());
+        self
+    }
+
+    /// Mode bits of the pid file (default `0o644`).
+    pub fn pid_file_mode(mut self, mode: u32) -> Options {
+        self.pid_file_mode = mode;
+        self
+    }
+
+    /// How long a new process has to become ready before it is killed (default 60 s).
+    pub fn upgrade_timeout(mut self, timeout: Duration) -> Options {
+        self.upgrade_timeout = timeout;
+        self
+    }
+
+    /// Start this executable on upgrade instead of the path this process was started by.
+    pub fn executable(mut self, path: impl Into<PathBuf>) -> Options {
+        self.executable = Some(path.into());
+        self
+    }
+
+    /// Listen backlog of stream sockets created by the registry (default 1024).
+    pub fn backlog(mut self, backlog: i32) -> Options {
+        self.backlog = backlog;
+        self
+    }
+
+    /// Mode of unix socket paths the registry creates (default `0o660`: owner and group may
+    /// connect). Set before the socket listens, so there is no moment with a wider mode.
+    pub fn unix_socket_mode(mut self, mode: u32) -> Options {
+        self.unix_socket_mode = mode;
+        self
+    }
+
+    /// Keep the next process started ahead of time (default off).
+    ///
+    /// A new process spends most of its start in `exec`, the dynamic loader and runtime setup
+    /// (a few milliseconds of CPU for the examples here, and several times that on a loaded
+    /// machine; BENCHMARKS.md has the figures).
+    /// With a standby, the serving process starts its successor as soon as it is ready and
+    /// [`Upgrader::refresh_standby`] is called; the standby does all of that, then waits for the
+    /// handoff. An upgrade only sends it the manifest, so the new process is ready in a
+    /// fraction of the time.
+    ///
+    /// The standby is used only while it is still what an upgrade would start: it runs the file
+    /// the executable path names now (a binary replaced there, or a switched symlink, makes it
+    /// stale) and it holds exactly the sockets and files of the registry. Otherwise it is
+    /// killed and the upgrade starts a fresh process, as without this option. A standby costs
+    /// one idle process (its memory before `main` hands over, a few MiB for a tokio server)
+    /// and runs the new binary's code up to reading the handoff before anyone asked for an
+    /// upgrade: with `#[flip::main]` that is logging setup and building the runtime, never a
+    /// starter or the `main` body. A program that uses the `Upgrader` alone runs its `main` up
+    /// to [`Upgrader::new`], which waits there for the handoff; if the standby is let go
+    /// instead, `new` fails with [`HandoffError::Withdrawn`](crate::HandoffError::Withdrawn)
+    /// and the program should exit quietly. Such a program calls
+    /// [`Upgrader::refresh_standby`] itself.
+    pub fn standby(mut self, enabled: bool) -> Options {
+        self.standby = enabled;
+        self
+    }
+
+    /// Whether a standby process is kept (see [`standby`](Options::standby)).
+    pub fn standby_enabled(&self) -> bool {
+        self.standby
+    }
+
+    /// The configured pid file, if any.
+    pub fn pid_file_path(&self) -> Option<&Path> {
+        self.pid_file.as_deref()
+    }
+
+    /// The configured upgrade timeout.
+    pub fn upgrade_timeout_value(&self) -> Duration {
+        self.upgrade_timeout
+    }
+}

@@ -1,0 +1,156 @@
+//! Sockets: binding and listening, and checking what an inherited descriptor really is.
+//!
+//! Every socket flip creates is close-on-exec and non-blocking from the first moment
+//! (`SOCK_CLOEXEC | SOCK_NONBLOCK`), so no other child can inherit it and tokio accepts it as is.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+use nix::sys::socket::{
+    AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, SockaddrIn6, SockaddrLike,
+    SockaddrStorage, UnixAddr, bind, getsockname, getsockopt, listen, setsockopt, socket, sockopt,
+};
+
+fn inet_socket(addr: &SocketAddr, ty: SockType, v6only: bool) -> io::Result<OwnedFd> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(
+        family,
+        ty,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    if ty == SockType::Stream {
+        // Without SO_REUSEADDR a restart after heavy traffic fails with EADDRINUSE while old
+        // connections sit in TIME_WAIT.
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
+    match addr {
+        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(*a))?,
+        SocketAddr::V6(a) => {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &v6only)?;
+            bind(fd.as_raw_fd(), &SockaddrIn6::from(*a))?
+        }
+    }
+    Ok(fd)
+}
+
+fn backlog(n: i32) -> io::Result<Backlog> {
+    Backlog::new(n).map_err(io::Error::from)
+}
+
+/// A listening TCP socket. `tcp6` sockets are IPv6-only; `tcp` on `[::]` takes both families.
+pub(crate) fn tcp_listener(network: &str, addr: &SocketAddr, queue: i32) -> io::Result<OwnedFd> {
+    let fd = inet_socket(addr, SockType::Stream, network == "tcp6")?;
+    listen(&fd, backlog(queue)?)?;
+    Ok(fd)
+}
+
+/// A bound UDP socket.
+pub(crate) fn udp_socket(network: &str, addr: &SocketAddr) -> io::Result<OwnedFd> {
+    inet_socket(addr, SockType::Datagram, network == "udp6")
+}
+
+/// Binds a unix socket and gives its path `mode` before the socket listens, so nobody can
+/// connect while the path still has the umask's mode.
+fn unix_socket(path: &Path, ty: SockType, mode: u32) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::PermissionsExt;
+    let fd = socket(
+        AddressFamily::Unix,
+        ty,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
+/// A listening unix stream socket at `path`.
+pub(crate) fn unix_listener(path: &Path, queue: i32, mode: u32) -> io::Result<OwnedFd> {
+    let fd = unix_socket(path, SockType::Stream, mode)?;
+    listen(&fd, backlog(queue)?)?;
+    Ok(fd)
+}
+
+/// A bound unix datagram socket at `path`.
+pub(crate) fn unix_datagram(path: &Path, mode: u32) -> io::Result<OwnedFd> {
+    unix_socket(path, SockType::Datagram, mode)
+}
+
+/// The local address of an IPv4 or IPv6 socket.
+pub(crate) fn local_inet(fd: impl AsFd) -> io::Result<SocketAddr> {
+    let sa: SockaddrStorage = getsockname(fd.as_fd().as_raw_fd())?;
+    if let Some(v4) = sa.as_sockaddr_in() {
+        Ok(SocketAddr::V4(SocketAddrV4::from(*v4)))
+    } else if let Some(v6) = sa.as_sockaddr_in6() {
+        Ok(SocketAddr::V6(SocketAddrV6::from(*v6)))
+    } else {
+        Err(io::Error::other("not an IPv4 or IPv6 socket"))
+    }
+}
+
+/// The type of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketType {
+    /// `SOCK_STREAM`
+    Stream,
+    /// `SOCK_DGRAM`
+    Datagram,
+    /// Anything else (`SOCK_SEQPACKET`, raw, ...).
+    Other,
+}
+
+/// The address a socket is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LocalAddr {
+    /// An IPv4 or IPv6 address.
+    Inet(SocketAddr),
+    /// A unix socket path; `None` when the path is not UTF-8.
+    UnixPath(Option<String>),
+    /// Another family (or an unnamed or abstract unix socket), as its name.
+    Other(String),
+}
+
+/// What a descriptor is, as a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SocketInfo {
+    pub(crate) socket_type: SocketType,
+    /// Whether `listen` was called on it.
+    pub(crate) listening: bool,
+    pub(crate) local: LocalAddr,
+}
+
+/// Describes a socket; fails (`ENOTSOCK`) when the descriptor is not one.
+pub(crate) fn inspect(fd: impl AsFd) -> io::Result<SocketInfo> {
+    let fd = fd.as_fd();
+    let socket_type = match getsockopt(&fd, sockopt::SockType)? {
+        SockType::Stream => SocketType::Stream,
+        SockType::Datagram => SocketType::Datagram,
+        _ => SocketType::Other,
+    };
+    let listening = getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false);
+    let sa: SockaddrStorage = getsockname(fd.as_raw_fd())?;
+    let local = if let Some(v4) = sa.as_sockaddr_in() {
+        LocalAddr::Inet(SocketAddr::V4(SocketAddrV4::from(*v4)))
+    } else if let Some(v6) = sa.as_sockaddr_in6() {
+        LocalAddr::Inet(SocketAddr::V6(SocketAddrV6::from(*v6)))
+    } else if let Some(path) = sa.as_unix_addr().and_then(|u| u.path()) {
+        LocalAddr::UnixPath(path.to_str().map(str::to_owned))
+    } else {
+        LocalAddr::Other(format!("{:?}", sa.family()))
+    };
+    Ok(SocketInfo {
+        socket_type,
+        listening,
+        local,
+    })
+}

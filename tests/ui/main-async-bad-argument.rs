@@ -1,0 +1,2 @@
+#[flip::main(timeout = "5s")]
+async fn main() {}

@@ -1,0 +1,6 @@
+struct NotAnError;
+
+#[flip::main]
+fn main() -> Result<(), NotAnError> {
+    Ok(())
+}
