@@ -66,7 +66,7 @@ async fn ballast(ctx: &flip::StartContext) -> Result<(), String> {
         tokio::spawn(async move {
             shutdown.serving().await;
             // Not in a process that is stopping without ever having served.
-            if !shutdown.is_shutting_down() {
+            if !shutdown.is_draining() {
                 common::fill_ballast(mb);
             }
         });

@@ -217,3 +217,46 @@ async fn a_followed_token_starts_the_graceful_stop_of_every_serve() {
         .await
         .expect("nothing left to drain");
 }
+
+/// Polls `condition` until it holds, or fails after [`DEADLINE`].
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_counts_each_connection_until_it_closes() {
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let release = Arc::new(Notify::new());
+    let servers = ServerFactory::new(holding_service(tx, release.clone()));
+    assert_eq!(servers.open_connections(), 0);
+    let (l, addr) = listener();
+    let serving = tokio::spawn({
+        let servers = servers.clone();
+        async move { servers.serve(l, false).await }
+    });
+    let mut held = send(&addr, "/hold").await;
+    tokio::time::timeout(DEADLINE, started.recv())
+        .await
+        .expect("the request reached the service");
+    let idle = TcpStream::connect(&addr).await.expect("connect");
+    wait_until("two open connections", || servers.open_connections() == 2).await;
+
+    release.notify_one();
+    let response = read_response(&mut held).await;
+    assert!(response.ends_with("done"), "{response}");
+    drop((held, idle));
+    wait_until("no open connection", || servers.open_connections() == 0).await;
+    servers.stop();
+    let served = tokio::time::timeout(DEADLINE, serving)
+        .await
+        .expect("serve returned")
+        .expect("serve task");
+    assert!(served.is_ok(), "{served:?}");
+}

@@ -37,7 +37,7 @@ async fn greet(ctx: flip::StartContext, listener: impl flip::http::Accept) -> st
     shutdown.serving().await;
     loop {
         tokio::select! {
-            () = shutdown.wait() => break,
+            () = shutdown.draining() => break,
             conn = listener.accept() => {
                 let _ = conn?.write_all(format!("pid {pid}\n").as_bytes()).await;
             }

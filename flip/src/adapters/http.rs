@@ -29,7 +29,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
@@ -48,6 +48,42 @@ use crate::{BoxError, BoxFuture, Shutdown, ShutdownTrigger};
 
 /// Default time an idle HTTP/1.1 connection may still send one request once the drain began.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(1);
+
+/// A response body flip can send: hyper's [`Body`] whose chunks and errors can cross threads.
+pub trait HttpBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+impl<B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static> HttpBody for B {}
+
+/// A service flip can serve: any hyper (or tower, through `hyper_util::service::TowerToHyperService`)
+/// service of [`Request<Incoming>`] whose futures and errors can cross threads; a
+/// `hyper::service::service_fn` closure, a tonic `Routes`, an axum `Router` converted with
+/// `TowerToHyperService`.
+pub trait HttpService<B: HttpBody>:
+    Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S
+where
+    B: HttpBody,
+    S: Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+}
 
 /// A byte stream a connection is served on.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -82,6 +118,8 @@ impl Accept for tokio::net::UnixListener {
 pub struct HttpServer {
     builder: Arc<auto::Builder<TokioExecutor>>,
     linger: Duration,
+    /// Connections open now, over every serve of this server and its clones.
+    open: Arc<AtomicUsize>,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -106,6 +144,7 @@ impl HttpServer {
         HttpServer {
             builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
             linger: DEFAULT_LINGER,
+            open: Arc::new(AtomicUsize::new(0)),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -115,6 +154,12 @@ impl HttpServer {
     pub fn linger(mut self, linger: Duration) -> HttpServer {
         self.linger = linger;
         self
+    }
+
+    /// Connections open now (accepted and not closed yet), over every serve of this server and
+    /// of its clones: during a drain, the ones still to finish.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Serves TLS with this certificate chain and private key (PEM files).
@@ -143,12 +188,8 @@ impl HttpServer {
     ) -> io::Result<()>
     where
         L: Accept,
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService<B>,
+        B: HttpBody,
     {
         // One drain handle per connection, not a channel they all share: a connection's task
         // checks its handle every time it wakes, and a shared one would put a lock that every
@@ -157,18 +198,20 @@ impl HttpServer {
         let mut next_id: u64 = 0;
         let mut connections = JoinSet::new();
         shutdown.serving().await;
-        while !shutdown.is_shutting_down() {
+        while !shutdown.is_draining() {
             tokio::select! {
-                () = shutdown.wait() => {}
+                () = shutdown.draining() => {}
                 accepted = listener.accept() => match accepted {
                     Ok(stream) => {
                         let (handle, drain) = drain_pair();
                         let id = next_id;
                         next_id += 1;
                         drains.insert(id, handle);
+                        let open = OpenConnection::new(&self.open);
                         let conn = self.clone().connection(stream, service.clone(), drain);
                         connections.spawn(async move {
                             conn.await;
+                            drop(open);
                             id
                         });
                     }
@@ -200,12 +243,8 @@ impl HttpServer {
     async fn connection<I, S, B>(self, stream: I, service: S, drain: Drain)
     where
         I: Io,
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService<B>,
+        B: HttpBody,
     {
         #[cfg(feature = "tls")]
         let stream: Box<dyn Io> = match &self.tls {
@@ -244,6 +283,22 @@ impl HttpServer {
         }
         conn.as_mut().graceful_shutdown();
         let _ = conn.await;
+    }
+}
+
+/// Counts a connection as open until dropped.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> OpenConnection {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -420,6 +475,13 @@ impl<S> ServerFactory<S> {
         self
     }
 
+    /// Connections open now over the secure and the insecure server (see
+    /// [`HttpServer::open_connections`]).
+    pub fn open_connections(&self) -> usize {
+        self.insecure.open_connections()
+            + self.secure.as_ref().map_or(0, HttpServer::open_connections)
+    }
+
     /// Follows a [`Bootstrap`](crate::Bootstrap)'s token: serves begin accepting once the
     /// process is ready, and the graceful stop begins with the Bootstrap's. Without it, serves
     /// accept at once and stop only through this factory: then make
@@ -432,12 +494,8 @@ impl<S> ServerFactory<S> {
 
     async fn serve_listener<B>(&self, listener: Listener, secure: bool) -> Result<(), BoxError>
     where
-        S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService<B>,
+        B: HttpBody,
     {
         let server = match (secure, &self.secure) {
             (false, _) => self.insecure.clone(),
@@ -455,7 +513,7 @@ impl<S> ServerFactory<S> {
             let mut stopped = token.clone();
             tokio::select! {
                 () = f.serving() => {}
-                () = stopped.wait() => return Ok(()),
+                () = stopped.draining() => return Ok(()),
                 _ = hard.wait_for(|h| *h) => return Ok(()),
             }
         }
@@ -480,7 +538,7 @@ impl<S> ServerFactory<S> {
                 _ = hard.wait_for(|h| *h) => return Ok(()),
                 () = async {
                     match follow.as_mut() {
-                        Some(f) => f.wait().await,
+                        Some(f) => f.draining().await,
                         None => std::future::pending().await,
                     }
                 } => {
@@ -494,12 +552,9 @@ impl<S> ServerFactory<S> {
 
 impl<S, B> GracefulStoppableServer for ServerFactory<S>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    // The `Response` equality names the body type for the impl.
+    S: HttpService<B> + Service<Request<Incoming>, Response = Response<B>>,
+    B: HttpBody,
 {
     fn serve(&self, listener: Listener, secure: bool) -> BoxFuture<Result<(), BoxError>> {
         let this = self.clone();

@@ -49,7 +49,7 @@ type StopAction = Arc<dyn Fn() -> BoxFuture<()> + Send + Sync>;
 ///     ctx.serve(async move {
 ///         loop {
 ///             tokio::select! {
-///                 _ = shutdown.wait() => return Ok::<_, std::io::Error>(()),
+///                 _ = shutdown.draining() => return Ok::<_, std::io::Error>(()),
 ///                 conn = listener.accept() => { let _ = conn?; /* serve */ }
 ///             }
 ///         }

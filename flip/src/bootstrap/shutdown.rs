@@ -14,7 +14,15 @@ pub(crate) enum Stage {
 }
 
 /// A server's view of the process's life: when to begin accepting ([`Shutdown::serving`]) and
-/// when to stop accepting and drain ([`Shutdown::wait`]).
+/// when to stop accepting and drain ([`Shutdown::draining`]).
+///
+/// The one way to wire a server's drain: take the token from
+/// [`StartContext::shutdown`](crate::StartContext::shutdown), hand it to the server
+/// ([`HttpServer::serve`](crate::http::HttpServer::serve), or your own accept loop), and run
+/// the server with [`StartContext::serve`](crate::StartContext::serve). The Bootstrap then
+/// starts the drain when a new process took over and waits for the server to finish. For a
+/// server with a graceful-shutdown future of its own (axum's `with_graceful_shutdown`, tonic's
+/// `serve_with_shutdown`), pass it [`Shutdown::signal`].
 ///
 /// A new process begins accepting once it has declared itself ready: until then its
 /// predecessor serves every connection, and the new process's CPU goes to getting ready, which
@@ -49,13 +57,39 @@ impl Shutdown {
         let _ = self.0.wait_for(|stage| *stage >= Stage::Serving).await;
     }
 
-    /// Waits until the graceful stop begins.
-    pub async fn wait(&mut self) {
+    /// Waits until the drain begins: stop accepting, finish what is in flight.
+    pub async fn draining(&mut self) {
         let _ = self.0.wait_for(|stage| *stage == Stage::Stopping).await;
     }
 
-    /// Whether the graceful stop has begun.
-    pub fn is_shutting_down(&self) -> bool {
+    /// A future that resolves when the drain begins, for servers that take a shutdown signal
+    /// (`axum::serve(..).with_graceful_shutdown(ctx.shutdown().signal())`).
+    pub async fn signal(mut self) {
+        self.draining().await;
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
         *self.0.borrow() == Stage::Stopping
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_signal_resolves_when_the_drain_begins() {
+        let (trigger, token) = Shutdown::pair();
+        assert!(!token.is_draining());
+        let signal = tokio::spawn(token.clone().signal());
+        tokio::task::yield_now().await;
+        assert!(!signal.is_finished(), "resolved before the drain began");
+        trigger.trigger();
+        tokio::time::timeout(std::time::Duration::from_secs(20), signal)
+            .await
+            .expect("the signal resolves")
+            .expect("signal task");
+        assert!(token.is_draining());
     }
 }
