@@ -8,8 +8,7 @@
 //! kill -HUP "$(cat /tmp/flip-grpc.pid)"    # upgrade: streams in flight finish on the old process
 //! ```
 
-#[path = "common/demo.rs"]
-mod demo;
+use flip_suite::demo;
 
 use flip::GracefulStoppableServer;
 use tonic::service::Routes;

@@ -12,7 +12,6 @@
 //! `BALLAST_MB` makes the server hold that many MiB, to show that a big server upgrades as fast
 //! as a small one.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,6 @@
 //! on plain hyper. The benchmark's baseline for throughput and memory: the difference is flip.
 //! `HTTP_ADDR` (default 127.0.0.1:8080). No upgrades, no drain.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use std::sync::Arc;

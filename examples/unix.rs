@@ -10,7 +10,6 @@
 //! rebound during an upgrade, so clients see no gap. A stale socket left by a crash is replaced
 //! at first start.
 
-#[path = "common/mod.rs"]
 mod common;
 
 use common::respond;

@@ -1,6 +1,6 @@
 //! The Bootstrap and the macros, with real processes built by `#[flip::main]`.
 
-mod support;
+use flip_suite as support;
 
 use nix::sys::signal::Signal;
 use support::load::{Load, Mode};
@@ -58,6 +58,8 @@ fn a_stale_unix_socket_is_replaced_at_first_boot_and_kept_during_an_upgrade() {
         "{}",
         server.log()
     );
+    // A log written to a file carries no colour codes (only a terminal gets them).
+    assert!(!server.log().contains('\x1b'), "{:?}", server.log());
     let socket = unix_socket_inode(&path).expect("the listener in /proc/net/unix");
 
     let new = server.upgrade().expect("upgrade");

@@ -1,7 +1,7 @@
 //! Faults with real processes: killed new processes, signals at bad moments, storms, broken
 //! binaries, a vanished pid file directory. Each test counts the requests it loses.
 
-mod support;
+use flip_suite as support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,9 +1,8 @@
 //! The gRPC example across upgrades: unary calls and server streams, insecure and TLS.
 
-mod support;
+use flip_suite as support;
 
-#[path = "../examples/common/demo.rs"]
-mod demo;
+use flip_suite::demo;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,6 +1,6 @@
 //! The HTTP adapter through the `http` example: real processes, real traffic, TLS.
 
-mod support;
+use flip_suite as support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

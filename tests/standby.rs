@@ -1,7 +1,7 @@
 //! The standby process (`FLIP_STANDBY=1`): started ahead of time by the serving process, used by
 //! the next upgrade while it is still what an upgrade would start, and never left behind.
 
-mod support;
+use flip_suite as support;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

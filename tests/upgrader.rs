@@ -1,6 +1,6 @@
 //! The upgrader with real processes, real signals and real sockets.
 
-mod support;
+use flip_suite as support;
 
 use std::path::Path;
 

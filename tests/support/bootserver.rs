@@ -10,8 +10,7 @@
 //! - `TS_EVENTS`: event log (`start <starter> <pid>`);
 //! - `TS_BEHAVIOUR`: a file; `hang` makes a new process never become ready.
 
-#[path = "events.rs"]
-mod events;
+use flip_suite::events;
 
 use events::{env_ms, event};
 use tokio::io::AsyncWriteExt;

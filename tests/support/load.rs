@@ -1,12 +1,14 @@
-//! HTTP load for the tests: bounded in time, loopback only, counting every failure.
+//! HTTP load for the tests and the benchmark: blocking clients on loopback, bounded in time,
+//! counting every failure by kind. One client per thread, each with its own connection; short
+//! requests to `/`, and optionally slow clients on another path.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{DEADLINE, wait_for};
+use crate::{DEADLINE, wait_for};
 
 /// How clients use connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,14 +19,96 @@ pub enum Mode {
     KeepAlive,
 }
 
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    addr: String,
+    clients: usize,
+    mode: Mode,
+    slow_clients: usize,
+    slow_path: String,
+    limit: Duration,
+    latencies: bool,
+}
+
+impl LoadConfig {
+    /// `clients` clients of short requests (`GET /`) at `addr`; no slow clients; a limit of
+    /// 120 s; no latency samples.
+    pub fn new(addr: &str, clients: usize, mode: Mode) -> LoadConfig {
+        LoadConfig {
+            addr: addr.to_owned(),
+            clients,
+            mode,
+            slow_clients: 0,
+            slow_path: "/sleep/200".into(),
+            limit: Duration::from_secs(120),
+            latencies: false,
+        }
+    }
+
+    /// Adds `n` clients that request `path` instead (slow requests, such as `/sleep/200`).
+    pub fn slow(mut self, n: usize, path: &str) -> LoadConfig {
+        self.slow_clients = n;
+        self.slow_path = path.to_owned();
+        self
+    }
+
+    /// The clients stop by themselves after this long, stopped or not.
+    pub fn limit(mut self, limit: Duration) -> LoadConfig {
+        self.limit = limit;
+        self
+    }
+
+    /// Records when each short request started and how long it took.
+    pub fn record_latencies(mut self) -> LoadConfig {
+        self.latencies = true;
+        self
+    }
+}
+
+/// Failed requests, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Failures {
+    /// The connection was refused (or could not be made).
+    pub connect: u64,
+    /// The request was sent on a new connection, and it closed without a response.
+    pub no_response: u64,
+    /// A response whose status was not 200.
+    pub bad_status: u64,
+    /// A response cut short, or not the server's greeting.
+    pub other: u64,
+}
+
+impl Failures {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.connect + self.no_response + self.bad_status + self.other
+    }
+
+    fn add(&mut self, o: Failures) {
+        self.connect += o.connect;
+        self.no_response += o.no_response;
+        self.bad_status += o.bad_status;
+        self.other += o.other;
+    }
+}
+
 /// What a load run saw.
 #[derive(Debug, Default)]
 pub struct Report {
     pub answered: u64,
+    /// Every failed request (the sum of `failures`).
     pub failed: u64,
-    /// A reused keep-alive connection closed without answering the request sent on it.
+    pub failures: Failures,
+    /// A reused keep-alive connection closed without answering the request sent on it: the
+    /// race between a server closing an idle connection and the client's next request, which
+    /// HTTP clients retry for idempotent requests. Counted apart from failures.
     pub idle_close_races: u64,
+    /// Every pid that answered ("hello from <pid>"), sorted.
     pub pids: Vec<u32>,
+    /// (start, latency) of each short request answered, with
+    /// [`LoadConfig::record_latencies`].
+    pub latencies: Vec<(Instant, Duration)>,
 }
 
 impl Report {
@@ -38,6 +122,19 @@ impl Report {
             );
         }
     }
+
+    fn add(&mut self, o: Report) {
+        self.answered += o.answered;
+        self.failures.add(o.failures);
+        self.failed = self.failures.total();
+        self.idle_close_races += o.idle_close_races;
+        for pid in o.pids {
+            if !self.pids.contains(&pid) {
+                self.pids.push(pid);
+            }
+        }
+        self.latencies.extend(o.latencies);
+    }
 }
 
 #[derive(Default)]
@@ -45,59 +142,76 @@ struct Shared {
     stop: AtomicBool,
     paused: AtomicBool,
     /// Clients waiting while paused.
-    parked: std::sync::atomic::AtomicUsize,
+    parked: AtomicUsize,
     answered: AtomicU64,
-    failed: AtomicU64,
-    races: AtomicU64,
-    pids: Mutex<Vec<u32>>,
 }
 
+/// Load running in the background until [`Load::finish`].
 pub struct Load {
     shared: Arc<Shared>,
-    clients: Vec<std::thread::JoinHandle<()>>,
+    clients: Vec<std::thread::JoinHandle<Report>>,
 }
 
-/// Sends `GET path` and reads one response; returns the body and whether the server asked to
-/// close.
-fn exchange(
-    conn: &mut BufReader<TcpStream>,
-    path: &str,
-    keep_alive: bool,
-) -> Option<(String, bool)> {
+/// How one exchange ended.
+enum Outcome {
+    Ok { close: bool, pid: Option<u32> },
+    NoResponse,
+    BadStatus,
+    Other,
+}
+
+/// Sends `GET path` on `conn` and reads the whole response.
+fn exchange(conn: &mut BufReader<TcpStream>, path: &str, keep_alive: bool) -> Outcome {
     let header = if keep_alive { "keep-alive" } else { "close" };
-    conn.get_mut()
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: {header}\r\n\r\n").as_bytes(),
-        )
-        .ok()?;
-    let mut status = String::new();
-    if conn.read_line(&mut status).ok()? == 0 || !status.starts_with("HTTP/1.1 200") {
-        return None;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: {header}\r\n\r\n");
+    if conn.get_mut().write_all(request.as_bytes()).is_err() {
+        return Outcome::NoResponse;
     }
-    let (mut length, mut close) = (0, false);
+    let mut status = String::new();
+    match conn.read_line(&mut status) {
+        Ok(0) | Err(_) => return Outcome::NoResponse,
+        Ok(_) if !status.starts_with("HTTP/1.1 200") => return Outcome::BadStatus,
+        Ok(_) => {}
+    }
+    let (mut length, mut close) = (0usize, false);
     loop {
         let mut line = String::new();
-        if conn.read_line(&mut line).ok()? == 0 {
-            return None;
+        match conn.read_line(&mut line) {
+            Ok(0) | Err(_) => return Outcome::Other,
+            Ok(_) => {}
         }
         let line = line.trim_end().to_ascii_lowercase();
         if line.is_empty() {
             break;
         }
         if let Some(v) = line.strip_prefix("content-length:") {
-            length = v.trim().parse().ok()?;
+            length = v.trim().parse().unwrap_or(0);
         }
         close |= line == "connection: close";
     }
     let mut body = vec![0; length];
-    conn.read_exact(&mut body).ok()?;
-    Some((String::from_utf8(body).ok()?, close))
+    if conn.read_exact(&mut body).is_err() {
+        return Outcome::Other;
+    }
+    let Some(pid) = std::str::from_utf8(&body)
+        .ok()
+        .and_then(|b| b.trim().strip_prefix("hello from "))
+    else {
+        return Outcome::Other;
+    };
+    Outcome::Ok {
+        close,
+        pid: pid.parse().ok(),
+    }
 }
 
-fn client(addr: String, mode: Mode, shared: Arc<Shared>) {
-    let end = Instant::now() + Duration::from_secs(120);
+fn client(addr: String, path: String, config: LoadConfig, shared: Arc<Shared>) -> Report {
+    let keep_alive = config.mode == Mode::KeepAlive;
+    let short = path == "/";
+    let end = Instant::now() + config.limit;
+    let mut report = Report::default();
     let mut conn: Option<BufReader<TcpStream>> = None;
-    while !shared.stop.load(Ordering::SeqCst) && Instant::now() < end {
+    while !shared.stop.load(Ordering::Relaxed) && Instant::now() < end {
         if shared.paused.load(Ordering::SeqCst) {
             conn = None; // a paused client holds no connection
             shared.parked.fetch_add(1, Ordering::SeqCst);
@@ -107,64 +221,79 @@ fn client(addr: String, mode: Mode, shared: Arc<Shared>) {
             shared.parked.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
+        let started = Instant::now();
         let reused = conn.is_some();
         let mut c = match conn.take() {
             Some(c) => c,
             None => match TcpStream::connect(&addr) {
                 Ok(s) => {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
                     BufReader::new(s)
                 }
                 Err(_) => {
-                    shared.failed.fetch_add(1, Ordering::SeqCst);
+                    report.failures.connect += 1;
                     continue;
                 }
             },
         };
-        match exchange(&mut c, "/", mode == Mode::KeepAlive) {
-            Some((body, close)) => {
-                shared.answered.fetch_add(1, Ordering::SeqCst);
-                if let Some(pid) = body
-                    .trim()
-                    .strip_prefix("hello from ")
-                    .and_then(|p| p.parse().ok())
-                {
-                    let mut pids = shared.pids.lock().unwrap();
-                    if !pids.contains(&pid) {
-                        pids.push(pid);
-                    }
+        match exchange(&mut c, &path, keep_alive) {
+            Outcome::Ok { close, pid } => {
+                report.answered += 1;
+                shared.answered.fetch_add(1, Ordering::Relaxed);
+                if config.latencies && short {
+                    report.latencies.push((started, started.elapsed()));
                 }
-                if mode == Mode::KeepAlive && !close {
+                if let Some(pid) = pid
+                    && !report.pids.contains(&pid)
+                {
+                    report.pids.push(pid);
+                }
+                if keep_alive && !close {
                     conn = Some(c);
                 }
             }
-            None if reused => {
-                shared.races.fetch_add(1, Ordering::SeqCst);
-            }
-            None => {
-                shared.failed.fetch_add(1, Ordering::SeqCst);
-            }
+            Outcome::NoResponse if reused => report.idle_close_races += 1,
+            Outcome::NoResponse => report.failures.no_response += 1,
+            Outcome::BadStatus => report.failures.bad_status += 1,
+            Outcome::Other => report.failures.other += 1,
         }
     }
+    report.failed = report.failures.total();
+    report
 }
 
 impl Load {
+    /// `clients` clients of short requests at `addr`.
     pub fn start(addr: &str, clients: usize, mode: Mode) -> Load {
+        Load::run(LoadConfig::new(addr, clients, mode))
+    }
+
+    /// Starts the clients `config` describes.
+    pub fn run(config: LoadConfig) -> Load {
         let shared = Arc::new(Shared::default());
-        let clients = (0..clients)
-            .map(|_| {
-                let (addr, shared) = (addr.to_owned(), shared.clone());
-                std::thread::spawn(move || client(addr, mode, shared))
+        let paths = std::iter::repeat_n("/".to_owned(), config.clients).chain(std::iter::repeat_n(
+            config.slow_path.clone(),
+            config.slow_clients,
+        ));
+        let clients = paths
+            .map(|path| {
+                let (addr, config, shared) = (config.addr.clone(), config.clone(), shared.clone());
+                std::thread::spawn(move || client(addr, path, config, shared))
             })
             .collect();
         Load { shared, clients }
     }
 
+    /// Requests answered so far.
+    pub fn answered(&self) -> u64 {
+        self.shared.answered.load(Ordering::Relaxed)
+    }
+
     /// Waits until `n` more requests were answered.
     pub fn wait_for_more(&self, n: u64) {
-        let target = self.shared.answered.load(Ordering::SeqCst) + n;
+        let target = self.answered() + n;
         wait_for(&format!("{n} more answered requests"), DEADLINE, || {
-            (self.shared.answered.load(Ordering::SeqCst) >= target).then_some(())
+            (self.answered() >= target).then_some(())
         });
     }
 
@@ -180,18 +309,14 @@ impl Load {
         out
     }
 
+    /// Stops the clients and adds up what they saw.
     pub fn finish(self) -> Report {
         self.shared.stop.store(true, Ordering::SeqCst);
+        let mut total = Report::default();
         for c in self.clients {
-            c.join().expect("client thread");
+            total.add(c.join().expect("client thread"));
         }
-        let mut pids = self.shared.pids.lock().unwrap().clone();
-        pids.sort_unstable();
-        Report {
-            answered: self.shared.answered.load(Ordering::SeqCst),
-            failed: self.shared.failed.load(Ordering::SeqCst),
-            idle_close_races: self.shared.races.load(Ordering::SeqCst),
-            pids,
-        }
+        total.pids.sort_unstable();
+        total
     }
 }

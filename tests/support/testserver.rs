@@ -16,8 +16,7 @@
 //! SIGUSR2 calls `Upgrader::stop`. `TS_CHDIR` makes the server change directory once started;
 //! behaviour `slow` sleeps 500 ms before installing its SIGHUP handler.
 
-#[path = "events.rs"]
-mod events;
+use flip_suite::events;
 
 use std::io::Write;
 

@@ -1,6 +1,5 @@
 //! A small gRPC service written without code generation: `flip.example.Demo` with a unary
 //! `Hello` and a server-streaming `Count`, and a client for both.
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};

@@ -1,9 +1,4 @@
-//! Shared harness of the integration tests: scratch directories, real server processes, and
-//! waiting for conditions with deadlines.
-#![allow(dead_code)]
-
-pub mod ansi;
-pub mod load;
+//! Scratch directories, real server processes, and waiting for conditions with deadlines.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -426,7 +421,7 @@ impl Server {
 
     /// The server family's log, without terminal colour codes.
     pub fn log(&self) -> String {
-        ansi::strip(&std::fs::read_to_string(&self.log).unwrap_or_default())
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Every pid this server family reported (servers, new processes, spawned children), and
