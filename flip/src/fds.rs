@@ -222,10 +222,10 @@ impl Fds {
         bind: impl FnOnce(&std::net::SocketAddr) -> io::Result<OwnedFd>,
     ) -> Result<OwnedFd, Error> {
         let addr = address::resolve_inet(network, address)?;
-        if addr.port() != 0 {
-            if let Some(fd) = self.claim(&Key::new(kind, network, &addr.to_string()))? {
-                return Ok(fd);
-            }
+        if addr.port() != 0
+            && let Some(fd) = self.claim(&Key::new(kind, network, &addr.to_string()))?
+        {
+            return Ok(fd);
         }
         let fd = bind(&addr).map_err(socket_error(network, address))?;
         let bound = sys::socket::local_inet(&fd).map_err(socket_error(network, address))?;
@@ -294,10 +294,11 @@ impl Fds {
             let is_socket = std::fs::symlink_metadata(&key.address)
                 .map(|m| m.file_type().is_socket())
                 .unwrap_or(false);
-            if key.is_unix_path() && is_socket {
-                if let Err(e) = std::fs::remove_file(&key.address) {
-                    tracing::warn!(path = %key.address, error = %crate::error::Chain(&e), "could not remove the socket path of an unclaimed inherited socket");
-                }
+            if key.is_unix_path()
+                && is_socket
+                && let Err(e) = std::fs::remove_file(&key.address)
+            {
+                tracing::warn!(path = %key.address, error = %crate::error::Chain(&e), "could not remove the socket path of an unclaimed inherited socket");
             }
         }
         keys

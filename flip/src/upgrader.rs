@@ -194,11 +194,11 @@ impl Upgrader {
                 }
             }
         }
-        if let Some(parent) = lock(&self.shared.parent).as_mut() {
-            if let Err(e) = parent.notify_ready() {
-                // The parent is gone already; this process serves either way.
-                tracing::warn!(parent = parent.pid, error = %crate::error::Chain(&e), "could not tell the parent that we are ready");
-            }
+        if let Some(parent) = lock(&self.shared.parent).as_mut()
+            && let Err(e) = parent.notify_ready()
+        {
+            // The parent is gone already; this process serves either way.
+            tracing::warn!(parent = parent.pid, error = %crate::error::Chain(&e), "could not tell the parent that we are ready");
         }
         // Off the way to ready: the parent is on its way out already.
         pidfile::remove_replaced(replaced);
@@ -345,12 +345,11 @@ impl Upgrader {
         pidfile::remove_prepared_by(path, child);
         let names_child = std::fs::read_to_string(path)
             .is_ok_and(|text| text.trim().parse::<u32>().ok() == Some(child));
-        if names_child {
-            if let Err(e) =
+        if names_child
+            && let Err(e) =
                 pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)
-            {
-                tracing::error!(error = %crate::error::Chain(&e), "could not restore the pid file");
-            }
+        {
+            tracing::error!(error = %crate::error::Chain(&e), "could not restore the pid file");
         }
     }
 
