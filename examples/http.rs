@@ -26,12 +26,7 @@ async fn http(ctx: &flip::StartContext) -> Result<(), flip::Error> {
     let addr = std::env::var("HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let listener = ctx.tcp_listener(&addr)?;
     tracing::info!(%addr, "listening");
-    let shutdown = ctx.shutdown();
-    ctx.serve(async move {
-        HttpServer::new()
-            .serve(listener, service_fn(respond), shutdown)
-            .await
-    });
+    common::serve_http(ctx, listener);
     Ok(())
 }
 

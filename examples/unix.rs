@@ -12,21 +12,12 @@
 
 mod common;
 
-use common::respond;
-use flip::http::HttpServer;
-use hyper::service::service_fn;
-
 #[flip::starter]
 async fn unix(ctx: &flip::StartContext) -> Result<(), flip::Error> {
     let path = std::env::var("HTTP_SOCKET").unwrap_or_else(|_| "/tmp/flip-unix.sock".into());
     let listener = ctx.unix_listener(&path)?;
     tracing::info!(%path, "listening");
-    let shutdown = ctx.shutdown();
-    ctx.serve(async move {
-        HttpServer::new()
-            .serve(listener, service_fn(respond), shutdown)
-            .await
-    });
+    common::serve_http(ctx, listener);
     Ok(())
 }
 

@@ -59,3 +59,14 @@ pub fn fill_ballast(mb: usize) {
         Box::leak(ballast.into_boxed_slice());
     });
 }
+
+/// Serves the endpoints on `listener` with flip's lossless drain, as a task of the drain group:
+/// it begins accepting once this process is ready and drains when a new one took over.
+pub fn serve_http(ctx: &flip::StartContext, listener: impl flip::http::Accept) {
+    let shutdown = ctx.shutdown();
+    ctx.serve(async move {
+        flip::http::HttpServer::new()
+            .serve(listener, hyper::service::service_fn(respond), shutdown)
+            .await
+    });
+}

@@ -292,10 +292,7 @@ fn keep_body(func: ItemFn) -> TokenStream {
     let outer_attrs = &func.attrs;
     let vis = &func.vis;
     let name = &func.sig.ident;
-    let mut inner = func.clone();
-    inner.attrs.clear();
-    inner.vis = syn::Visibility::Inherited;
-    inner.sig.ident = format_ident!("__flip_main");
+    let mut inner = inner_fn(&func);
     inner.sig.inputs = inner
         .sig
         .inputs
@@ -311,15 +308,22 @@ fn keep_body(func: ItemFn) -> TokenStream {
     }
 }
 
+/// The user's function as the body of the generated `main`: private, without the attributes
+/// (they go on `main`), named `__flip_main`.
+fn inner_fn(func: &ItemFn) -> ItemFn {
+    let mut inner = func.clone();
+    inner.attrs.clear();
+    inner.vis = syn::Visibility::Inherited;
+    inner.sig.ident = format_ident!("__flip_main");
+    inner
+}
+
 fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
     let flip = crate_path(args.krate.as_ref());
     let outer_attrs = &func.attrs;
     let vis = &func.vis;
     let name = &func.sig.ident;
-    let mut inner = func.clone();
-    inner.attrs.clear();
-    inner.vis = syn::Visibility::Inherited;
-    inner.sig.ident = format_ident!("__flip_main");
+    let inner = inner_fn(&func);
 
     let pid_file = match &args.pidfile {
         Some(p) => quote!(::core::option::Option::Some(#p)),

@@ -134,11 +134,11 @@ impl Fds {
                 })?;
                 Ok(Listener::Unix(UnixListener::from(fd)))
             }
-            _ => Err(Error::Address {
-                network: network.to_owned(),
-                address: address.to_owned(),
-                reason: "listeners take the networks tcp, tcp4, tcp6 and unix".into(),
-            }),
+            _ => Err(address::address_error(
+                network,
+                address,
+                "listeners take the networks tcp, tcp4, tcp6 and unix",
+            )),
         }
     }
 
@@ -173,11 +173,11 @@ impl Fds {
                 })?;
                 Ok(PacketSocket::Unix(UnixDatagram::from(fd)))
             }
-            _ => Err(Error::Address {
-                network: network.to_owned(),
-                address: address.to_owned(),
-                reason: "datagram sockets take the networks udp, udp4, udp6 and unixgram".into(),
-            }),
+            _ => Err(address::address_error(
+                network,
+                address,
+                "datagram sockets take the networks udp, udp4, udp6 and unixgram",
+            )),
         }
     }
 

@@ -1,0 +1,238 @@
+//! The manifest: what the parent tells the new process about the descriptors it placed.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::os::fd::RawFd;
+
+use super::marker::{Token, parse_fd};
+use crate::error::HandoffError;
+use crate::key::{Key, Kind};
+use crate::sys::fd::FileId;
+
+const MANIFEST_HEADER: &str = "flip-handoff/1";
+
+/// How a manifest ends.
+pub(super) const TERMINATOR: &[u8] = b"\nend\n";
+
+/// Upper bound of a manifest; a larger one is rejected before it is parsed.
+pub(crate) const MAX_MANIFEST_BYTES: usize = 1 << 20;
+
+/// One handed-over descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) key: Key,
+    pub(crate) fd: RawFd,
+    /// The file the parent handed over at `fd`.
+    pub(crate) file: FileId,
+}
+
+/// Everything the parent tells the child besides the descriptors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Manifest {
+    pub(crate) token: Token,
+    pub(crate) parent_pid: u32,
+    /// Write end of the pipe on which the child says it is ready.
+    pub(crate) ready_fd: RawFd,
+    /// Read end of the pipe the parent holds open until it exits.
+    pub(crate) alive_fd: RawFd,
+    pub(crate) entries: Vec<Entry>,
+}
+
+impl Manifest {
+    pub(crate) fn encode(&self) -> String {
+        let mut out = format!(
+            "{MANIFEST_HEADER}\ntoken {}\nparent {}\nready {}\nalive {}\n",
+            self.token.to_hex(),
+            self.parent_pid,
+            self.ready_fd,
+            self.alive_fd
+        );
+        for e in &self.entries {
+            let _ = writeln!(
+                out,
+                "entry {} {} {} {} {} {}",
+                e.key.kind.as_str(),
+                e.key.network,
+                escape(&e.key.address),
+                e.fd,
+                e.file.dev,
+                e.file.ino
+            );
+        }
+        out.push_str("end\n");
+        out
+    }
+
+    /// Parses and checks a manifest: structure, numbers, kinds, networks, and that no descriptor
+    /// number or key appears twice.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest, HandoffError> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(HandoffError::Manifest {
+                line: 0,
+                reason: format!("{} bytes, more than {MAX_MANIFEST_BYTES}", bytes.len()),
+            });
+        }
+        let text = std::str::from_utf8(bytes).map_err(|e| HandoffError::Manifest {
+            line: 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+            reason: "not UTF-8".into(),
+        })?;
+        let mut lines = text.split('\n').enumerate().map(|(i, l)| (i + 1, l));
+        let mut next = |want: &str| -> Result<(usize, Vec<&str>), HandoffError> {
+            let (n, line) = lines.next().ok_or_else(|| HandoffError::Manifest {
+                line: 0,
+                reason: format!("truncated: expected {want}"),
+            })?;
+            Ok((n, line.split(' ').collect()))
+        };
+        let bad = |line: usize, reason: String| HandoffError::Manifest { line, reason };
+
+        let (n, header) = next("the header")?;
+        if header != [MANIFEST_HEADER] {
+            return Err(bad(n, format!("expected {MANIFEST_HEADER:?}")));
+        }
+        let (n, f) = next("token")?;
+        let token = match f.as_slice() {
+            ["token", hex] => Token::from_hex(hex),
+            _ => None,
+        }
+        .ok_or_else(|| bad(n, "expected `token <32 hex digits>`".into()))?;
+        let (n, f) = next("parent")?;
+        let parent_pid = match f.as_slice() {
+            ["parent", pid] => pid.parse::<u32>().ok().filter(|&p| p > 0),
+            _ => None,
+        }
+        .ok_or_else(|| bad(n, "expected `parent <pid>`".into()))?;
+        let mut fds_seen = HashSet::new();
+        let mut fd_line = |n: usize, f: &[&str], name: &str| -> Result<RawFd, HandoffError> {
+            let fd = match f {
+                [word, fd] if *word == name => parse_fd(fd),
+                _ => None,
+            }
+            .ok_or_else(|| bad(n, format!("expected `{name} <fd from 3 up>`")))?;
+            if !fds_seen.insert(fd) {
+                return Err(bad(n, format!("fd {fd} appears twice")));
+            }
+            Ok(fd)
+        };
+        let (n, f) = next("ready")?;
+        let ready_fd = fd_line(n, &f, "ready")?;
+        let (n, f) = next("alive")?;
+        let alive_fd = fd_line(n, &f, "alive")?;
+
+        let mut entries = Vec::new();
+        let mut keys = HashSet::new();
+        loop {
+            let (n, f) = next("`entry ...` or `end`")?;
+            match f.as_slice() {
+                ["end"] => break,
+                ["entry", kind, network, address, fd, dev, ino] => {
+                    let kind = Kind::parse(kind)
+                        .ok_or_else(|| bad(n, format!("unknown kind {kind:?}")))?;
+                    if !kind.accepts(network) {
+                        return Err(bad(n, format!("network {network:?} is not a {kind:?}")));
+                    }
+                    let address = unescape(address)
+                        .ok_or_else(|| bad(n, "address is not percent-encoded UTF-8".into()))?;
+                    check_address(network, &address).map_err(|reason| bad(n, reason))?;
+                    let fd = fd_line(n, &["fd", fd], "fd")?;
+                    let (Ok(dev), Ok(ino)) = (dev.parse(), ino.parse()) else {
+                        return Err(bad(n, "device and inode must be numbers".into()));
+                    };
+                    let key = Key::new(kind, network, &address);
+                    if !keys.insert(key.clone()) {
+                        return Err(bad(n, format!("{key} appears twice")));
+                    }
+                    entries.push(Entry {
+                        key,
+                        fd,
+                        file: FileId { dev, ino },
+                    });
+                }
+                _ => {
+                    return Err(bad(
+                        n,
+                        "expected `entry <kind> <network> <address> <fd> <dev> <ino>` or `end`"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        match lines.next() {
+            Some((_, "")) if lines.next().is_none() => {}
+            Some((n, _)) => return Err(bad(n, "unexpected text after `end`".into())),
+            None => return Err(bad(0, "`end` must be followed by a newline".into())),
+        }
+        Ok(Manifest {
+            token,
+            parent_pid,
+            ready_fd,
+            alive_fd,
+            entries,
+        })
+    }
+}
+
+/// An address must be what the parent's registry could have produced for its network: the
+/// canonical form of an IP socket address, or a non-empty path or name.
+fn check_address(network: &str, address: &str) -> Result<(), String> {
+    if address.is_empty() {
+        return Err("empty address".into());
+    }
+    if network.starts_with("tcp") || network.starts_with("udp") {
+        match address.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.to_string() == address && a.port() != 0 => {}
+            _ => {
+                return Err(format!(
+                    "{address:?} is not a bound IP address for {network}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but printable ASCII other than `%` and space.
+fn escape(s: &str) -> String {
+    if s.is_empty() {
+        return "%".to_owned();
+    }
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> Option<String> {
+    if s == "%" {
+        return Some(String::new());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b if b.is_ascii_graphic() => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
