@@ -1,7 +1,6 @@
 //! The pid file: always names the process that serves.
 
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::Error;
@@ -135,13 +134,7 @@ fn temp_path(path: &Path, pid: u32) -> io::Result<PathBuf> {
 
 /// Creates (or truncates) the temporary file; never follows a symlink planted in its place.
 fn create(tmp: &Path, mode: u32) -> io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(tmp)
+    crate::sys::fs::create_nofollow(tmp, mode)
 }
 
 #[cfg(test)]

@@ -37,3 +37,16 @@ pub(crate) fn file_id(path: &Path) -> io::Result<super::fd::FileId> {
         ino: meta.ino(),
     })
 }
+
+/// Creates (or truncates) a file for writing with `mode`; a symbolic link at `path` is refused
+/// (`ELOOP`), not followed.
+pub(crate) fn create_nofollow(path: &Path, mode: u32) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
