@@ -15,7 +15,7 @@ use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, Meta, MetaNameValue, Path, 
 
 const ALLOWED_ARGS: &str = "the arguments of #[flip::main] are pidfile = \"/run/app.pid\", \
                             env_prefix = \"APP\", grace = \"30s\", upgrade_timeout = \"10s\", \
-                            standby = true and crate = \"path::to::flip\"";
+                            standby = true, supervise = true and crate = \"path::to::flip\"";
 const ALLOWED_FORMS: &str = "#[flip::main] takes `fn main()` or `fn main(bootstrap: &mut flip::Bootstrap)`, \
                              each also as `async fn`, returning `()` or `Result<(), E>`";
 
@@ -47,6 +47,7 @@ struct Args {
     grace: Option<u64>,
     upgrade_timeout: Option<u64>,
     standby: Option<bool>,
+    supervise: Option<bool>,
     krate: Option<Path>,
 }
 
@@ -222,6 +223,9 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
             "grace" => set_once(&mut out.grace, nv, &name, grace),
             "upgrade_timeout" => set_once(&mut out.upgrade_timeout, nv, &name, upgrade_timeout),
             "standby" => set_once(&mut out.standby, nv, &name, |v| bool_value(v, "standby")),
+            "supervise" => set_once(&mut out.supervise, nv, &name, |v| {
+                bool_value(v, "supervise")
+            }),
             "crate" => set_once(&mut out.krate, nv, &name, parse_crate),
             _ => Err(syn::Error::new_spanned(
                 &nv.path,
@@ -340,6 +344,10 @@ fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
     let grace = millis(args.grace);
     let upgrade_timeout = millis(args.upgrade_timeout);
     let standby = args.standby.unwrap_or(false);
+    let supervise = match args.supervise {
+        Some(b) => quote!(::core::option::Option::Some(#b)),
+        None => quote!(::core::option::Option::None),
+    };
     let (param, call) = if form.takes_bootstrap {
         (quote!(bootstrap), quote!(__flip_main(bootstrap)))
     } else {
@@ -365,6 +373,7 @@ fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
                     grace: #grace,
                     upgrade_timeout: #upgrade_timeout,
                     standby: #standby,
+                    supervise: #supervise,
                 },
                 |#param| ::std::boxed::Box::pin(async move { #convert }),
             )

@@ -1,6 +1,7 @@
 //! The old process's handle on the new one: starting it with the handoff, sending the manifest,
 //! and waiting until it is ready or has failed.
 
+use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -202,8 +203,7 @@ pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Pending
     passed.extend(fds.iter().map(|(_, fd)| fd.as_fd()));
     let started = launch
         .start(
-            MARKER_VAR,
-            &format!("{MARKER_VAR}={}", marker.encode()),
+            &[(OsStr::new(MARKER_VAR), OsStr::new(&marker.encode()))],
             &passed,
         )
         .map_err(|source| Error::Spawn {

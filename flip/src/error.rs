@@ -103,6 +103,9 @@ pub enum Error {
     /// A second [`Upgrader`](crate::Upgrader) was created in one process.
     #[error("an Upgrader already exists in this process")]
     AlreadyCreated,
+    /// The sockets systemd passed (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) are unusable.
+    #[error("socket activation: {0}")]
+    Activation(String),
     /// [`Upgrader::resume`](crate::Upgrader::resume) was called, but this process was not
     /// upgraded, or its successor still runs.
     #[error("cannot take service back: no successor of this process has exited")]

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::Error;
-use crate::key::{FILE_NETWORK, Key, Kind};
+use crate::key::{ACTIVATED_NETWORK, FILE_NETWORK, Key, Kind};
+use crate::sys::socket::{LocalAddr, SocketInfo, SocketType};
+use crate::systemd::Activated;
 use crate::{address, sys};
 
 /// A listening socket from the registry: TCP or unix stream.
@@ -74,8 +76,28 @@ pub(crate) struct SocketSettings {
 struct Registry {
     /// Handed over by the parent and not asked for yet.
     inherited: BTreeMap<Key, OwnedFd>,
+    /// Passed by systemd (socket activation) on a first start and not asked for yet.
+    activated: Vec<ActivatedSocket>,
     /// Asked for (or created) by this process: what the next process receives.
     used: BTreeMap<Key, OwnedFd>,
+}
+
+/// A socket systemd passed, with what it is.
+#[derive(Debug)]
+struct ActivatedSocket {
+    name: Option<String>,
+    fd: OwnedFd,
+    info: SocketInfo,
+}
+
+impl ActivatedSocket {
+    fn is(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Listener => self.info.socket_type == SocketType::Stream && self.info.listening,
+            Kind::Packet => self.info.socket_type == SocketType::Datagram,
+            Kind::File => false,
+        }
+    }
 }
 
 fn socket_error(network: &str, address: &str) -> impl FnOnce(io::Error) -> Error {
@@ -96,6 +118,7 @@ impl Fds {
         Fds {
             registry: Mutex::new(Registry {
                 inherited: inherited.into_iter().collect(),
+                activated: Vec::new(),
                 used: BTreeMap::new(),
             }),
             has_parent,
@@ -120,8 +143,14 @@ impl Fds {
     /// On first start, an existing unix socket path that nobody listens on (left by a crash) is
     /// removed before binding; a live socket, or a path that is not a socket, is an error. In a
     /// process started by an upgrade nothing is ever removed: the parent still serves there.
+    ///
+    /// A socket systemd passed (socket activation) is used in place of a new one when its
+    /// address is the one asked for; with `network` `systemd`, `address` is the name
+    /// systemd gave it (`FileDescriptorName=`). After an upgrade, the new process gets the very
+    /// same socket through the handoff.
     pub fn listen(&self, network: &str, address: &str) -> Result<Listener, Error> {
         match network {
+            ACTIVATED_NETWORK => self.activated_listener(address),
             "tcp" | "tcp4" | "tcp6" => {
                 let fd = self.inet(Kind::Listener, network, address, |addr| {
                     sys::socket::tcp_listener(network, addr, self.settings.backlog)
@@ -214,6 +243,67 @@ impl Fds {
         Ok(())
     }
 
+    /// Hands systemd's sockets to the registry, for [`listen`](Fds::listen) and
+    /// [`packet`](Fds::packet) to use in place of new ones. Fails when one is not a socket.
+    pub(crate) fn add_activated(&self, sockets: Vec<Activated>) -> Result<(), Error> {
+        let mut checked = Vec::with_capacity(sockets.len());
+        for s in sockets {
+            let info = sys::socket::inspect(&s.fd).map_err(|e| {
+                Error::Activation(format!(
+                    "a passed descriptor ({}) is not a socket: {e}",
+                    s.name.as_deref().unwrap_or("unnamed")
+                ))
+            })?;
+            checked.push(ActivatedSocket {
+                name: s.name,
+                fd: s.fd,
+                info,
+            });
+        }
+        self.lock().activated.extend(checked);
+        Ok(())
+    }
+
+    /// Takes the activated socket of `kind` that `fits`, registered under `key`.
+    fn take_activated(
+        &self,
+        kind: Kind,
+        key: Key,
+        fits: impl Fn(&ActivatedSocket) -> bool,
+    ) -> Result<Option<OwnedFd>, Error> {
+        let mut reg = self.lock();
+        let Some(i) = reg.activated.iter().position(|s| s.is(kind) && fits(s)) else {
+            return Ok(None);
+        };
+        let socket = reg.activated.remove(i);
+        drop(reg);
+        tracing::debug!(%key, "using a socket systemd passed");
+        self.insert(key, socket.fd).map(Some)
+    }
+
+    /// The listener systemd passed under `name`, or (after an upgrade) the one inherited under
+    /// that name.
+    fn activated_listener(&self, name: &str) -> Result<Listener, Error> {
+        let key = Key::new(Kind::Listener, ACTIVATED_NETWORK, name);
+        let fd = match self.claim(&key)? {
+            Some(fd) => fd,
+            None => self
+                .take_activated(Kind::Listener, key, |s| s.name.as_deref() == Some(name))?
+                .ok_or_else(|| {
+                    address::address_error(
+                        ACTIVATED_NETWORK,
+                        name,
+                        "systemd passed no listening socket of that name (FileDescriptorName=)",
+                    )
+                })?,
+        };
+        let info = sys::socket::inspect(&fd).map_err(socket_error(ACTIVATED_NETWORK, name))?;
+        Ok(match info.local {
+            LocalAddr::Inet(_) => Listener::Tcp(TcpListener::from(fd)),
+            _ => Listener::Unix(UnixListener::from(fd)),
+        })
+    }
+
     fn inet(
         &self,
         kind: Kind,
@@ -222,10 +312,15 @@ impl Fds {
         bind: impl FnOnce(&std::net::SocketAddr) -> io::Result<OwnedFd>,
     ) -> Result<OwnedFd, Error> {
         let addr = address::resolve_inet(network, address)?;
-        if addr.port() != 0
-            && let Some(fd) = self.claim(&Key::new(kind, network, &addr.to_string()))?
-        {
-            return Ok(fd);
+        if addr.port() != 0 {
+            let key = Key::new(kind, network, &addr.to_string());
+            if let Some(fd) = self.claim(&key)? {
+                return Ok(fd);
+            }
+            let local = LocalAddr::Inet(addr);
+            if let Some(fd) = self.take_activated(kind, key, |s| s.info.local == local)? {
+                return Ok(fd);
+            }
         }
         let fd = bind(&addr).map_err(socket_error(network, address))?;
         let bound = sys::socket::local_inet(&fd).map_err(socket_error(network, address))?;
@@ -248,6 +343,10 @@ impl Fds {
         }
         let key = Key::new(kind, network, path);
         if let Some(fd) = self.claim(&key)? {
+            return Ok(fd);
+        }
+        let local = LocalAddr::UnixPath(Some(path.to_owned()));
+        if let Some(fd) = self.take_activated(kind, key.clone(), |s| s.info.local == local)? {
             return Ok(fd);
         }
         let fs_path = Path::new(path);
@@ -286,6 +385,12 @@ impl Fds {
     /// Closes inherited descriptors nobody asked for, and removes their unix socket paths (this
     /// process is the successor: nobody will serve there any more). Returns their keys.
     pub(crate) fn close_unclaimed(&self) -> Vec<Key> {
+        // systemd keeps its own descriptors and paths of sockets nobody here asked for.
+        let activated = std::mem::take(&mut self.lock().activated);
+        for s in &activated {
+            tracing::info!(name = ?s.name, local = ?s.info.local, "closed a socket systemd passed that nobody asked for");
+        }
+        drop(activated);
         let unclaimed = std::mem::take(&mut self.lock().inherited);
         let keys: Vec<Key> = unclaimed.keys().cloned().collect();
         drop(unclaimed);

@@ -34,12 +34,19 @@ impl Kind {
     /// Whether `network` names a network of this kind.
     pub(crate) fn accepts(self, network: &str) -> bool {
         match self {
-            Kind::Listener => matches!(network, "tcp" | "tcp4" | "tcp6" | "unix"),
+            Kind::Listener => matches!(
+                network,
+                "tcp" | "tcp4" | "tcp6" | "unix" | ACTIVATED_NETWORK
+            ),
             Kind::Packet => matches!(network, "udp" | "udp4" | "udp6" | "unixgram"),
             Kind::File => network == FILE_NETWORK,
         }
     }
 }
+
+/// The network of a listener systemd passed, asked for by its name (`FileDescriptorName=`):
+/// the key's address is that name.
+pub(crate) const ACTIVATED_NETWORK: &str = "systemd";
 
 /// The network name stored for files, which have none.
 pub(crate) const FILE_NETWORK: &str = "file";
@@ -54,7 +61,8 @@ pub(crate) const FILE_NETWORK: &str = "file";
 pub struct Key {
     /// What it is.
     pub kind: Kind,
-    /// `tcp`, `tcp4`, `tcp6`, `unix`, `udp`, `udp4`, `udp6`, `unixgram`, or `file`.
+    /// `tcp`, `tcp4`, `tcp6`, `unix`, `udp`, `udp4`, `udp6`, `unixgram`, `file`, or `systemd`
+    /// (a listener systemd passed, by name).
     pub network: String,
     /// The canonical address, path or name.
     pub address: String,

@@ -52,9 +52,13 @@ mod process;
 mod signal;
 mod standby;
 mod upgrader;
-// 4. Gitaly's bootstrap: starters, signals, readiness, the wait loop, the grace period.
+// 4. Gitaly's bootstrap: starters, signals, readiness, the wait loop, the grace period; beside
+//    it, what follows it from outside: systemd and flip's own supervisor.
 mod bootstrap;
+mod notify;
 mod server;
+mod supervisor;
+pub mod systemd;
 // 5. What the macros' expansions call.
 mod rt;
 #[doc(hidden)]
@@ -73,8 +77,8 @@ pub use adapters::http;
 pub use adapters::tls;
 
 pub use bootstrap::{
-    Bootstrap, BoxError, BoxFuture, DEFAULT_GRACE_PERIOD, Drain, ErrorSender, Outcome, Shutdown,
-    ShutdownTrigger, StartContext, StartError,
+    Bootstrap, BoxError, BoxFuture, DEFAULT_GRACE_PERIOD, Drain, ErrorSender, Observer, Outcome,
+    Shutdown, ShutdownTrigger, StartContext, StartError,
 };
 pub use error::{Chain, Error, ExitStatus, HandoffError, Result};
 pub use fds::{Fds, Listener, PacketSocket};

@@ -1,5 +1,6 @@
 //! Settings of an [`Upgrader`](crate::Upgrader).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,6 +34,7 @@ pub struct Options {
     pub(crate) backlog: i32,
     pub(crate) unix_socket_mode: u32,
     pub(crate) standby: bool,
+    pub(crate) successor_env: Vec<(OsString, OsString)>,
 }
 
 impl Default for Options {
@@ -45,6 +47,7 @@ impl Default for Options {
             backlog: DEFAULT_BACKLOG,
             unix_socket_mode: DEFAULT_UNIX_SOCKET_MODE,
             standby: false,
+            successor_env: Vec::new(),
         }
     }
 }
@@ -116,6 +119,18 @@ impl Options {
     /// [`Upgrader::refresh_standby`] itself.
     pub fn standby(mut self, enabled: bool) -> Options {
         self.standby = enabled;
+        self
+    }
+
+    /// Gives every process an upgrade starts `name=value` on top of this process's
+    /// environment: for a variable taken out of the environment at startup so that no other
+    /// subprocess sees it, such as `NOTIFY_SOCKET` (`#[flip::main]` does this for it).
+    pub fn successor_env(
+        mut self,
+        name: impl Into<OsString>,
+        value: impl Into<OsString>,
+    ) -> Options {
+        self.successor_env.push((name.into(), value.into()));
         self
     }
 

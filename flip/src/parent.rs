@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use crate::error::HandoffError;
 use crate::handoff::{self, MARKER_VAR, Manifest, Marker};
-use crate::key::{Key, Kind};
+use crate::key::{ACTIVATED_NETWORK, Key, Kind};
 use crate::sys;
 use crate::sys::fd::FileId;
 use crate::sys::socket::{LocalAddr, SocketType};
@@ -168,7 +168,11 @@ fn check_identity(fd: RawFd, what: &str, want: Want) -> Result<(), HandoffError>
 
 /// Checks that an inherited socket is what its key says, and returns the address it is really
 /// bound to (canonical form), or why it is not.
-fn check_socket(fd: &OwnedFd, kind: Kind, network: &str) -> Result<String, String> {
+///
+/// A listener systemd passed and the parent asked for by name is keyed by that name, not its
+/// address: only its type is checked.
+fn check_socket(fd: &OwnedFd, key: &Key) -> Result<String, String> {
+    let (kind, network) = (key.kind, key.network.as_str());
     let info = sys::socket::inspect(fd).map_err(|e| format!("not a socket ({e})"))?;
     let want_ty = match kind {
         Kind::Listener => SocketType::Stream,
@@ -185,6 +189,7 @@ fn check_socket(fd: &OwnedFd, kind: Kind, network: &str) -> Result<String, Strin
         return Err("the socket is not listening".into());
     }
     match (network, info.local) {
+        (ACTIVATED_NETWORK, _) => Ok(key.address.clone()),
         ("unix" | "unixgram", LocalAddr::UnixPath(Some(path))) => Ok(path),
         ("unix" | "unixgram", LocalAddr::UnixPath(None)) => Err("socket path is not UTF-8".into()),
         ("unix" | "unixgram", other) => Err(format!(
@@ -241,7 +246,7 @@ fn adopt_all(m: Manifest) -> Result<Inherited, HandoffError> {
             reason,
         };
         if e.key.kind != Kind::File {
-            let actual = check_socket(&fd, e.key.kind, &e.key.network).map_err(bad)?;
+            let actual = check_socket(&fd, &e.key).map_err(bad)?;
             if actual != e.key.address {
                 return Err(bad(format!("bound to {actual}, not {}", e.key.address)));
             }

@@ -1,7 +1,7 @@
 //! Starting the new binary and waiting for processes to end: what to execute, with which
 //! arguments, environment and working directory; waiting on a pidfd; killing and reaping.
 
-use std::ffi::{CString, OsString};
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -22,6 +22,8 @@ pub(crate) struct Launch {
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
     pub(crate) cwd: PathBuf,
+    /// Variables every started process gets on top of this process's environment.
+    pub(crate) env: Vec<(OsString, OsString)>,
 }
 
 impl Launch {
@@ -33,7 +35,10 @@ impl Launch {
     /// replaced at that path, or a `current -> release-N` symlink switched to a new release, is
     /// what the upgrade runs. When argv\[0\] does not lead to this very binary (a launcher that
     /// sets a custom argv\[0\]), the resolved path of the running binary is used instead.
-    pub(crate) fn capture(program: Option<PathBuf>) -> io::Result<Launch> {
+    pub(crate) fn capture(
+        program: Option<PathBuf>,
+        env: Vec<(OsString, OsString)>,
+    ) -> io::Result<Launch> {
         let args: Vec<OsString> = std::env::args_os().collect();
         let cwd = std::env::current_dir()?;
         let program = match program {
@@ -43,7 +48,12 @@ impl Launch {
                 .or_else(|| std::env::current_exe().ok())
                 .ok_or_else(|| io::Error::other("cannot tell which executable is running"))?,
         };
-        Ok(Launch { program, args, cwd })
+        Ok(Launch {
+            program,
+            args,
+            cwd,
+            env,
+        })
     }
 
     fn from_argv0(argv0: Option<&OsString>, cwd: &Path) -> Option<PathBuf> {
@@ -64,25 +74,27 @@ impl Launch {
         sys::fs::file_id(&self.program).ok()
     }
 
-    /// Starts the program with this process's environment, less `drop_var`, plus `extra_var`
-    /// (`NAME=value`), and `fds` at 3, 4, 5, ... Returns the pid and the file it runs.
+    /// Starts the program with this process's environment, the launch's own variables and
+    /// `extra` on top (each replacing a variable of the same name), and `fds` at 3, 4, 5, ...
+    /// Returns the pid and the file it runs.
     pub(crate) fn start(
         &self,
-        drop_var: &str,
-        extra_var: &str,
+        extra: &[(&OsStr, &OsStr)],
         fds: &[BorrowedFd<'_>],
     ) -> io::Result<Started> {
+        let own = self.env.iter().map(|(n, v)| (n.as_os_str(), v.as_os_str()));
+        let added: Vec<(&OsStr, &OsStr)> = own.chain(extra.iter().copied()).collect();
         let mut envp: Vec<CString> = Vec::new();
-        for (name, value) in std::env::vars_os() {
-            if name.as_bytes() == drop_var.as_bytes() {
+        let inherited = std::env::vars_os();
+        for (name, value) in inherited {
+            if added.iter().any(|(n, _)| *n == name.as_os_str()) {
                 continue;
             }
-            let mut pair = name.as_bytes().to_vec();
-            pair.push(b'=');
-            pair.extend_from_slice(value.as_bytes());
-            envp.push(cstring(&pair, "an environment variable")?);
+            envp.push(env_pair(&name, &value)?);
         }
-        envp.push(cstring(extra_var.as_bytes(), drop_var)?);
+        for (name, value) in &added {
+            envp.push(env_pair(name, value)?);
+        }
         let argv = self
             .args
             .iter()
@@ -113,6 +125,13 @@ pub(crate) struct Started {
     pub(crate) pid: i32,
     /// The file it runs, `None` when that cannot be told.
     pub(crate) binary: Option<FileId>,
+}
+
+fn env_pair(name: &OsStr, value: &OsStr) -> io::Result<CString> {
+    let mut pair = name.as_bytes().to_vec();
+    pair.push(b'=');
+    pair.extend_from_slice(value.as_bytes());
+    cstring(&pair, "an environment variable")
 }
 
 fn cstring(bytes: &[u8], what: &str) -> io::Result<CString> {

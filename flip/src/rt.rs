@@ -91,6 +91,9 @@ pub struct MainConfig {
     pub upgrade_timeout: Option<Duration>,
     /// `standby = true`: the default of `<PREFIX>_STANDBY`.
     pub standby: bool,
+    /// `supervise = true|false`: the default of `<PREFIX>_SUPERVISE`; without either, the
+    /// supervisor runs when the process is PID 1.
+    pub supervise: Option<bool>,
 }
 
 /// What the environment says, read once before any thread exists.
@@ -103,6 +106,8 @@ pub struct Environment {
     /// `<PREFIX>_STANDBY`, default false: keep the next process started ahead of time (see
     /// [`Options::standby`]).
     pub standby: bool,
+    /// `<PREFIX>_SUPERVISE`, or the attribute's `supervise`; `None` when neither says.
+    pub supervise: Option<bool>,
 }
 
 /// A bad environment variable.
@@ -128,13 +133,13 @@ pub fn read_environment(
         Some(v) => Some(v.into()),
         None => config.pid_file.map(Into::into),
     };
-    let flag = |name: String, default: bool| match get(&name) {
+    let flag = |name: String, default: Option<bool>| match get(&name) {
         None => Ok(default),
         Some(v) => {
             let text = v.to_string_lossy().to_ascii_lowercase();
             match text.trim() {
-                "1" | "true" | "yes" | "on" => Ok(true),
-                "0" | "false" | "no" | "off" => Ok(false),
+                "1" | "true" | "yes" | "on" => Ok(Some(true)),
+                "0" | "false" | "no" | "off" => Ok(Some(false)),
                 _ => Err(EnvError {
                     name,
                     value: v.to_string_lossy().into_owned(),
@@ -145,8 +150,17 @@ pub fn read_environment(
     };
     Ok(Environment {
         pid_file,
-        upgrades_enabled: flag(format!("{}_UPGRADES_ENABLED", config.env_prefix), true)?,
-        standby: flag(format!("{}_STANDBY", config.env_prefix), config.standby)?,
+        upgrades_enabled: flag(
+            format!("{}_UPGRADES_ENABLED", config.env_prefix),
+            Some(true),
+        )?
+        .unwrap_or(true),
+        standby: flag(
+            format!("{}_STANDBY", config.env_prefix),
+            Some(config.standby),
+        )?
+        .unwrap_or(false),
+        supervise: flag(format!("{}_SUPERVISE", config.env_prefix), config.supervise)?,
     })
 }
 
@@ -177,6 +191,33 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     };
     init_logging();
     crate::parent::stash_marker();
+    let upgraded = crate::parent::has_marker();
+    let supervised = crate::sys::env::take_var(crate::supervisor::SUPERVISED_VAR).is_some();
+    let pid1 = std::process::id() == 1;
+    if env.supervise.unwrap_or(pid1) && !supervised && !upgraded {
+        return crate::supervisor::run(None);
+    }
+    let upgrade_timeout = config
+        .upgrade_timeout
+        .unwrap_or(crate::options::DEFAULT_UPGRADE_TIMEOUT);
+    let notify = match crate::systemd::Notify::from_env(upgrade_timeout) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A process an upgrade started gets its parent's sockets, systemd's included.
+    let activated = match upgraded {
+        true => Vec::new(),
+        false => match crate::systemd::take_activated() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     // The runtime comes before the handoff is read: a standby process waits for the handoff, so
     // whatever precedes it is done before the upgrade starts.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -193,8 +234,9 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     if let Some(p) = &env.pid_file {
         options = options.pid_file(p);
     }
-    if let Some(t) = config.upgrade_timeout {
-        options = options.upgrade_timeout(t);
+    options = options.upgrade_timeout(upgrade_timeout);
+    if let Some(n) = &notify {
+        options = options.successor_env(crate::notify::NOTIFY_SOCKET_VAR, n.socket_value());
     }
     let mut bootstrap = match Bootstrap::with_options(options, env.upgrades_enabled) {
         Ok(b) => b,
@@ -213,6 +255,13 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
             return ExitCode::from(1);
         }
     };
+    if let Err(e) = bootstrap.upgrader().fds().add_activated(activated) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(n) = notify {
+        bootstrap.observe(n);
+    }
     if let Some(g) = config.grace {
         bootstrap.set_grace_period(g);
     }
@@ -252,6 +301,7 @@ mod tests {
             grace: None,
             upgrade_timeout: None,
             standby: false,
+            supervise: None,
         }
     }
 
@@ -269,6 +319,25 @@ mod tests {
         assert_eq!(e.pid_file, Some("/run/default.pid".into()));
         assert!(e.upgrades_enabled);
         assert!(!e.standby);
+    }
+
+    #[test]
+    fn the_supervise_flag_is_unset_unless_said() {
+        assert_eq!(
+            read_environment(&config("FLIP"), env(&[]))
+                .unwrap()
+                .supervise,
+            None
+        );
+        let on = read_environment(&config("FLIP"), env(&[("FLIP_SUPERVISE", "1")])).unwrap();
+        assert_eq!(on.supervise, Some(true));
+        let attr = MainConfig {
+            supervise: Some(true),
+            ..config("FLIP")
+        };
+        let off = read_environment(&attr, env(&[("FLIP_SUPERVISE", "off")])).unwrap();
+        assert_eq!(off.supervise, Some(false));
+        assert!(read_environment(&config("FLIP"), env(&[("FLIP_SUPERVISE", "2")])).is_err());
     }
 
     #[test]

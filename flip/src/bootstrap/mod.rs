@@ -15,11 +15,13 @@ use crate::options::Options;
 use crate::upgrader::Upgrader;
 
 mod context;
+mod observer;
 mod outcome;
 mod shutdown;
 mod standby;
 
 pub use context::{ErrorSender, StartContext};
+pub use observer::Observer;
 pub use outcome::{Drain, Outcome, StartError};
 pub(crate) use shutdown::Stage;
 pub use shutdown::{Shutdown, ShutdownTrigger};
@@ -71,6 +73,19 @@ pub struct Bootstrap {
     errors_rx: mpsc::UnboundedReceiver<BoxError>,
     shutdown_tx: watch::Sender<Stage>,
     tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+    observers: Observers,
+}
+
+/// Every [`Observer`], told in the order they were added.
+#[derive(Clone, Default)]
+struct Observers(Arc<Vec<Arc<dyn Observer>>>);
+
+impl Observers {
+    fn each(&self, f: impl Fn(&dyn Observer)) {
+        for o in self.0.iter() {
+            f(o.as_ref());
+        }
+    }
 }
 
 impl std::fmt::Debug for Bootstrap {
@@ -115,6 +130,7 @@ impl Bootstrap {
             errors_rx: rx,
             shutdown_tx,
             tasks: Arc::new(std::sync::Mutex::new(JoinSet::new())),
+            observers: Observers::default(),
         })
     }
 
@@ -164,6 +180,14 @@ impl Bootstrap {
             Box::pin(async move { fut.await.map_err(Into::into) })
         });
         self.starters.push((name.into(), run));
+        self
+    }
+
+    /// Adds an observer, told of readiness, upgrades and stops (see [`Observer`]).
+    pub fn observe(&mut self, observer: impl Observer) -> &mut Self {
+        let mut all: Vec<Arc<dyn Observer>> = self.observers.0.iter().cloned().collect();
+        all.push(Arc::new(observer));
+        self.observers = Observers(Arc::new(all));
         self
     }
 
@@ -217,6 +241,8 @@ impl Bootstrap {
             upgrades = self.upgrades_enabled,
             "ready"
         );
+        let first = !self.upgrader.has_parent();
+        self.observers.each(|o| o.ready(first));
         let mut standby = standby::Schedule::new(&self.upgrader, self.upgrades_enabled);
         loop {
             let new_pid = match self.serve_until_upgraded(&mut signals, &mut standby).await {
@@ -254,10 +280,11 @@ impl Bootstrap {
                     if !self.upgrades_enabled {
                         tracing::warn!("SIGHUP ignored: upgrades are disabled (set FLIP_UPGRADES_ENABLED=1, or the prefix your main uses, to enable them)");
                     } else if in_flight.is_some() {
-                        // Refused at once (in progress); this logs why.
-                        upgrade(self.upgrader.clone()).await;
+                        // One at a time; observers hear nothing of it, so a reload in progress
+                        // is not reported as ended.
+                        tracing::warn!("SIGHUP ignored: {}", Error::InProgress);
                     } else {
-                        in_flight = Some(Box::pin(upgrade(self.upgrader.clone())));
+                        in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone())));
                     }
                 }
                 done = async {
@@ -343,6 +370,7 @@ impl Bootstrap {
         self.start().await?;
         self.shutdown_tx.send_replace(Stage::Serving);
         tracing::info!(pid = std::process::id(), "serving again");
+        self.observers.each(|o| o.serving_again());
         Ok(())
     }
 
@@ -353,6 +381,7 @@ impl Bootstrap {
         in_flight: Option<BoxFuture<Option<u32>>>,
         outcome: Outcome,
     ) -> Outcome {
+        self.observers.each(|o| o.stopping());
         self.upgrader.stop();
         if let Some(upgrade) = in_flight
             && tokio::time::timeout(Duration::from_secs(5), upgrade)
@@ -393,15 +422,18 @@ enum DrainEnd {
 }
 
 /// One upgrade, logged with its outcome and duration; the new pid on success.
-async fn upgrade(upgrader: Upgrader) -> Option<u32> {
+async fn upgrade(upgrader: Upgrader, observers: Observers) -> Option<u32> {
     let started = Instant::now();
     tracing::info!("SIGHUP: upgrading");
+    observers.each(|o| o.upgrade_started());
     match upgrader.upgrade().await {
         Ok(pid) => {
             tracing::info!(new_pid = pid, elapsed = ?started.elapsed(), "upgrade succeeded");
+            observers.each(|o| o.upgraded(pid));
             Some(pid)
         }
         Err(e) => {
+            observers.each(|o| o.upgrade_failed(&e));
             tracing::warn!(error = %crate::error::Chain(&e), elapsed = ?started.elapsed(), "upgrade failed; still serving");
             None
         }

@@ -127,6 +127,26 @@ pub(crate) fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
     }
 }
 
+/// Blocks until one of `fds` is readable (or at EOF); returns which are.
+pub(crate) fn wait_any_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>> {
+    loop {
+        let mut polled: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        match poll(&mut polled, PollTimeout::NONE) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) => {
+                return Ok(polled
+                    .iter()
+                    .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+                    .collect());
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Identity of the file behind a descriptor.
 pub(crate) fn identity(fd: impl AsFd) -> io::Result<Identity> {
     let st = nix::sys::stat::fstat(fd.as_fd())?;

@@ -83,3 +83,111 @@ pub(crate) fn sighup_blocked() -> bool {
         .map(|m| m.contains(Signal::SIGHUP))
         .unwrap_or(false)
 }
+
+/// `SIGCHLD`'s number.
+pub(crate) const SIGCHLD: i32 = libc::SIGCHLD;
+
+/// The signals a supervisor forwards or handles.
+pub(crate) const SUPERVISED_SIGNALS: [Signal; 7] = [
+    Signal::SIGHUP,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGCHLD,
+];
+
+/// Blocks `signals` in the calling thread and returns a descriptor that reads them instead
+/// (`signalfd`): no handler runs, and a process waits for them with `poll`.
+pub(crate) fn signal_fd(signals: &[Signal]) -> io::Result<nix::sys::signalfd::SignalFd> {
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut set = SigSet::empty();
+    for s in signals {
+        set.add(*s);
+    }
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    Ok(SignalFd::with_flags(
+        &set,
+        SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
+    )?)
+}
+
+/// Reads the pending signals of a [`signal_fd`], without blocking.
+pub(crate) fn read_signals(fd: &nix::sys::signalfd::SignalFd) -> io::Result<Vec<i32>> {
+    let mut out = Vec::new();
+    loop {
+        match fd.read_signal() {
+            Ok(Some(info)) => out.push(info.ssi_signo as i32),
+            Ok(None) => return Ok(out),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Sends signal number `sig` to `pid`. A process that is already gone is not an error.
+pub(crate) fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
+    let sig = Signal::try_from(sig)?;
+    match kill(Pid::from_raw(pid), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reaps any child that has ended, without blocking: its pid and how it ended.
+pub(crate) fn reap_any() -> io::Result<Option<(i32, Ended)>> {
+    match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(pid, code)) => Ok(Some((pid.as_raw(), Ended::Exited(code)))),
+        Ok(WaitStatus::Signaled(pid, sig, _)) => {
+            Ok(Some((pid.as_raw(), Ended::Signaled(sig as i32))))
+        }
+        Ok(_) | Err(nix::errno::Errno::ECHILD) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants (`PR_SET_CHILD_SUBREAPER`): a
+/// generation whose parent exited becomes its child.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    Ok(nix::sys::prctl::set_child_subreaper(true)?)
+}
+
+/// This process's pid.
+pub(crate) fn own_pid() -> i32 {
+    nix::unistd::getpid().as_raw()
+}
+
+/// Ends this process as `ended` says: with the same exit code, or killed by the same signal
+/// (its default action restored and unblocked first; exit code 128 + signal if it survives).
+pub(crate) fn exit_like(ended: Ended) -> ! {
+    match ended {
+        Ended::Exited(code) => std::process::exit(code),
+        Ended::Signaled(sig) => {
+            if let Ok(signal) = Signal::try_from(sig) {
+                // SAFETY: restoring the default action installs no Rust code as a handler.
+                let _ = unsafe {
+                    nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl)
+                };
+                let mut set = SigSet::empty();
+                set.add(signal);
+                let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
+                let _ = kill(nix::unistd::getpid(), signal);
+            }
+            std::process::exit(128 + sig)
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, as systemd's `MONOTONIC_USEC=` wants it.
+pub(crate) fn monotonic_usec() -> u64 {
+    use nix::time::{ClockId, clock_gettime};
+    match clock_gettime(ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => {
+            let secs = u64::try_from(t.tv_sec()).unwrap_or(0);
+            let micros = u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000;
+            secs * 1_000_000 + micros
+        }
+        Err(_) => 0,
+    }
+}

@@ -154,3 +154,54 @@ pub(crate) fn inspect(fd: impl AsFd) -> io::Result<SocketInfo> {
         local,
     })
 }
+
+/// An unbound, close-on-exec unix datagram socket, for sending to others.
+pub(crate) fn datagram_sender() -> io::Result<OwnedFd> {
+    Ok(socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
+}
+
+/// A unix datagram socket bound to the abstract name `name` (Linux), close-on-exec: nothing
+/// on the file system to clean up, and gone with the last descriptor.
+pub(crate) fn abstract_datagram(name: &[u8]) -> io::Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name)?)?;
+    Ok(fd)
+}
+
+/// Where a datagram goes: a socket path, or an abstract name (written `@name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum UnixTarget {
+    Path(std::path::PathBuf),
+    Abstract(Vec<u8>),
+}
+
+/// Sends one datagram to `target` from `fd` (see [`datagram_sender`]).
+pub(crate) fn send_to(fd: &OwnedFd, target: &UnixTarget, bytes: &[u8]) -> io::Result<()> {
+    use nix::sys::socket::{MsgFlags, sendto};
+    let addr = match target {
+        UnixTarget::Path(path) => UnixAddr::new(path.as_path())?,
+        UnixTarget::Abstract(name) => UnixAddr::new_abstract(name)?,
+    };
+    sendto(fd.as_raw_fd(), bytes, &addr, MsgFlags::MSG_NOSIGNAL)?;
+    Ok(())
+}
+
+/// Receives one datagram without blocking: `None` when none is queued.
+pub(crate) fn recv_nonblocking(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    use nix::sys::socket::{MsgFlags, recv};
+    match recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+        Ok(n) => Ok(Some(n)),
+        Err(nix::errno::Errno::EAGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

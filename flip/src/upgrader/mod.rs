@@ -106,9 +106,10 @@ impl Upgrader {
     fn build(options: Options) -> Result<Upgrader> {
         // Before the handoff: a standby waits there, so what comes first is off the upgrade's
         // path.
-        let launch = Launch::capture(options.executable.clone()).map_err(Error::io(
-            "finding the executable, arguments and working directory",
-        ))?;
+        let launch = Launch::capture(options.executable.clone(), options.successor_env.clone())
+            .map_err(Error::io(
+                "finding the executable, arguments and working directory",
+            ))?;
         // Then readiness costs a rename. If this fails, `ready()` writes the file the long way
         // and reports what is wrong.
         let prepared_pid_file = match &options.pid_file {

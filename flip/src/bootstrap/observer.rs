@@ -1,0 +1,46 @@
+//! What the Bootstrap tells the programs that supervise it: systemd's notification protocol
+//! ([`crate::systemd`]), flip's own supervisor, and anything else that wants to follow.
+
+use crate::error::Error;
+
+/// Follows a [`Bootstrap`](crate::Bootstrap) through its life. Every method has an empty
+/// default; each is called on the thread that waits for signals, so it must not block.
+///
+/// ```
+/// struct Log;
+/// impl flip::Observer for Log {
+///     fn upgraded(&self, new_pid: u32) {
+///         eprintln!("pid {new_pid} serves now");
+///     }
+/// }
+/// # fn demo(bootstrap: &mut flip::Bootstrap) {
+/// bootstrap.observe(Log);
+/// # }
+/// ```
+pub trait Observer: Send + Sync + 'static {
+    /// This process declared itself ready. `first` is true on a first start, false in a
+    /// process an upgrade started (its parent reports [`upgraded`](Observer::upgraded) next).
+    fn ready(&self, first: bool) {
+        let _ = first;
+    }
+
+    /// `SIGHUP` arrived and an upgrade begins.
+    fn upgrade_started(&self) {}
+
+    /// The new process `new_pid` is ready and serves; this one drains next.
+    fn upgraded(&self, new_pid: u32) {
+        let _ = new_pid;
+    }
+
+    /// The upgrade failed, or was refused; this process serves on.
+    fn upgrade_failed(&self, error: &Error) {
+        let _ = error;
+    }
+
+    /// The process that took over died during the drain, and this one serves again.
+    fn serving_again(&self) {}
+
+    /// A real stop: SIGTERM or SIGINT, or a server's runtime error, while serving (never from a
+    /// process that drains after an upgrade).
+    fn stopping(&self) {}
+}

@@ -1,0 +1,179 @@
+//! systemd: readiness, reloads and stops through the notification protocol (`Type=notify` and
+//! `Type=notify-reload`), and socket activation (`LISTEN_FDS`).
+//!
+//! What a unit sees, with the default `NotifyAccess=main`:
+//! - `READY=1` once the first process is ready;
+//! - at `SIGHUP`, `RELOADING=1` with `MONOTONIC_USEC=` from the serving (main) process;
+//! - once the new process is ready, `MAINPID=<new>` and `READY=1` in one datagram from the old
+//!   one, so systemd follows the new process before the old one exits; a failed upgrade ends
+//!   the reload with `READY=1` and a `STATUS=` line saying why;
+//! - `STOPPING=1` on a real stop only, never from a process that drains after an upgrade.
+//!
+//! `NOTIFY_SOCKET` is taken out of the environment at startup, so no subprocess of the server
+//! sees it, and handed to each process an upgrade starts.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use crate::bootstrap::Observer;
+use crate::error::{Chain, Error};
+use crate::notify::{self, NOTIFY_SOCKET_VAR, Notifier};
+use crate::sys;
+
+/// Sends systemd what the Bootstrap does: an [`Observer`] for
+/// [`Bootstrap::observe`](crate::Bootstrap::observe). `#[flip::main]` adds one when
+/// `NOTIFY_SOCKET` is set.
+#[derive(Debug)]
+pub struct Notify {
+    notifier: Notifier,
+    upgrade_timeout: Duration,
+}
+
+impl Notify {
+    /// Takes `NOTIFY_SOCKET` out of the environment: `None` when it is not set. Call it before
+    /// other threads exist (it changes the environment), and give the value to successors
+    /// with [`Options::successor_env`](crate::Options::successor_env) (see
+    /// [`socket_value`](Notify::socket_value)). `upgrade_timeout` is how long systemd is asked
+    /// to wait for a reload to finish.
+    pub fn from_env(upgrade_timeout: Duration) -> io::Result<Option<Notify>> {
+        let Some(value) = sys::env::take_var(NOTIFY_SOCKET_VAR) else {
+            return Ok(None);
+        };
+        Ok(Some(Notify {
+            notifier: Notifier::new(&value)?,
+            upgrade_timeout,
+        }))
+    }
+
+    /// The value of `NOTIFY_SOCKET`.
+    pub fn socket_value(&self) -> OsString {
+        self.notifier.value().to_owned()
+    }
+
+    fn send(&self, lines: &[String]) {
+        if let Err(e) = self.notifier.send(lines) {
+            tracing::warn!(error = %e, "could not notify systemd");
+        }
+    }
+}
+
+impl Observer for Notify {
+    fn ready(&self, first: bool) {
+        // A process an upgrade started is not the unit's main process yet: its parent sends
+        // MAINPID and READY for it.
+        if first {
+            self.send(&[
+                "READY=1".into(),
+                notify::status(&format!("serving (pid {})", std::process::id())),
+            ]);
+        }
+    }
+
+    fn upgrade_started(&self) {
+        self.send(&[
+            "RELOADING=1".into(),
+            format!("MONOTONIC_USEC={}", sys::process::monotonic_usec()),
+            // Room for the new process to become ready (the upgrade timeout), and a margin.
+            format!(
+                "EXTEND_TIMEOUT_USEC={}",
+                (self.upgrade_timeout + Duration::from_secs(5)).as_micros()
+            ),
+            notify::status(&format!("upgrading (pid {})", std::process::id())),
+        ]);
+    }
+
+    fn upgraded(&self, new_pid: u32) {
+        self.send(&[
+            format!("MAINPID={new_pid}"),
+            "READY=1".into(),
+            notify::status(&format!(
+                "serving (pid {new_pid}); pid {} draining",
+                std::process::id()
+            )),
+        ]);
+    }
+
+    fn upgrade_failed(&self, error: &Error) {
+        self.send(&[
+            "READY=1".into(),
+            notify::status(&format!(
+                "upgrade failed: {}; still serving (pid {})",
+                Chain(error),
+                std::process::id()
+            )),
+        ]);
+    }
+
+    fn serving_again(&self) {
+        // Heard only with NotifyAccess=all: this process is no longer the main one.
+        self.send(&[
+            format!("MAINPID={}", std::process::id()),
+            "READY=1".into(),
+            notify::status(&format!(
+                "serving again (pid {}): the new process died",
+                std::process::id()
+            )),
+        ]);
+    }
+
+    fn stopping(&self) {
+        self.send(&["STOPPING=1".into(), notify::status("stopping")]);
+    }
+}
+
+/// A socket systemd passed (socket activation), with its name from `LISTEN_FDNAMES`.
+#[derive(Debug)]
+pub(crate) struct Activated {
+    pub(crate) name: Option<String>,
+    pub(crate) fd: OwnedFd,
+}
+
+/// Takes the sockets systemd passed on a first start: `LISTEN_FDS` descriptors from 3 on, when
+/// `LISTEN_PID` is this process (another pid means the variables were inherited by accident:
+/// they are ignored). Each is made close-on-exec, and the variables are removed. Call it
+/// before other threads exist.
+pub(crate) fn take_activated() -> Result<Vec<Activated>, Error> {
+    let pid = sys::env::take_var("LISTEN_PID");
+    let fds = sys::env::take_var("LISTEN_FDS");
+    let names = sys::env::take_var("LISTEN_FDNAMES");
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(Vec::new());
+    };
+    let bad = |name: &str, value: &OsString, reason: &'static str| {
+        Error::Activation(format!("{name}={value:?}: {reason}"))
+    };
+    let Some(pid) = pid.to_str().and_then(|p| p.parse::<u32>().ok()) else {
+        return Err(bad("LISTEN_PID", &pid, "not a pid"));
+    };
+    if pid != std::process::id() {
+        tracing::debug!(
+            listen_pid = pid,
+            "LISTEN_FDS is for another process; ignored"
+        );
+        return Ok(Vec::new());
+    }
+    let Some(count) = fds.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        return Err(bad("LISTEN_FDS", &fds, "not a number"));
+    };
+    if !(0..=1024).contains(&count) {
+        return Err(bad("LISTEN_FDS", &fds, "not between 0 and 1024"));
+    }
+    let names: Vec<String> = names
+        .and_then(|n| n.into_string().ok())
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for i in 0..count {
+        let raw = sys::spawn::FIRST_CHILD_FD + i;
+        let fd = sys::fd::adopt(raw)
+            .map_err(|e| Error::Activation(format!("LISTEN_FDS: fd {raw}: {e}")))?;
+        let name = names
+            .get(i as usize)
+            .filter(|n| !n.is_empty() && n.as_str() != "unknown")
+            .cloned();
+        out.push(Activated { name, fd });
+    }
+    Ok(out)
+}

@@ -1,0 +1,250 @@
+//! The supervisor mode: one pid that never changes, for supervisors and containers. Outside
+//! PID 1 (`BOOT_SUPERVISE=1`) and as PID 1 of a pid namespace of its own (`unshare`), which is
+//! what Docker and Kubernetes give a container's entry point.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use flip_suite as support;
+use nix::sys::signal::Signal;
+use support::load::{Load, Mode};
+use support::*;
+
+fn bootserver() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flip-bootserver"))
+}
+
+/// The pid file's content.
+fn pid_in(pid_file: &Path) -> Option<u32> {
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
+/// Private memory of a process (pages of its own, not shared with other processes), KiB.
+fn private_kib(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        rollup
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    field("Private_Clean:") + field("Private_Dirty:")
+}
+
+/// Processes whose parent is `parent` and that are zombies.
+fn zombies_of(parent: u32) -> Vec<u32> {
+    children_of(parent)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        })
+        .collect()
+}
+
+/// A bootserver started under `command`, serving HTTP on a free loopback port.
+struct Supervised {
+    child: Child,
+    scratch: Scratch,
+    addr: String,
+    pid_file: PathBuf,
+}
+
+impl Supervised {
+    fn start(name: &str, command: &mut Command) -> Supervised {
+        init();
+        let scratch = Scratch::new(name);
+        let addr = format!("127.0.0.1:{}", free_port());
+        let pid_file = scratch.path("server.pid");
+        let log = std::fs::File::create(scratch.path("log")).unwrap();
+        let child = command
+            .env("BOOT_PID_FILE", &pid_file)
+            .env("TB_HTTP", &addr)
+            .env("RUST_LOG", "debug")
+            .env_remove("FLIP_HANDOFF")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the supervised server");
+        let s = Supervised {
+            child,
+            scratch,
+            addr,
+            pid_file,
+        };
+        wait_for("the first generation to serve", DEADLINE, || {
+            assert!(alive(s.child.id()), "exited at start; log:\n{}", s.log());
+            (pid_in(&s.pid_file).is_some() && std::net::TcpStream::connect(&s.addr).is_ok())
+                .then_some(())
+        });
+        s
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.scratch.path("log")).unwrap_or_default()
+    }
+
+    /// Sends SIGHUP to the supervisor and waits until the pid file names another process and
+    /// that process is the supervisor's only child (the old one exited, the new one came to
+    /// the supervisor); returns the new pid as the pid file says it (the namespace's pid).
+    fn upgrade(&self, supervisor: u32) -> u32 {
+        let old = pid_in(&self.pid_file).expect("a serving pid");
+        let old_child = children_of(supervisor);
+        signal(supervisor, Signal::SIGHUP);
+        let new = wait_for("the pid file to name the new process", DEADLINE, || {
+            pid_in(&self.pid_file).filter(|&p| p != old)
+        });
+        wait_for("the old generation to exit", DEADLINE, || {
+            let now = children_of(supervisor);
+            (now.len() == 1 && now != old_child).then_some(())
+        });
+        new
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_supervisor_keeps_its_pid_over_20_upgrades_forwards_signals_and_holds_still() {
+    let mut s = Supervised::start(
+        "supervise",
+        Command::new(bootserver()).env("BOOT_SUPERVISE", "1"),
+    );
+    let supervisor = s.child.id();
+    let first = pid_in(&s.pid_file).unwrap();
+    assert_ne!(
+        first, supervisor,
+        "the pid file names the serving generation"
+    );
+    assert_eq!(children_of(supervisor), vec![first]);
+
+    let load = Load::start(&s.addr, 3, Mode::Close);
+    let mut generations = vec![first];
+    let mut after_first = None;
+    for i in 0..20 {
+        let new = s.upgrade(supervisor);
+        assert_eq!(
+            children_of(supervisor),
+            vec![new],
+            "upgrade {i}: one generation left"
+        );
+        load.wait_for_more(20);
+        generations.push(new);
+        if i == 0 {
+            after_first = Some((settled_fd_count(supervisor), private_kib(supervisor)));
+        }
+    }
+    let report = load.finish();
+    report.assert_lossless_across(&generations);
+    let (fds_1, private_1) = after_first.unwrap();
+    let (fds_20, private_20) = (settled_fd_count(supervisor), private_kib(supervisor));
+    eprintln!(
+        "supervisor {supervisor}: fds {fds_1} -> {fds_20}, private memory {private_1} -> {private_20} KiB, rss {} KiB; {} requests",
+        rss_kib(supervisor),
+        report.answered
+    );
+    assert_eq!(
+        fds_20, fds_1,
+        "the supervisor's descriptors after 1 and 20 upgrades"
+    );
+    assert!(
+        private_20 <= private_1 + 64,
+        "the supervisor's own memory grew from {private_1} to {private_20} KiB"
+    );
+    assert!(zombies_of(supervisor).is_empty());
+
+    // SIGTERM reaches the serving generation, which stops; the supervisor follows with 0.
+    let serving = pid_in(&s.pid_file).unwrap();
+    signal(supervisor, Signal::SIGTERM);
+    let status = wait_for("the supervisor to exit", DEADLINE, || {
+        s.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0), "log:\n{}", s.log());
+    assert!(!alive(serving));
+    assert!(s.log().contains("stopped by SIGTERM"), "{}", s.log());
+}
+
+#[test]
+fn as_pid_1_of_a_pid_namespace_ten_upgrades_lose_nothing_and_sigterm_ends_it_with_0() {
+    let mut s = Supervised::start(
+        "pid1",
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(bootserver()),
+    );
+    // unshare's child is PID 1 inside: the supervisor, chosen because it is PID 1.
+    let unshare = s.child.id();
+    let supervisor = wait_for("PID 1 of the namespace", DEADLINE, || {
+        children_of(unshare).first().copied()
+    });
+    assert_eq!(
+        pid_in(&s.pid_file),
+        Some(2),
+        "the first generation, as the namespace sees it"
+    );
+
+    let load = Load::start(&s.addr, 3, Mode::KeepAlive);
+    let mut generations = vec![2];
+    for _ in 0..10 {
+        let new = s.upgrade(supervisor);
+        load.wait_for_more(20);
+        generations.push(new);
+        assert!(alive(supervisor), "the namespace survives the upgrade");
+    }
+    let report = load.finish();
+    report.assert_lossless_across(&generations);
+    eprintln!(
+        "PID 1: {} upgrades, {} requests, {} failed, {} keep-alive races",
+        generations.len() - 1,
+        report.answered,
+        report.failed,
+        report.idle_close_races
+    );
+    assert!(zombies_of(supervisor).is_empty(), "no zombie accumulates");
+
+    signal(supervisor, Signal::SIGTERM);
+    let status = wait_for("the namespace to end", DEADLINE, || {
+        s.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0), "log:\n{}", s.log());
+}
+
+#[test]
+fn as_pid_1_a_crash_of_the_serving_process_ends_the_namespace_with_its_status() {
+    let mut s = Supervised::start(
+        "pid1-crash",
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(bootserver()),
+    );
+    let unshare = s.child.id();
+    let supervisor = wait_for("PID 1 of the namespace", DEADLINE, || {
+        children_of(unshare).first().copied()
+    });
+    let serving = wait_for("the serving generation", DEADLINE, || {
+        children_of(supervisor).first().copied()
+    });
+    signal(serving, Signal::SIGABRT);
+    let status = wait_for("the namespace to end", DEADLINE, || {
+        s.child.try_wait().unwrap()
+    });
+    use std::os::unix::process::ExitStatusExt;
+    // unshare passes on how its child ended: killed by the same signal, or 128 + its number.
+    let abrt = Signal::SIGABRT as i32;
+    assert!(
+        status.signal() == Some(abrt) || status.code() == Some(128 + abrt),
+        "{status:?}; log:\n{}",
+        s.log()
+    );
+}
