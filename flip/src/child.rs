@@ -135,10 +135,14 @@ impl Pending {
 
     /// Sends the manifest: from here on the new process adopts the descriptors and starts.
     pub(crate) fn hand_over(self) -> Result<Child, Error> {
-        // On failure `child` is dropped here, which kills it.
-        handoff::write_manifest(self.control.as_fd(), self.manifest.as_bytes())
-            .map_err(Error::io("writing the handoff manifest"))?;
-        Ok(self.child)
+        match handoff::write_manifest(self.control.as_fd(), self.manifest.as_bytes()) {
+            Ok(()) => Ok(self.child),
+            // Nobody reads the pipe: the process exited already (a binary that is not a flip
+            // server, say). Waiting for it reports how it ended, which says more than EPIPE.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(self.child),
+            // `child` is dropped here, which kills it.
+            Err(e) => Err(Error::io("writing the handoff manifest")(e)),
+        }
     }
 
     /// Whether the process has ended (it is reaped then).

@@ -248,11 +248,13 @@ impl Fds {
     pub(crate) fn add_activated(&self, sockets: Vec<Activated>) -> Result<(), Error> {
         let mut checked = Vec::with_capacity(sockets.len());
         for s in sockets {
+            let what = s.name.as_deref().unwrap_or("unnamed");
             let info = sys::socket::inspect(&s.fd).map_err(|e| {
-                Error::Activation(format!(
-                    "a passed descriptor ({}) is not a socket: {e}",
-                    s.name.as_deref().unwrap_or("unnamed")
-                ))
+                Error::Activation(format!("a passed descriptor ({what}) is not a socket: {e}"))
+            })?;
+            // systemd passes blocking sockets; tokio wants them non-blocking.
+            sys::fd::set_nonblocking(s.fd.as_fd()).map_err(|e| {
+                Error::Activation(format!("making the passed socket {what} non-blocking: {e}"))
             })?;
             checked.push(ActivatedSocket {
                 name: s.name,

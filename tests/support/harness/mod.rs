@@ -3,10 +3,12 @@
 mod procfs;
 mod server;
 mod sockets;
+mod systembox;
 
 pub use procfs::*;
 pub use server::*;
 pub use sockets::*;
+pub use systembox::*;
 
 use std::io::Write;
 use std::net::TcpListener;
