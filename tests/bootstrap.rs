@@ -3,7 +3,7 @@
 use flip_suite as support;
 
 use nix::sys::signal::Signal;
-use support::load::{Load, Mode};
+use support::load::{AssertLossless, Load, Mode};
 use support::*;
 
 fn bootserver() -> std::path::PathBuf {

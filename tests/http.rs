@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::load::{Load, Mode};
+use support::load::{AssertLossless, Load, Mode};
 use support::*;
 
 fn start_example(name: &str, extra: &[(&str, String)]) -> (Server, String) {

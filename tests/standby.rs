@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use nix::sys::signal::Signal;
-use support::load::{Load, Mode};
+use support::load::{AssertLossless, Load, Mode};
 use support::*;
 
 /// Starts the `http` example (or a copy of it at `program`) with a standby.

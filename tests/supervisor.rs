@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use flip_suite as support;
 use nix::sys::signal::Signal;
-use support::load::{Load, Mode};
+use support::load::{AssertLossless, Load, Mode};
 use support::*;
 
 fn bootserver() -> PathBuf {

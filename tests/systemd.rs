@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use flip_suite as support;
-use support::load::{Load, Mode};
+use support::load::{AssertLossless, Load, Mode};
 use support::*;
 
 const UNIT: &str = "flip-http.service";

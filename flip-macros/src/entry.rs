@@ -15,7 +15,8 @@ use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, Meta, MetaNameValue, Path, 
 
 const ALLOWED_ARGS: &str = "the arguments of #[flip::main] are pidfile = \"/run/app.pid\", \
                             env_prefix = \"APP\", grace = \"30s\", upgrade_timeout = \"10s\", \
-                            standby = true, supervise = true and crate = \"path::to::flip\"";
+                            standby = true, supervise = true, control = \"/run/app.ctl\" and \
+                            crate = \"path::to::flip\"";
 const ALLOWED_FORMS: &str = "#[flip::main] takes `fn main()` or `fn main(bootstrap: &mut flip::Bootstrap)`, \
                              each also as `async fn`, returning `()` or `Result<(), E>`";
 
@@ -48,6 +49,7 @@ struct Args {
     upgrade_timeout: Option<u64>,
     standby: Option<bool>,
     supervise: Option<bool>,
+    control: Option<LitStr>,
     krate: Option<Path>,
 }
 
@@ -166,6 +168,18 @@ fn env_prefix(value: &Expr) -> syn::Result<LitStr> {
     Ok(s)
 }
 
+fn control(value: &Expr) -> syn::Result<LitStr> {
+    let s = string_value(value, "control")?;
+    let v = s.value();
+    if !(v.is_empty() || v == "off" || v.starts_with('/')) {
+        return Err(syn::Error::new_spanned(
+            &s,
+            "`control` takes an absolute path for the control socket, or \"off\"",
+        ));
+    }
+    Ok(s)
+}
+
 fn grace(value: &Expr) -> syn::Result<u64> {
     duration_ms(&string_value(value, "grace")?, "grace")
 }
@@ -226,6 +240,7 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
             "supervise" => set_once(&mut out.supervise, nv, &name, |v| {
                 bool_value(v, "supervise")
             }),
+            "control" => set_once(&mut out.control, nv, &name, control),
             "crate" => set_once(&mut out.krate, nv, &name, parse_crate),
             _ => Err(syn::Error::new_spanned(
                 &nv.path,
@@ -344,6 +359,10 @@ fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
     let grace = millis(args.grace);
     let upgrade_timeout = millis(args.upgrade_timeout);
     let standby = args.standby.unwrap_or(false);
+    let control = match &args.control {
+        Some(c) => quote!(::core::option::Option::Some(#c)),
+        None => quote!(::core::option::Option::None),
+    };
     let supervise = match args.supervise {
         Some(b) => quote!(::core::option::Option::Some(#b)),
         None => quote!(::core::option::Option::None),
@@ -374,6 +393,7 @@ fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
                     upgrade_timeout: #upgrade_timeout,
                     standby: #standby,
                     supervise: #supervise,
+                    control: #control,
                 },
                 |#param| ::std::boxed::Box::pin(async move { #convert }),
             )

@@ -9,8 +9,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, ExitStatus};
 use crate::handoff::{
-    self, ALIVE_FD, CONTROL_FD, Entry, FIRST_ENTRY_FD, MARKER_VAR, Manifest, Marker, READY_FD,
-    ReadyPipe, Token,
+    self, ALIVE_FD, CONTROL_FD, Entry, FIRST_ENTRY_FD, GENERATION_VAR, MARKER_VAR, Manifest,
+    Marker, READY_FD, ReadyPipe, Token,
 };
 use crate::key::Key;
 use crate::process::{self, ExitWatch, Launch};
@@ -169,7 +169,11 @@ impl Pending {
 
 /// Starts the new process with every descriptor of `fds`, without telling it yet what they
 /// are: [`Pending::hand_over`] does.
-pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Pending, Error> {
+pub(crate) fn spawn(
+    launch: &Launch,
+    fds: Vec<(Key, OwnedFd)>,
+    generation: u64,
+) -> Result<Pending, Error> {
     let token = Token::generate().map_err(Error::io("generating the handoff token"))?;
     let (control_r, control_w) = sys::fd::pipe().map_err(Error::io("creating the handoff pipe"))?;
     let (ready_r, ready_w) = sys::fd::pipe().map_err(Error::io("creating the ready pipe"))?;
@@ -207,7 +211,13 @@ pub(crate) fn spawn(launch: &Launch, fds: Vec<(Key, OwnedFd)>) -> Result<Pending
     passed.extend(fds.iter().map(|(_, fd)| fd.as_fd()));
     let started = launch
         .start(
-            &[(OsStr::new(MARKER_VAR), OsStr::new(&marker.encode()))],
+            &[
+                (OsStr::new(MARKER_VAR), OsStr::new(&marker.encode())),
+                (
+                    OsStr::new(GENERATION_VAR),
+                    OsStr::new(&generation.to_string()),
+                ),
+            ],
             &passed,
         )
         .map_err(|source| Error::Spawn {

@@ -32,6 +32,9 @@ pub enum Error {
     /// Another upgrade is running; only one runs at a time.
     #[error("upgrade refused: an upgrade is already in progress")]
     InProgress,
+    /// Upgrades are disabled (`<PREFIX>_UPGRADES_ENABLED=0`).
+    #[error("upgrade refused: upgrades are disabled")]
+    UpgradesDisabled,
     /// An upgrade already succeeded: the new process serves and this one is draining.
     #[error("upgrade refused: this process was already upgraded")]
     AlreadyUpgraded,
@@ -128,6 +131,7 @@ impl Error {
         matches!(
             self,
             Error::NotReady
+                | Error::UpgradesDisabled
                 | Error::InProgress
                 | Error::AlreadyUpgraded
                 | Error::Terminating

@@ -187,6 +187,19 @@ impl Fds {
         }
     }
 
+    /// A unix stream listener at `path` whose path gets `mode` instead of the registry's
+    /// default (a control socket: owner only).
+    pub(crate) fn unix_listener_with_mode(
+        &self,
+        path: &str,
+        mode: u32,
+    ) -> Result<UnixListener, Error> {
+        let fd = self.unix(Kind::Listener, "unix", path, |p| {
+            sys::socket::unix_listener(p, self.settings.backlog, mode)
+        })?;
+        Ok(UnixListener::from(fd))
+    }
+
     /// A datagram socket: `network` is `udp`, `udp4`, `udp6` or `unixgram`.
     pub fn packet(&self, network: &str, address: &str) -> Result<PacketSocket, Error> {
         match network {

@@ -55,6 +55,7 @@ mod upgrader;
 // 4. Gitaly's bootstrap: starters, signals, readiness, the wait loop, the grace period; beside
 //    it, what follows it from outside: systemd and flip's own supervisor.
 mod bootstrap;
+pub mod control;
 mod notify;
 mod server;
 mod supervisor;
@@ -66,8 +67,10 @@ pub mod __rt {
     //! Support for the macros' expansions; not a stable API.
     pub use crate::rt::*;
 }
-// On top: server adapters, which use only the public API.
+// On top: server adapters, which use only the public API; and the test kit.
 mod adapters;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 #[cfg(feature = "tonic")]
 pub use adapters::grpc;
@@ -78,7 +81,7 @@ pub use adapters::tls;
 
 pub use bootstrap::{
     Bootstrap, BoxError, BoxFuture, DEFAULT_GRACE_PERIOD, Drain, ErrorSender, Observer, Outcome,
-    Shutdown, ShutdownTrigger, StartContext, StartError,
+    Shutdown, ShutdownTrigger, StartContext, StartError, UpgradeRequester, UpgradeResult,
 };
 pub use error::{Chain, Error, ExitStatus, HandoffError, Result};
 pub use fds::{Fds, Listener, PacketSocket};

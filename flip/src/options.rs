@@ -35,6 +35,7 @@ pub struct Options {
     pub(crate) unix_socket_mode: u32,
     pub(crate) standby: bool,
     pub(crate) successor_env: Vec<(OsString, OsString)>,
+    pub(crate) control_socket: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -48,6 +49,7 @@ impl Default for Options {
             unix_socket_mode: DEFAULT_UNIX_SOCKET_MODE,
             standby: false,
             successor_env: Vec::new(),
+            control_socket: None,
         }
     }
 }
@@ -131,6 +133,16 @@ impl Options {
         value: impl Into<OsString>,
     ) -> Options {
         self.successor_env.push((name.into(), value.into()));
+        self
+    }
+
+    /// Serve the control socket (see [`crate::control`]) at `path`: a [`Bootstrap`] built with
+    /// these options answers `flip status` and `flip upgrade` there. `#[flip::main]` sets it
+    /// from `<PREFIX>_CONTROL_SOCKET`, the attribute's `control`, or beside the pid file.
+    ///
+    /// [`Bootstrap`]: crate::Bootstrap
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Options {
+        self.control_socket = Some(path.into());
         self
     }
 

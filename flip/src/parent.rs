@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use crate::error::HandoffError;
-use crate::handoff::{self, MARKER_VAR, Manifest, Marker};
+use crate::handoff::{self, GENERATION_VAR, MARKER_VAR, Manifest, Marker};
 use crate::key::{ACTIVATED_NETWORK, Key, Kind};
 use crate::sys;
 use crate::sys::fd::FileId;
@@ -25,7 +25,19 @@ pub(crate) fn stash_marker() {
     let mut stash = crate::lock(&STASHED_MARKER);
     if stash.is_none() {
         *stash = Some(sys::env::take_var(MARKER_VAR));
+        *crate::lock(&STASHED_GENERATION) = sys::env::take_var(GENERATION_VAR);
     }
+}
+
+/// The generation variable, moved out of the environment with the marker.
+static STASHED_GENERATION: Mutex<Option<OsString>> = Mutex::new(None);
+
+/// The generation number the process that started this one gave it, if any.
+pub(crate) fn take_generation() -> Option<u64> {
+    let value = crate::lock(&STASHED_GENERATION)
+        .take()
+        .or_else(|| sys::env::take_var(GENERATION_VAR))?;
+    value.to_str()?.parse().ok()
 }
 
 /// Whether this process was started by an upgrade (or carries a marker that claims so), without

@@ -94,6 +94,9 @@ pub struct MainConfig {
     /// `supervise = true|false`: the default of `<PREFIX>_SUPERVISE`; without either, the
     /// supervisor runs when the process is PID 1.
     pub supervise: Option<bool>,
+    /// `control = "..."`: the control socket's path (`""` or `"off"`: none); the default of
+    /// `<PREFIX>_CONTROL_SOCKET`. Without either, beside the pid file.
+    pub control: Option<&'static str>,
 }
 
 /// What the environment says, read once before any thread exists.
@@ -108,6 +111,9 @@ pub struct Environment {
     pub standby: bool,
     /// `<PREFIX>_SUPERVISE`, or the attribute's `supervise`; `None` when neither says.
     pub supervise: Option<bool>,
+    /// The control socket: `<PREFIX>_CONTROL_SOCKET`, the attribute's `control`, or the pid
+    /// file's path with the extension `ctl`; `None` when turned off or without a pid file.
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 /// A bad environment variable.
@@ -132,6 +138,22 @@ pub fn read_environment(
         Some(v) if v.is_empty() => None,
         Some(v) => Some(v.into()),
         None => config.pid_file.map(Into::into),
+    };
+    let control_var = format!("{}_CONTROL_SOCKET", config.env_prefix);
+    let control_socket = match get(&control_var)
+        .map(|v| v.to_string_lossy().into_owned())
+        .or(config.control.map(str::to_owned))
+    {
+        Some(v) if v.is_empty() || v == "off" => None,
+        Some(v) if !v.starts_with('/') => {
+            return Err(EnvError {
+                name: control_var,
+                value: v,
+                reason: "expected an absolute path, or off",
+            });
+        }
+        Some(v) => Some(v.into()),
+        None => pid_file.as_deref().map(crate::control::default_socket_path),
     };
     let flag = |name: String, default: Option<bool>| match get(&name) {
         None => Ok(default),
@@ -161,6 +183,7 @@ pub fn read_environment(
         )?
         .unwrap_or(false),
         supervise: flag(format!("{}_SUPERVISE", config.env_prefix), config.supervise)?,
+        control_socket,
     })
 }
 
@@ -238,6 +261,9 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     if let Some(n) = &notify {
         options = options.successor_env(crate::notify::NOTIFY_SOCKET_VAR, n.socket_value());
     }
+    if let Some(path) = &env.control_socket {
+        options = options.control_socket(path);
+    }
     let mut bootstrap = match Bootstrap::with_options(options, env.upgrades_enabled) {
         Ok(b) => b,
         Err(Error::Handoff(HandoffError::Withdrawn)) => {
@@ -302,6 +328,7 @@ mod tests {
             upgrade_timeout: None,
             standby: false,
             supervise: None,
+            control: None,
         }
     }
 
@@ -319,6 +346,24 @@ mod tests {
         assert_eq!(e.pid_file, Some("/run/default.pid".into()));
         assert!(e.upgrades_enabled);
         assert!(!e.standby);
+    }
+
+    #[test]
+    fn the_control_socket_is_beside_the_pid_file_unless_said() {
+        let e = read_environment(&config("FLIP"), env(&[])).unwrap();
+        assert_eq!(e.control_socket, Some("/run/default.ctl".into()));
+        let off = read_environment(&config("FLIP"), env(&[("FLIP_CONTROL_SOCKET", "off")]));
+        assert_eq!(off.unwrap().control_socket, None);
+        let there = read_environment(&config("FLIP"), env(&[("FLIP_CONTROL_SOCKET", "/s/c")]));
+        assert_eq!(there.unwrap().control_socket, Some("/s/c".into()));
+        let no_pid = read_environment(&config("FLIP"), env(&[("FLIP_PID_FILE", "")]));
+        assert_eq!(no_pid.unwrap().control_socket, None);
+        let err = read_environment(&config("FLIP"), env(&[("FLIP_CONTROL_SOCKET", "rel")]));
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .starts_with("FLIP_CONTROL_SOCKET=")
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ impl Standby {
         launch: &Launch,
         fds: Vec<(Key, OwnedFd)>,
         pid_file: Option<&Path>,
+        generation: u64,
         still_wanted: impl FnOnce() -> bool,
     ) -> Result<Option<u32>, Error> {
         let mut slot = crate::lock(&self.slot);
@@ -59,7 +60,7 @@ impl Standby {
         if let Some(stale) = slot.take() {
             let_go(stale, false, pid_file);
         }
-        let standby = child::spawn(launch, fds)?;
+        let standby = child::spawn(launch, fds, generation)?;
         let pid = standby.pid();
         if !still_wanted() {
             let_go(standby, false, pid_file);
@@ -68,6 +69,11 @@ impl Standby {
         tracing::debug!(pid, "started a standby process");
         *slot = Some(standby);
         Ok(Some(pid))
+    }
+
+    /// The standby's pid, if one waits.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        crate::lock(&self.slot).as_ref().map(Pending::pid)
     }
 
     /// Lets the standby go, if any, reaping it before this returns: for a process that stops.

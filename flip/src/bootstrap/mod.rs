@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::error::Error;
@@ -68,12 +68,16 @@ pub struct Bootstrap {
     upgrades_enabled: bool,
     grace: Duration,
     starters: Vec<(String, StarterFn)>,
+    /// flip's own starters, run after the application's.
+    services: Vec<(String, StarterFn)>,
     stop_action: Option<StopAction>,
     errors_tx: ErrorSender,
     errors_rx: mpsc::UnboundedReceiver<BoxError>,
     shutdown_tx: watch::Sender<Stage>,
     tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
     observers: Observers,
+    requests_tx: mpsc::UnboundedSender<oneshot::Sender<UpgradeResult>>,
+    requests_rx: mpsc::UnboundedReceiver<oneshot::Sender<UpgradeResult>>,
 }
 
 /// Every [`Observer`], told in the order they were added.
@@ -117,21 +121,30 @@ impl Bootstrap {
 
     /// Builds the upgrader with full [`Options`].
     pub fn with_options(options: Options, upgrades_enabled: bool) -> Result<Bootstrap, Error> {
+        let control = options.control_socket.clone();
         let upgrader = Upgrader::new(options)?;
+        let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown_tx, _) = watch::channel(Stage::Starting);
-        Ok(Bootstrap {
+        let mut bootstrap = Bootstrap {
             upgrader,
             upgrades_enabled,
             grace: DEFAULT_GRACE_PERIOD,
             starters: Vec::new(),
+            services: Vec::new(),
             stop_action: None,
             errors_tx: ErrorSender(tx),
             errors_rx: rx,
             shutdown_tx,
             tasks: Arc::new(std::sync::Mutex::new(JoinSet::new())),
             observers: Observers::default(),
-        })
+            requests_tx,
+            requests_rx,
+        };
+        if let Some(path) = control {
+            crate::control::serve(&mut bootstrap, path);
+        }
+        Ok(bootstrap)
     }
 
     /// The upgrader underneath.
@@ -175,12 +188,13 @@ impl Bootstrap {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError>,
     {
-        let run: StarterFn = Arc::new(move |ctx| {
-            let fut = starter(ctx);
-            Box::pin(async move { fut.await.map_err(Into::into) })
-        });
-        self.starters.push((name.into(), run));
+        self.starters.push((name.into(), starter_fn(starter)));
         self
+    }
+
+    /// A handle that asks for upgrades as `SIGHUP` does and learns how each ended.
+    pub fn upgrade_requester(&self) -> UpgradeRequester {
+        UpgradeRequester(self.requests_tx.clone())
     }
 
     /// Adds an observer, told of readiness, upgrades and stops (see [`Observer`]).
@@ -191,6 +205,17 @@ impl Bootstrap {
         self
     }
 
+    /// Adds a starter of flip's own (the control socket): it runs after the application's and
+    /// is not among [`starter_names`](Bootstrap::starter_names).
+    pub(crate) fn register_service<F, Fut, E>(&mut self, name: &str, starter: F)
+    where
+        F: Fn(StartContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.services.push((name.to_owned(), starter_fn(starter)));
+    }
+
     /// Names of the registered starters, in the order they run.
     pub fn starter_names(&self) -> Vec<&str> {
         self.starters.iter().map(|(n, _)| n.as_str()).collect()
@@ -198,7 +223,8 @@ impl Bootstrap {
 
     /// Calls every starter in order. The first setup error stops here and is returned.
     pub async fn start(&mut self) -> Result<(), StartError> {
-        let starters = self.starters.clone();
+        let starters = self.starters.iter().chain(&self.services).cloned();
+        let starters: Vec<_> = starters.collect();
         for (name, run) in starters {
             let ctx = StartContext {
                 upgrader: self.upgrader.clone(),
@@ -269,7 +295,9 @@ impl Bootstrap {
         // The upgrade runs right here, on the thread that waits for signals, not on the
         // runtime's workers: under load they are busy serving, and every moment spent in
         // their queues is added to the upgrade.
-        let mut in_flight: Option<BoxFuture<Option<u32>>> = None;
+        let mut in_flight: Option<BoxFuture<UpgradeResult>> = None;
+        // Who asked for the upgrade in flight through `UpgradeRequester`, to be told its end.
+        let mut asked: Option<oneshot::Sender<UpgradeResult>> = None;
         let mut new_pid = None;
         loop {
             tokio::select! {
@@ -284,7 +312,17 @@ impl Bootstrap {
                         // is not reported as ended.
                         tracing::warn!("SIGHUP ignored: {}", Error::InProgress);
                     } else {
-                        in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone())));
+                        in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone(), "SIGHUP")));
+                    }
+                }
+                Some(reply) = self.requests_rx.recv() => {
+                    if !self.upgrades_enabled {
+                        let _ = reply.send(UpgradeResult::refused(Error::UpgradesDisabled));
+                    } else if in_flight.is_some() {
+                        let _ = reply.send(UpgradeResult::refused(Error::InProgress));
+                    } else {
+                        in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone(), "requested")));
+                        asked = Some(reply);
                     }
                 }
                 done = async {
@@ -294,9 +332,12 @@ impl Bootstrap {
                     }
                 }, if in_flight.is_some() => {
                     in_flight = None;
-                    new_pid = new_pid.or(done);
-                    if done.is_none() {
+                    new_pid = new_pid.or(done.new_pid());
+                    if done.new_pid().is_none() {
                         self.refresh_standby();
+                    }
+                    if let Some(reply) = asked.take() {
+                        let _ = reply.send(done);
                     }
                 }
                 () = standby.due(), if in_flight.is_none() => self.refresh_standby(),
@@ -305,7 +346,11 @@ impl Bootstrap {
         }
         // The upgrade that succeeded may not have returned yet.
         if let Some(upgrade) = in_flight.take() {
-            new_pid = new_pid.or(upgrade.await);
+            let done = upgrade.await;
+            new_pid = new_pid.or(done.new_pid());
+            if let Some(reply) = asked.take() {
+                let _ = reply.send(done);
+            }
         }
         Ok(new_pid)
     }
@@ -378,7 +423,7 @@ impl Bootstrap {
     /// is killed and reaped, so none outlives this one.
     async fn stop_now(
         &self,
-        in_flight: Option<BoxFuture<Option<u32>>>,
+        in_flight: Option<BoxFuture<UpgradeResult>>,
         outcome: Outcome,
     ) -> Outcome {
         self.observers.each(|o| o.stopping());
@@ -392,6 +437,19 @@ impl Bootstrap {
         }
         outcome
     }
+}
+
+/// A starter, boxed.
+fn starter_fn<F, Fut, E>(starter: F) -> StarterFn
+where
+    F: Fn(StartContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError>,
+{
+    Arc::new(move |ctx| {
+        let fut = starter(ctx);
+        Box::pin(async move { fut.await.map_err(Into::into) })
+    })
 }
 
 /// The signals [`Bootstrap::wait`] handles.
@@ -422,20 +480,62 @@ enum DrainEnd {
 }
 
 /// One upgrade, logged with its outcome and duration; the new pid on success.
-async fn upgrade(upgrader: Upgrader, observers: Observers) -> Option<u32> {
+async fn upgrade(upgrader: Upgrader, observers: Observers, why: &'static str) -> UpgradeResult {
     let started = Instant::now();
-    tracing::info!("SIGHUP: upgrading");
+    tracing::info!("{why}: upgrading");
     observers.each(|o| o.upgrade_started());
-    match upgrader.upgrade().await {
+    let result = upgrader.upgrade().await;
+    let elapsed = started.elapsed();
+    match &result {
         Ok(pid) => {
-            tracing::info!(new_pid = pid, elapsed = ?started.elapsed(), "upgrade succeeded");
-            observers.each(|o| o.upgraded(pid));
-            Some(pid)
+            tracing::info!(new_pid = pid, ?elapsed, "upgrade succeeded");
+            observers.each(|o| o.upgraded(*pid));
         }
         Err(e) => {
-            observers.each(|o| o.upgrade_failed(&e));
-            tracing::warn!(error = %crate::error::Chain(&e), elapsed = ?started.elapsed(), "upgrade failed; still serving");
-            None
+            observers.each(|o| o.upgrade_failed(e));
+            tracing::warn!(error = %crate::error::Chain(e), ?elapsed, "upgrade failed; still serving");
         }
+    }
+    UpgradeResult { result, elapsed }
+}
+
+/// How an upgrade ended: the new pid, or why not; and how long it took.
+#[derive(Debug)]
+pub struct UpgradeResult {
+    /// The new process's pid, or the error (a refusal when [`Error::is_refusal`]).
+    pub result: Result<u32, Error>,
+    /// From the start of the upgrade to its end.
+    pub elapsed: Duration,
+}
+
+impl UpgradeResult {
+    fn refused(error: Error) -> UpgradeResult {
+        UpgradeResult {
+            result: Err(error),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn new_pid(&self) -> Option<u32> {
+        self.result.as_ref().ok().copied()
+    }
+}
+
+/// Asks a [`Bootstrap`] for an upgrade, as `SIGHUP` does, and learns how it ended: what a
+/// control socket needs. Made by [`Bootstrap::upgrade_requester`].
+#[derive(Debug, Clone)]
+pub struct UpgradeRequester(mpsc::UnboundedSender<oneshot::Sender<UpgradeResult>>);
+
+impl UpgradeRequester {
+    /// Starts an upgrade and resolves when it ended. Refused at once (with nothing started)
+    /// while another runs or when upgrades are disabled; an error result also when the
+    /// Bootstrap is not waiting (not started yet, or gone).
+    pub async fn upgrade(&self) -> UpgradeResult {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(tx).is_err() {
+            return UpgradeResult::refused(Error::Terminating);
+        }
+        rx.await
+            .unwrap_or_else(|_| UpgradeResult::refused(Error::Terminating))
     }
 }

@@ -49,6 +49,10 @@ pub(crate) use marker::{Marker, Token};
 /// The environment variable that tells a process it was started by an upgrade.
 pub const MARKER_VAR: &str = "FLIP_HANDOFF";
 
+/// The environment variable that carries the new process's generation number (1 for the
+/// first start). Beside the marker, not in it: a binary that does not know it ignores it.
+pub(crate) const GENERATION_VAR: &str = "FLIP_GENERATION";
+
 /// The control pipe's read end in the new process: the manifest arrives here.
 pub(crate) const CONTROL_FD: RawFd = FIRST_CHILD_FD;
 /// The ready pipe's write end in the new process.

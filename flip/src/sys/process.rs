@@ -87,6 +87,14 @@ pub(crate) fn sighup_blocked() -> bool {
 /// `SIGCHLD`'s number.
 pub(crate) const SIGCHLD: i32 = libc::SIGCHLD;
 
+/// `SIGHUP`'s number.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+pub(crate) const SIGHUP: i32 = libc::SIGHUP;
+
+/// `SIGTERM`'s number.
+#[cfg_attr(not(feature = "testing"), allow(dead_code))]
+pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+
 /// The signals a supervisor forwards or handles.
 pub(crate) const SUPERVISED_SIGNALS: [Signal; 7] = [
     Signal::SIGHUP,

@@ -45,6 +45,7 @@ struct Shared {
     prepared_pid_file: Mutex<Option<pidfile::Prepared>>,
     /// The next process, started ahead of time (`Options::standby`).
     standby: Standby,
+    generation: u64,
     /// Write end of the pipe the successor watches; held open until this process exits.
     successor_link: Mutex<Option<OwnedFd>>,
     /// How the successor ended, should it end while this process still runs.
@@ -129,6 +130,10 @@ impl Upgrader {
             backlog: options.backlog,
             unix_mode: options.unix_socket_mode,
         };
+        let generation = match &inherited {
+            None => 1,
+            Some(_) => parent::take_generation().unwrap_or(0),
+        };
         let (fds, parent) = match inherited {
             Some(inh) => (Fds::new(inh.fds, true, settings), Some(inh.parent)),
             None => (Fds::new(Vec::new(), false, settings), None),
@@ -151,6 +156,7 @@ impl Upgrader {
                 parent: Mutex::new(parent),
                 prepared_pid_file: Mutex::new(prepared_pid_file),
                 standby: Standby::default(),
+                generation,
                 successor_link: Mutex::new(None),
                 successor_exit,
                 exit,
@@ -171,6 +177,28 @@ impl Upgrader {
     /// Whether this process was started by an upgrade.
     pub fn has_parent(&self) -> bool {
         self.shared.fds.has_parent()
+    }
+
+    /// 1 for a first start, one more for each upgrade since (0 when the process that started
+    /// this one did not say).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation
+    }
+
+    /// The path an upgrade starts.
+    pub fn executable(&self) -> &std::path::Path {
+        &self.shared.launch.program
+    }
+
+    /// The standby process, if one waits (see [`Options::standby`]).
+    pub fn standby_pid(&self) -> Option<u32> {
+        self.shared.standby.pid()
+    }
+
+    /// The process that started this one, while it still runs (drains): upgrades are refused
+    /// until it exits.
+    pub fn draining_parent(&self) -> Result<Option<u32>> {
+        self.living_parent()
     }
 
     /// Declares this process ready to serve: closes inherited sockets nobody asked for (removing
@@ -301,7 +329,7 @@ impl Upgrader {
 
     /// Starts a new process with `fds` and hands them over at once.
     fn start_fresh(&self, fds: Vec<(Key, OwnedFd)>) -> Result<Child> {
-        child::spawn(&self.shared.launch, fds)?.hand_over()
+        child::spawn(&self.shared.launch, fds, self.shared.generation + 1)?.hand_over()
     }
 
     fn pid_file(&self) -> Option<&std::path::Path> {
@@ -336,6 +364,7 @@ impl Upgrader {
             &self.shared.launch,
             self.snapshot()?,
             self.pid_file(),
+            self.shared.generation + 1,
             || matches!(*lock(&self.shared.phase), Phase::Ready),
         )
     }

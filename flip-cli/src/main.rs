@@ -1,0 +1,311 @@
+//! `flip`: upgrade a running flip server and learn how it went, ask for its status, and check
+//! that a server (flip's or any other that writes a pid file) loses nothing across upgrades.
+//!
+//! ```text
+//! flip upgrade (--pid-file F | --socket S) [--timeout SECS] [--json]
+//! flip status  (--pid-file F | --socket S) [--json]
+//! flip check   --pid-file F --http ADDR [--upgrades N] [--conns N] [--mode close|keepalive]
+//!              [--slow-path P] [--signal] [--socket S] [--interval-ms N] [--timeout SECS]
+//!              [--json] [--plot FILE.svg]
+//! ```
+//!
+//! Exit codes: 0 done (for `check`: nothing lost); 1 the upgrade failed, or `check` saw a loss;
+//! 2 could not ask (no server, refused, bad arguments).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use flip::control::{Client, ControlError, Status};
+use flip::testing::load::Mode;
+use flip::testing::{Check, Via};
+
+const USAGE: &str = "usage:
+  flip upgrade (--pid-file F | --socket S) [--timeout SECS] [--json]
+  flip status  (--pid-file F | --socket S) [--json]
+  flip check   --pid-file F --http ADDR [--upgrades N] [--conns N] [--mode close|keepalive]
+               [--slow-path P] [--signal] [--socket S] [--interval-ms N] [--timeout SECS]
+               [--json] [--plot FILE.svg]
+exit codes: 0 done (check: nothing lost), 1 upgrade failed (check: something lost), 2 could not ask";
+
+/// Exit code: the upgrade failed, or the check saw a loss.
+const FAILED: u8 = 1;
+/// Exit code: could not ask (no server, refused, bad arguments).
+const COULD_NOT_ASK: u8 = 2;
+
+#[derive(Default)]
+struct Args {
+    pid_file: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    http: Option<String>,
+    timeout: Option<Duration>,
+    upgrades: Option<usize>,
+    conns: Option<usize>,
+    mode: Option<Mode>,
+    slow_path: Option<String>,
+    interval: Option<Duration>,
+    plot: Option<PathBuf>,
+    signal: bool,
+    json: bool,
+}
+
+fn parse(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut a = Args::default();
+    while let Some(flag) = words.next() {
+        match flag.as_str() {
+            "--json" => a.json = true,
+            "--signal" => a.signal = true,
+            _ => {
+                let value = words.next().ok_or(format!("{flag} needs a value"))?;
+                let number = |what: &str| -> Result<u64, String> {
+                    value
+                        .parse()
+                        .map_err(|_| format!("{flag} {value:?}: expected {what}"))
+                };
+                match flag.as_str() {
+                    "--pid-file" => a.pid_file = Some(value.into()),
+                    "--socket" => a.socket = Some(value.into()),
+                    "--http" => a.http = Some(value),
+                    "--timeout" => a.timeout = Some(Duration::from_secs(number("seconds")?)),
+                    "--upgrades" => a.upgrades = Some(number("a count")? as usize),
+                    "--conns" => a.conns = Some(number("a count")?.max(1) as usize),
+                    "--interval-ms" => a.interval = Some(Duration::from_millis(number("ms")?)),
+                    "--slow-path" => a.slow_path = Some(value),
+                    "--plot" => a.plot = Some(value.into()),
+                    "--mode" => {
+                        a.mode = Some(match value.as_str() {
+                            "close" => Mode::Close,
+                            "keepalive" => Mode::KeepAlive,
+                            _ => {
+                                return Err(format!(
+                                    "--mode {value:?}: expected close or keepalive"
+                                ));
+                            }
+                        })
+                    }
+                    _ => return Err(format!("unknown option {flag}")),
+                }
+            }
+        }
+    }
+    Ok(a)
+}
+
+fn client(a: &Args) -> Result<Client, String> {
+    match (&a.socket, &a.pid_file) {
+        (Some(s), _) => Ok(Client::new(s)),
+        (None, Some(p)) => Ok(Client::for_pid_file(p)),
+        (None, None) => Err("say which server: --pid-file F or --socket S".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let mut words = std::env::args().skip(1);
+    let Some(command) = words.next() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(COULD_NOT_ASK);
+    };
+    let args = match parse(words) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("flip: {e}\n{USAGE}");
+            return ExitCode::from(COULD_NOT_ASK);
+        }
+    };
+    let result = match command.as_str() {
+        "upgrade" => upgrade(&args),
+        "status" => status(&args),
+        "check" => check(&args),
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => Err((COULD_NOT_ASK, format!("unknown command {other:?}\n{USAGE}"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, message)) => {
+            eprintln!("flip: {message}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+type Outcome = Result<(), (u8, String)>;
+
+fn could_not_ask(e: impl std::fmt::Display) -> (u8, String) {
+    (COULD_NOT_ASK, e.to_string())
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    flip::Chain(e).to_string()
+}
+
+fn upgrade(a: &Args) -> Outcome {
+    let client = client(a).map_err(could_not_ask)?;
+    let timeout = a.timeout.unwrap_or(Duration::from_secs(120));
+    match client.upgrade(timeout) {
+        Ok(done) => {
+            if a.json {
+                println!(
+                    "{{\"old_pid\":{},\"new_pid\":{},\"ready_ms\":{:.3},\"old_binary\":{},\"new_binary\":{}}}",
+                    done.old_pid,
+                    done.new_pid,
+                    done.ready_after.as_secs_f64() * 1000.0,
+                    json(&done.old_binary),
+                    json(&done.new_binary)
+                );
+            } else {
+                println!(
+                    "upgraded: pid {} -> {}, ready after {:.2} ms\n  old: {}\n  new: {}",
+                    done.old_pid,
+                    done.new_pid,
+                    done.ready_after.as_secs_f64() * 1000.0,
+                    done.old_binary,
+                    done.new_binary
+                );
+            }
+            Ok(())
+        }
+        Err(e @ ControlError::Failed { .. }) => Err((FAILED, chain(&e))),
+        Err(e) => Err(could_not_ask(chain(&e))),
+    }
+}
+
+fn status(a: &Args) -> Outcome {
+    let client = client(a).map_err(could_not_ask)?;
+    let s = client.status().map_err(|e| could_not_ask(chain(&e)))?;
+    if a.json {
+        println!("{}", status_json(&s));
+    } else {
+        print!("{}", status_text(&s));
+    }
+    Ok(())
+}
+
+fn status_text(s: &Status) -> String {
+    let mut out = format!(
+        "pid {} (generation {}), serving since {} (unix)\nbinary: {}\nflip {}\nupgrades: {} succeeded, {} failed\n",
+        s.pid,
+        s.generation,
+        s.started_unix,
+        s.binary,
+        s.flip_version,
+        s.upgrades_succeeded,
+        s.upgrades_failed
+    );
+    if let Some(last) = &s.last_upgrade {
+        out.push_str(&format!(
+            "last upgrade: {} after {:.2} ms{}: {}\n",
+            last.result,
+            last.elapsed.as_secs_f64() * 1000.0,
+            last.new_pid
+                .map(|p| format!(" (pid {p})"))
+                .unwrap_or_default(),
+            last.detail
+        ));
+    }
+    match s.draining_parent {
+        Some(p) => out.push_str(&format!("previous generation: pid {p}, still draining\n")),
+        None => out.push_str("previous generation: exited\n"),
+    }
+    if let Some(p) = s.standby_pid {
+        out.push_str(&format!("standby: pid {p}\n"));
+    }
+    for l in &s.listeners {
+        out.push_str(&format!("listening: {l}\n"));
+    }
+    out
+}
+
+fn status_json(s: &Status) -> String {
+    let opt = |v: Option<u32>| v.map_or("null".to_owned(), |p| p.to_string());
+    let last = match &s.last_upgrade {
+        None => "null".to_owned(),
+        Some(l) => format!(
+            "{{\"result\":{},\"new_pid\":{},\"elapsed_ms\":{:.3},\"detail\":{}}}",
+            json(&l.result),
+            opt(l.new_pid),
+            l.elapsed.as_secs_f64() * 1000.0,
+            json(&l.detail)
+        ),
+    };
+    let listeners: Vec<String> = s.listeners.iter().map(|l| json(l)).collect();
+    format!(
+        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"last_upgrade\":{},\"draining_parent\":{},\"standby_pid\":{},\"listeners\":[{}],\"binary\":{},\"flip_version\":{}}}",
+        s.pid,
+        s.generation,
+        s.started_unix,
+        s.upgrades_succeeded,
+        s.upgrades_failed,
+        last,
+        opt(s.draining_parent),
+        opt(s.standby_pid),
+        listeners.join(","),
+        json(&s.binary),
+        json(&s.flip_version)
+    )
+}
+
+fn check(a: &Args) -> Outcome {
+    let pid_file = a
+        .pid_file
+        .clone()
+        .ok_or_else(|| could_not_ask("check needs --pid-file F"))?;
+    let http = a
+        .http
+        .clone()
+        .ok_or_else(|| could_not_ask("check needs --http ADDR"))?;
+    let mut c = Check::new(pid_file, &http).via(if a.signal { Via::Signal } else { Via::Control });
+    if let Some(n) = a.upgrades {
+        c = c.upgrades(n);
+    }
+    if let Some(n) = a.conns {
+        c = c.conns(n);
+    }
+    if let Some(m) = a.mode {
+        c = c.mode(m);
+    }
+    if let Some(p) = &a.slow_path {
+        c = c.slow_path(p);
+    }
+    if let Some(s) = &a.socket {
+        c = c.control_socket(s);
+    }
+    if let Some(i) = a.interval {
+        c = c.interval(i);
+    }
+    if let Some(t) = a.timeout {
+        c = c.timeout(t);
+    }
+    let report = c.run().map_err(|e| could_not_ask(chain(&e)))?;
+    if let Some(path) = &a.plot {
+        report
+            .write_svg(path)
+            .map_err(|e| could_not_ask(format!("writing {}: {e}", path.display())))?;
+    }
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    if report.lossless() {
+        Ok(())
+    } else {
+        Err((FAILED, "requests were lost across the upgrades".into()))
+    }
+}
+
+fn json(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}

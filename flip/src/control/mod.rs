@@ -1,0 +1,277 @@
+//! The control socket: a unix socket in every serving process that answers `status` and
+//! `upgrade`, the latter only once the upgrade ended (the new pid and time to ready, or why it
+//! failed). The `flip` command speaks it; [`Client`] is the same for Rust programs.
+//!
+//! The socket is opened through the registry, so it is handed to every generation like any
+//! other socket and its path keeps working across upgrades; a new process answers on it once
+//! it is ready. Its path gets mode `0600` (owner only). A request is one line of at most 512
+//! bytes, read within 5 s: anything else gets an error answer, and a client that says nothing
+//! holds up nobody but itself. It sits beside the Bootstrap: it asks for upgrades with an
+//! [`UpgradeRequester`] and follows them as an [`Observer`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+
+mod client;
+mod identity;
+mod protocol;
+
+pub use client::{Client, ControlError, LastUpgrade, Status, UpgradeReport};
+
+use crate::bootstrap::{Bootstrap, Observer, Shutdown, UpgradeRequester, UpgradeResult};
+use crate::error::{Chain, Error};
+use crate::upgrader::Upgrader;
+use protocol::{MAX_REQUEST, Request, Writer};
+
+/// Mode of the control socket's path: only its owner may connect.
+pub const CONTROL_SOCKET_MODE: u32 = 0o600;
+
+/// How long a client has to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The control socket of the server whose pid file is `pid_file`: the same path with the
+/// extension `ctl` (`/run/app.pid` → `/run/app.ctl`, `/run/app` → `/run/app.ctl`).
+pub fn default_socket_path(pid_file: &Path) -> PathBuf {
+    pid_file.with_extension("ctl")
+}
+
+/// What the control socket knows of this process's upgrades.
+#[derive(Debug)]
+struct State {
+    started_unix: u64,
+    binary: String,
+    succeeded: u64,
+    failed: u64,
+    upgrade_began: Option<Instant>,
+    last: Option<Last>,
+}
+
+#[derive(Debug, Clone)]
+struct Last {
+    result: &'static str,
+    new_pid: Option<u32>,
+    elapsed: Duration,
+    detail: String,
+}
+
+/// Follows the Bootstrap's upgrades for `status`.
+struct Follow(Arc<Mutex<State>>);
+
+impl Observer for Follow {
+    fn upgrade_started(&self) {
+        crate::lock(&self.0).upgrade_began = Some(Instant::now());
+    }
+
+    fn upgraded(&self, new_pid: u32) {
+        let mut s = crate::lock(&self.0);
+        s.succeeded += 1;
+        let elapsed = s
+            .upgrade_began
+            .take()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let detail = format!("{} -> {}", s.binary, binary_of(new_pid));
+        s.last = Some(Last {
+            result: "succeeded",
+            new_pid: Some(new_pid),
+            elapsed,
+            detail,
+        });
+    }
+
+    fn upgrade_failed(&self, error: &Error) {
+        let mut s = crate::lock(&self.0);
+        let elapsed = s
+            .upgrade_began
+            .take()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        let result = if error.is_refusal() {
+            "refused"
+        } else {
+            s.failed += 1;
+            "failed"
+        };
+        s.last = Some(Last {
+            result,
+            new_pid: failed_pid(error),
+            elapsed,
+            detail: Chain(error).to_string(),
+        });
+    }
+}
+
+fn failed_pid(error: &Error) -> Option<u32> {
+    match error {
+        Error::ChildExited { pid, .. } | Error::Timeout { pid, .. } => Some(*pid),
+        _ => None,
+    }
+}
+
+/// The binary process `pid` runs: its path and build identity.
+fn binary_of(pid: u32) -> String {
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let path = std::fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
+    format!("{} ({})", path.display(), identity::of_file(&exe))
+}
+
+/// Serves the control socket at `path` in `bootstrap`'s processes: a starter opens it through
+/// the registry, and it answers once the process is ready, until the drain begins.
+/// `#[flip::main]` calls this (see `<PREFIX>_CONTROL_SOCKET`).
+pub fn serve(bootstrap: &mut Bootstrap, path: PathBuf) {
+    let state = Arc::new(Mutex::new(State {
+        started_unix: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        binary: binary_of(std::process::id()),
+        succeeded: 0,
+        failed: 0,
+        upgrade_began: None,
+        last: None,
+    }));
+    bootstrap.observe(Follow(state.clone()));
+    let requester = bootstrap.upgrade_requester();
+    bootstrap.register_service("control", move |ctx: crate::StartContext| {
+        let (path, state, requester) = (path.clone(), state.clone(), requester.clone());
+        async move {
+            let address = path.to_string_lossy().into_owned();
+            let listener = ctx
+                .upgrader()
+                .fds()
+                .unix_listener_with_mode(&address, CONTROL_SOCKET_MODE)?;
+            let listener = UnixListener::from_std(listener).map_err(|source| Error::Socket {
+                network: "unix".into(),
+                address,
+                source,
+            })?;
+            let server = Server {
+                upgrader: ctx.upgrader().clone(),
+                requester,
+                state,
+            };
+            ctx.serve(server.run(listener, ctx.shutdown()));
+            Ok::<_, Error>(())
+        }
+    });
+}
+
+#[derive(Clone)]
+struct Server {
+    upgrader: Upgrader,
+    requester: UpgradeRequester,
+    state: Arc<Mutex<State>>,
+}
+
+impl Server {
+    async fn run(self, listener: UnixListener, mut shutdown: Shutdown) -> Result<(), Error> {
+        shutdown.serving().await;
+        let mut clients = JoinSet::new();
+        loop {
+            tokio::select! {
+                () = shutdown.draining() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        clients.spawn(self.clone().answer(stream));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket: accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                Some(_) = clients.join_next(), if !clients.is_empty() => {}
+            }
+        }
+        // The next generation answers from now on; a request already read is answered here
+        // (an upgrade's answer comes right before this process drains).
+        drop(listener);
+        while clients.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    async fn answer(self, stream: UnixStream) {
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+        let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
+        let response = match read {
+            Err(_) => error("no request within 5 s"),
+            Ok(Err(e)) => error(&format!("reading the request: {e}")),
+            Ok(Ok(_)) if line.len() > MAX_REQUEST || !line.ends_with('\n') => {
+                error("the request is not one line of at most 512 bytes")
+            }
+            Ok(Ok(_)) => match Request::decode(&line) {
+                Err(reason) => error(&reason),
+                Ok(Request::Status) => self.status(),
+                Ok(Request::Upgrade) => self.upgrade().await,
+            },
+        };
+        let _ = write.write_all(response.as_bytes()).await;
+        let _ = write.shutdown().await;
+    }
+
+    fn status(&self) -> String {
+        let s = crate::lock(&self.state);
+        let mut w = Writer::new("ok");
+        w.field("pid", std::process::id())
+            .field("generation", self.upgrader.generation())
+            .field("started_unix", s.started_unix)
+            .field("upgrades_succeeded", s.succeeded)
+            .field("upgrades_failed", s.failed);
+        if let Some(last) = &s.last {
+            w.field("last_result", last.result)
+                .field("last_elapsed_ms", protocol::ms(last.elapsed))
+                .field("last_detail", &last.detail);
+            if let Some(pid) = last.new_pid {
+                w.field("last_new_pid", pid);
+            }
+        }
+        if let Ok(Some(parent)) = self.upgrader.draining_parent() {
+            w.field("draining_parent", parent);
+        }
+        if let Some(pid) = self.upgrader.standby_pid() {
+            w.field("standby_pid", pid);
+        }
+        for key in self.upgrader.fds().keys() {
+            w.field("listener", key);
+        }
+        w.field("binary", &s.binary)
+            .field("flip_version", env!("CARGO_PKG_VERSION"));
+        w.finish()
+    }
+
+    async fn upgrade(&self) -> String {
+        let UpgradeResult { result, elapsed } = self.requester.upgrade().await;
+        match result {
+            Ok(new_pid) => {
+                let old_binary = crate::lock(&self.state).binary.clone();
+                let mut w = Writer::new("ok");
+                w.field("old_pid", std::process::id())
+                    .field("new_pid", new_pid)
+                    .field("ready_ms", protocol::ms(elapsed))
+                    .field("old_binary", old_binary)
+                    .field("new_binary", binary_of(new_pid));
+                w.finish()
+            }
+            Err(e) => {
+                let mut w = Writer::new(if e.is_refusal() { "refused" } else { "failed" });
+                w.field("reason", Chain(&e));
+                if let Some(pid) = failed_pid(&e) {
+                    w.field("new_pid", pid);
+                }
+                w.finish()
+            }
+        }
+    }
+}
+
+fn error(reason: &str) -> String {
+    let mut w = Writer::new("error");
+    w.field("reason", reason);
+    w.finish()
+}
