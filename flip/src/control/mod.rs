@@ -75,7 +75,9 @@ impl Observer for Follow {
             .take()
             .map(|t| t.elapsed())
             .unwrap_or_default();
-        let detail = format!("{} -> {}", s.binary, binary_of(new_pid));
+        let new_binary = binary_of(new_pid);
+        tracing::info!(new_pid, old_binary = %s.binary, %new_binary, "upgraded to a build");
+        let detail = format!("{} -> {new_binary}", s.binary);
         s.last = Some(Last {
             result: "succeeded",
             new_pid: Some(new_pid),

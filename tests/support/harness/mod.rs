@@ -126,3 +126,20 @@ pub fn write_file(path: &Path, line: &str) {
         .and_then(|mut f| f.write_all(line.as_bytes()))
         .unwrap();
 }
+
+/// A binary of the workspace (`flip`, `flip-bootserver`, ...), built by `cargo test
+/// --workspace` beside the test binaries.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("current_exe");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        path.display()
+    );
+    path
+}

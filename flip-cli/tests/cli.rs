@@ -1,0 +1,272 @@
+//! The `flip` command against real servers: `upgrade`, `status` and `check` through the
+//! control socket, their failures and exit codes, the socket's own robustness, and `check`
+//! against a deliberately lossy server.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use flip_suite::load::{AssertLossless, Load, Mode};
+use flip_suite::*;
+
+fn flip() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flip"))
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(flip()).args(args).output().expect("run flip")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The `http` example with its pid file (and so its control socket) in a scratch directory.
+fn http_server(name: &str, extra: &[(&str, String)]) -> (Server, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut env = vec![("HTTP_ADDR", addr.clone())];
+    env.extend(extra.iter().cloned());
+    let server = Server::start(name, &example_path("http"), &env);
+    (server, addr)
+}
+
+fn pid_file(server: &Server) -> String {
+    server.pid_file.display().to_string()
+}
+
+#[test]
+fn upgrade_reports_the_new_pid_and_status_the_generation_and_listeners() {
+    let (server, addr) = http_server("cli-upgrade", &[]);
+    let old = server.first_pid;
+    let control = server.pid_file.with_extension("ctl");
+    let mode = std::fs::metadata(&control).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "only the owner may use the control socket");
+
+    let load = Load::start(&addr, 2, Mode::KeepAlive);
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let new = server.pid().unwrap();
+    assert_ne!(new, old);
+    assert!(
+        said.starts_with(&format!("upgraded: pid {old} -> {new}, ready after ")),
+        "{said}"
+    );
+    assert!(said.contains("build-id "), "{said}");
+    wait_exit(old, DEADLINE);
+    load.wait_for_more(20);
+    load.finish().assert_lossless_across(&[old, new]);
+
+    // The control socket's path works across the upgrade: the new process answers.
+    let out = run(&["status", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        status.starts_with(&format!("pid {new} (generation 2)")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("listening: listener tcp {addr}")),
+        "{status}"
+    );
+    assert!(status.contains("previous generation: exited"), "{status}");
+
+    let out = run(&[
+        "status",
+        "--socket",
+        &control.display().to_string(),
+        "--json",
+    ]);
+    let json = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        json.starts_with(&format!("{{\"pid\":{new},\"generation\":2,")),
+        "{json}"
+    );
+}
+
+#[test]
+fn a_failed_upgrade_says_why_and_exits_1_and_the_old_process_serves_on() {
+    let scratch = Scratch::new("cli-failed");
+    // A copy of the example that the test can replace, as a deploy would.
+    let app = scratch.path("app");
+    std::fs::copy(example_path("http"), &app).unwrap();
+    let server = Server::start_in(
+        scratch,
+        &app,
+        &[("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))],
+    );
+    let broken = server.scratch.path("app.new");
+    std::fs::write(&broken, "#!/bin/sh\necho broken build >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &app).unwrap();
+
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("upgrade failed"), "{said}");
+    assert!(said.contains("exit code 3"), "{said}");
+    assert_eq!(server.pid(), Some(server.first_pid));
+    assert!(alive(server.first_pid));
+    let status = text(&run(&["status", "--pid-file", &pid_file(&server)]));
+    assert!(
+        status.contains("upgrades: 0 succeeded, 1 failed"),
+        "{status}"
+    );
+    assert!(status.contains("last upgrade: failed"), "{status}");
+}
+
+#[test]
+fn an_upgrade_while_the_parent_drains_is_refused_with_exit_2() {
+    // Each old process drains for 3 s (a 3 s request in flight), so the next upgrade comes
+    // while its parent still runs.
+    let (server, addr) = http_server("cli-refused", &[]);
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /sleep/3000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("upgrade refused"), "{said}");
+    assert!(said.contains("has not exited yet"), "{said}");
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.contains(&format!("hello from {}", server.first_pid)),
+        "{answer}"
+    );
+}
+
+#[test]
+fn no_server_is_exit_2_naming_the_socket() {
+    let scratch = Scratch::new("cli-none");
+    let pid = scratch.path("nothing.pid").display().to_string();
+    let out = run(&["upgrade", "--pid-file", &pid]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("nothing.ctl"), "{}", text(&out));
+    let out = run(&["status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("--pid-file"), "{}", text(&out));
+    let out = run(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+fn ask_raw(socket: &Path, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = s.write_all(bytes);
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn bad_requests_get_an_error_and_a_silent_client_blocks_nobody() {
+    let (server, _) = http_server("cli-robust", &[]);
+    let socket = server.pid_file.with_extension("ctl");
+    // A client that connects and says nothing.
+    let _silent = UnixStream::connect(&socket).unwrap();
+    let garbage = ask_raw(&socket, b"reboot now\n");
+    assert!(garbage.starts_with("error\nreason "), "{garbage:?}");
+    let huge = ask_raw(&socket, &vec![b'x'; 100_000]);
+    assert!(huge.starts_with("error\n"), "{huge:?}");
+    let unknown = ask_raw(&socket, b"flip-control/1 reboot\n");
+    assert!(unknown.contains("unknown request"), "{unknown:?}");
+    // The server and its control socket are undisturbed.
+    let out = run(&["status", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(server.pid(), Some(server.first_pid));
+}
+
+#[test]
+fn check_reports_the_http_example_lossless_in_both_modes() {
+    let (server, addr) = http_server("cli-check", &[]);
+    for mode in ["close", "keepalive"] {
+        let plot = server.scratch.path(&format!("{mode}.svg"));
+        let out = run(&[
+            "check",
+            "--pid-file",
+            &pid_file(&server),
+            "--http",
+            &addr,
+            "--upgrades",
+            "5",
+            "--conns",
+            "4",
+            "--mode",
+            mode,
+            "--slow-path",
+            "/sleep/100",
+            "--plot",
+            &plot.display().to_string(),
+        ]);
+        let said = text(&out);
+        eprintln!("{mode}: {said}");
+        assert!(out.status.success(), "{said}");
+        assert!(
+            said.starts_with("LOSSLESS: 5 upgrades (0 failed)"),
+            "{said}"
+        );
+        let svg = std::fs::read_to_string(&plot).unwrap();
+        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"), "{svg}");
+    }
+}
+
+#[test]
+fn check_fails_against_a_server_that_rebinds_on_upgrade() {
+    let scratch = Scratch::new("cli-lossy");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let pid_file = scratch.path("lossy.pid");
+    let mut lossy = Command::new(workspace_bin("flip-lossyserver"))
+        .env("HTTP_ADDR", &addr)
+        .env("FLIP_PID_FILE", &pid_file)
+        .spawn()
+        .unwrap();
+    wait_for("the lossy server", DEADLINE, || {
+        std::net::TcpStream::connect(&addr).ok()
+    });
+    let out = run(&[
+        "check",
+        "--pid-file",
+        &pid_file.display().to_string(),
+        "--http",
+        &addr,
+        "--upgrades",
+        "10",
+        "--conns",
+        "8",
+        "--signal",
+        "--interval-ms",
+        "100",
+        "--json",
+    ]);
+    let said = text(&out);
+    eprintln!("lossy: {said}");
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("\"lossless\":false"), "{said}");
+    let failed: u64 = said
+        .split("\"failed\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a failed count");
+    assert!(failed > 0, "{said}");
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = lossy.kill();
+    let _ = lossy.wait();
+}
