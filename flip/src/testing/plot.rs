@@ -12,7 +12,7 @@ const LEFT: f64 = 60.0;
 const BOTTOM: f64 = 40.0;
 const TOP: f64 = 30.0;
 /// At most this many request dots; a longer run is sampled evenly.
-const MAX_DOTS: usize = 20_000;
+const MAX_DOTS: usize = 4_000;
 
 pub(super) fn svg(r: &CheckReport) -> String {
     let total = r.duration.as_secs_f64().max(0.001);
