@@ -11,26 +11,10 @@ use std::time::Duration;
 use support::*;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-/// Whether the server never processed the call: hyper cancelled it because the connection it
-/// was queued on closed before the stream was opened, or the server's GOAWAY named a last
-/// stream below it (HTTP/2 guarantees such streams were not processed). gRPC's transparent
-/// retry rule allows retrying such a call, and grpc-go does; tonic's client does not, so the
-/// tests do, and count them.
-fn never_sent(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(h) = e.downcast_ref::<hyper::Error>()
-            && h.is_canceled()
-        {
-            return true;
-        }
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() && h2.is_remote();
-        }
-        source = e.source();
-    }
-    false
-}
+/// Whether the server never processed the call: flip's test kit decides it as gRPC's
+/// transparent-retry rule does (tonic's client does not retry such calls, so the tests do, and
+/// count them).
+use flip::testing::grpc::never_processed as never_sent;
 
 /// Calls `f` until it succeeds or fails for a reason other than [`never_sent`].
 async fn transparently_retried<T, F, Fut>(tally: &Tally, mut f: F) -> Result<T, tonic::Status>

@@ -4,7 +4,7 @@
 //! ```text
 //! flip upgrade (--pid-file F | --socket S) [--timeout SECS] [--json]
 //! flip status  (--pid-file F | --socket S) [--json]
-//! flip check   --pid-file F --http ADDR [--upgrades N] [--conns N] [--mode close|keepalive]
+//! flip check   --pid-file F (--http ADDR | --grpc ADDR)... [--upgrades N] [--conns N] [--mode close|keepalive]
 //!              [--slow-path P] [--signal] [--socket S] [--interval-ms N] [--timeout SECS]
 //!              [--json] [--plot FILE.svg]
 //! ```
@@ -23,7 +23,7 @@ use flip::testing::{Check, Via};
 const USAGE: &str = "usage:
   flip upgrade (--pid-file F | --socket S) [--timeout SECS] [--json]
   flip status  (--pid-file F | --socket S) [--json]
-  flip check   --pid-file F --http ADDR [--upgrades N] [--conns N] [--mode close|keepalive]
+  flip check   --pid-file F [--http ADDR] [--grpc ADDR] [--upgrades N] [--conns N] [--mode close|keepalive]
                [--slow-path P] [--signal] [--socket S] [--interval-ms N] [--timeout SECS]
                [--json] [--plot FILE.svg]
 exit codes: 0 done (check: nothing lost), 1 upgrade failed (check: something lost), 2 could not ask";
@@ -38,6 +38,7 @@ struct Args {
     pid_file: Option<PathBuf>,
     socket: Option<PathBuf>,
     http: Option<String>,
+    grpc: Option<String>,
     timeout: Option<Duration>,
     upgrades: Option<usize>,
     conns: Option<usize>,
@@ -66,6 +67,7 @@ fn parse(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
                     "--pid-file" => a.pid_file = Some(value.into()),
                     "--socket" => a.socket = Some(value.into()),
                     "--http" => a.http = Some(value),
+                    "--grpc" => a.grpc = Some(value),
                     "--timeout" => a.timeout = Some(Duration::from_secs(number("seconds")?)),
                     "--upgrades" => a.upgrades = Some(number("a count")? as usize),
                     "--conns" => a.conns = Some(number("a count")?.max(1) as usize),
@@ -252,11 +254,15 @@ fn check(a: &Args) -> Outcome {
         .pid_file
         .clone()
         .ok_or_else(|| could_not_ask("check needs --pid-file F"))?;
-    let http = a
-        .http
-        .clone()
-        .ok_or_else(|| could_not_ask("check needs --http ADDR"))?;
-    let mut c = Check::new(pid_file, &http).via(if a.signal { Via::Signal } else { Via::Control });
+    let mut c = match (&a.http, &a.grpc) {
+        (None, None) => return Err(could_not_ask("check needs --http ADDR or --grpc ADDR")),
+        (Some(http), _) => Check::new(pid_file, http),
+        (None, Some(_)) => Check::without_http(pid_file),
+    };
+    if let Some(grpc) = &a.grpc {
+        c = c.grpc(grpc);
+    }
+    c = c.via(if a.signal { Via::Signal } else { Via::Control });
     if let Some(n) = a.upgrades {
         c = c.upgrades(n);
     }

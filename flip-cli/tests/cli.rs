@@ -270,3 +270,32 @@ fn check_fails_against_a_server_that_rebinds_on_upgrade() {
     let _ = lossy.kill();
     let _ = lossy.wait();
 }
+
+#[test]
+fn check_reports_the_grpc_example_lossless() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        "cli-grpc",
+        &example_path("grpc"),
+        &[("GRPC_ADDR", addr.clone())],
+    );
+    let out = run(&[
+        "check",
+        "--pid-file",
+        &pid_file(&server),
+        "--grpc",
+        &addr,
+        "--upgrades",
+        "5",
+        "--conns",
+        "4",
+    ]);
+    let said = text(&out);
+    eprintln!("grpc: {said}");
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.starts_with("LOSSLESS: 5 upgrades (0 failed)"),
+        "{said}"
+    );
+    assert!(said.contains(" 0 failed, "), "{said}");
+}

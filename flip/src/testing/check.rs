@@ -56,7 +56,9 @@ pub struct UpgradeTiming {
 #[derive(Debug, Clone)]
 pub struct Check {
     pid_file: PathBuf,
-    http: String,
+    http: Option<String>,
+    #[cfg(feature = "testing-grpc")]
+    grpc: Option<String>,
     upgrades: usize,
     conns: usize,
     mode: Mode,
@@ -71,8 +73,19 @@ impl Check {
     /// A check of the server whose pid file is `pid_file`, serving HTTP at `http`.
     pub fn new(pid_file: impl Into<PathBuf>, http: &str) -> Check {
         Check {
+            http: Some(http.to_owned()),
+            ..Check::without_http(pid_file)
+        }
+    }
+
+    /// A check that upgrades the server whose pid file is `pid_file` and drives no HTTP load
+    /// (add gRPC load with `grpc`, feature `testing-grpc`).
+    pub fn without_http(pid_file: impl Into<PathBuf>) -> Check {
+        Check {
             pid_file: pid_file.into(),
-            http: http.to_owned(),
+            http: None,
+            #[cfg(feature = "testing-grpc")]
+            grpc: None,
             upgrades: 20,
             conns: 16,
             mode: Mode::Close,
@@ -82,6 +95,14 @@ impl Check {
             interval: Duration::from_millis(200),
             timeout: Duration::from_secs(60),
         }
+    }
+
+    /// Also drives gRPC load (health checks, plain text) at `addr`, with as many clients as
+    /// [`conns`](Check::conns) says.
+    #[cfg(feature = "testing-grpc")]
+    pub fn grpc(mut self, addr: &str) -> Check {
+        self.grpc = Some(addr.to_owned());
+        self
     }
 
     /// How many upgrades.
@@ -136,36 +157,55 @@ impl Check {
     /// Runs the check. Returns an error only when there is nothing to check; everything that
     /// went wrong during the check is in the report.
     pub fn run(&self) -> Result<CheckReport, CheckError> {
-        let loopback = self.http.starts_with("127.")
-            || self.http.starts_with("[::1]")
-            || self.http.starts_with("localhost:");
-        if !loopback {
-            return Err(CheckError::NotLoopback(self.http.clone()));
+        let mut targets: Vec<&String> = self.http.iter().collect();
+        #[cfg(feature = "testing-grpc")]
+        targets.extend(self.grpc.iter());
+        for addr in &targets {
+            let loopback = addr.starts_with("127.")
+                || addr.starts_with("[::1]")
+                || addr.starts_with("localhost:");
+            if !loopback {
+                return Err(CheckError::NotLoopback((*addr).clone()));
+            }
+            if std::net::TcpStream::connect(addr.as_str()).is_err() {
+                return Err(CheckError::NoHttp((*addr).clone()));
+            }
         }
         let first = read_pid(&self.pid_file)
             .filter(|&p| alive(p))
             .ok_or_else(|| CheckError::NoServer(self.pid_file.clone()))?;
-        if std::net::TcpStream::connect(&self.http).is_err() {
-            return Err(CheckError::NoHttp(self.http.clone()));
-        }
         let per_upgrade = self.interval + self.timeout * 2;
         let limit = per_upgrade * (self.upgrades as u32 + 1) + Duration::from_secs(30);
-        let mut config = LoadConfig::new(&self.http, self.conns, self.mode)
-            .limit(limit)
-            .record_latencies();
-        if let Some(path) = &self.slow_path {
-            config = config.slow((self.conns / 4).max(1), path);
-        }
         let started = Instant::now();
-        let load = Load::run(config);
-        let _ = load.wait_for_more(100, Duration::from_secs(5));
+        let load = self.http.as_ref().map(|http| {
+            let mut config = LoadConfig::new(http, self.conns, self.mode)
+                .limit(limit)
+                .record_latencies();
+            if let Some(path) = &self.slow_path {
+                config = config.slow((self.conns / 4).max(1), path);
+            }
+            Load::run(config)
+        });
+        #[cfg(feature = "testing-grpc")]
+        let grpc = match &self.grpc {
+            Some(addr) => Some(
+                super::grpc::GrpcLoad::start(addr, self.conns, limit)
+                    .map_err(|e| CheckError::NoHttp(format!("{addr}: {e}")))?,
+            ),
+            None => None,
+        };
+        if let Some(load) = &load {
+            let _ = load.wait_for_more(100, Duration::from_secs(5));
+        }
         let mut upgrades = Vec::with_capacity(self.upgrades);
         for _ in 0..self.upgrades {
             std::thread::sleep(self.interval);
             upgrades.push(self.upgrade(started));
         }
-        let load = load.finish();
+        let load = load.map(Load::finish).unwrap_or_default();
         Ok(CheckReport {
+            #[cfg(feature = "testing-grpc")]
+            grpc: grpc.map(super::grpc::GrpcLoad::finish),
             first_pid: first,
             mode: self.mode,
             via: self.via,
@@ -249,6 +289,9 @@ pub struct CheckReport {
     pub load: Report,
     /// Each upgrade.
     pub upgrades: Vec<UpgradeTiming>,
+    /// What the gRPC clients saw, with [`Check::grpc`].
+    #[cfg(feature = "testing-grpc")]
+    pub grpc: Option<super::grpc::GrpcReport>,
 }
 
 /// p50 and p99 of `v` (sorted here).
@@ -268,7 +311,14 @@ impl CheckReport {
     /// Nothing was lost: no request failed, no keep-alive connection was closed under a
     /// request, and every upgrade succeeded.
     pub fn lossless(&self) -> bool {
-        self.load.failed == 0 && self.load.idle_close_races == 0 && self.failed_upgrades() == 0
+        #[cfg(feature = "testing-grpc")]
+        let grpc_lost = self.grpc.as_ref().is_some_and(|g| g.failed > 0);
+        #[cfg(not(feature = "testing-grpc"))]
+        let grpc_lost = false;
+        self.load.failed == 0
+            && self.load.idle_close_races == 0
+            && self.failed_upgrades() == 0
+            && !grpc_lost
     }
 
     /// Upgrades that did not succeed.
@@ -330,8 +380,18 @@ impl CheckReport {
                 )
             })
             .collect();
+        #[cfg(feature = "testing-grpc")]
+        let grpc = match &self.grpc {
+            Some(g) => format!(
+                ",\"grpc\":{{\"answered\":{},\"failed\":{},\"retried_unprocessed\":{}}}",
+                g.answered, g.failed, g.retried
+            ),
+            None => String::new(),
+        };
+        #[cfg(not(feature = "testing-grpc"))]
+        let grpc = String::new();
         format!(
-            "{{\"lossless\":{},\"mode\":\"{}\",\"via\":\"{}\",\"duration_ms\":{},\"answered\":{},\"failed\":{},\"failures\":{{\"refused\":{},\"eof_before_response\":{},\"bad_status\":{},\"reset_or_cut\":{}}},\"keepalive_close_races\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"to_ready_ms\":{{\"p50\":{},\"p99\":{}}},\"to_old_exit_ms\":{{\"p50\":{},\"p99\":{}}},\"latency_outside_ms\":{{\"p50\":{},\"p99\":{}}},\"latency_during_ms\":{{\"p50\":{},\"p99\":{}}},\"upgrades\":[{}]}}",
+            "{{\"lossless\":{},\"mode\":\"{}\",\"via\":\"{}\",\"duration_ms\":{},\"answered\":{},\"failed\":{},\"failures\":{{\"refused\":{},\"eof_before_response\":{},\"bad_status\":{},\"reset_or_cut\":{}}},\"keepalive_close_races\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"to_ready_ms\":{{\"p50\":{},\"p99\":{}}},\"to_old_exit_ms\":{{\"p50\":{},\"p99\":{}}},\"latency_outside_ms\":{{\"p50\":{},\"p99\":{}}},\"latency_during_ms\":{{\"p50\":{},\"p99\":{}}},\"upgrades\":[{}]{}}}",
             self.lossless(),
             mode_name(self.mode),
             via_name(self.via),
@@ -353,7 +413,8 @@ impl CheckReport {
             ms(out99),
             ms(dur50),
             ms(dur99),
-            upgrades.join(",")
+            upgrades.join(","),
+            grpc
         )
     }
 
@@ -445,6 +506,17 @@ impl fmt::Display for CheckReport {
             ms(dur50),
             ms(dur99)
         )?;
+        #[cfg(feature = "testing-grpc")]
+        if let Some(g) = &self.grpc {
+            write!(
+                f,
+                "\ngrpc: {} calls answered, {} failed, {} never processed by the server and retried (gRPC transparent retry)",
+                g.answered, g.failed, g.retried
+            )?;
+            for e in &g.errors {
+                write!(f, "\ngrpc error: {e}")?;
+            }
+        }
         for u in self.upgrades.iter().filter(|u| u.error.is_some()) {
             write!(
                 f,

@@ -21,6 +21,8 @@
 //! Everything here blocks (threads, no runtime), is bounded in time, and is meant for loopback.
 
 mod check;
+#[cfg(feature = "testing-grpc")]
+pub mod grpc;
 pub mod load;
 mod plot;
 mod server;
