@@ -169,7 +169,19 @@ fn upgrade(a: &Args) -> Outcome {
             }
             Ok(())
         }
-        Err(e @ ControlError::Failed { .. }) => Err((FAILED, chain(&e))),
+        Err(e @ ControlError::Failed { .. }) => {
+            let mut message = chain(&e);
+            if let ControlError::Failed { stderr, .. } = &e
+                && !stderr.is_empty()
+            {
+                message.push_str("\nthe new process's last lines on stderr:");
+                for line in stderr {
+                    message.push_str("\n  ");
+                    message.push_str(line);
+                }
+            }
+            Err((FAILED, message))
+        }
         Err(e) => Err(could_not_ask(chain(&e))),
     }
 }

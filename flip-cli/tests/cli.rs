@@ -111,6 +111,10 @@ fn a_failed_upgrade_says_why_and_exits_1_and_the_old_process_serves_on() {
     let said = text(&out);
     assert!(said.contains("upgrade failed"), "{said}");
     assert!(said.contains("exit code 3"), "{said}");
+    assert!(
+        said.contains("the new process's last lines on stderr:\n  broken build"),
+        "{said}"
+    );
     assert_eq!(server.pid(), Some(server.first_pid));
     assert!(alive(server.first_pid));
     let status = text(&run(&["status", "--pid-file", &pid_file(&server)]));

@@ -10,7 +10,7 @@ use tokio::io::unix::AsyncFd;
 use crate::error::{Error, ExitStatus};
 use crate::handoff::{
     self, ALIVE_FD, CONTROL_FD, Entry, FIRST_ENTRY_FD, GENERATION_VAR, MARKER_VAR, Manifest,
-    Marker, READY_FD, ReadyPipe, Token,
+    Marker, READY_FD, ReadyPipe, STDERR_VAR, Token,
 };
 use crate::key::Key;
 use crate::process::{self, ExitWatch, Launch};
@@ -24,6 +24,8 @@ use crate::sys::fd::FileId;
 #[derive(Debug)]
 pub(crate) struct Child {
     pid: i32,
+    /// The last lines the process wrote to its standard error before it was ready.
+    stderr_tail: StderrTail,
     ready: AsyncFd<OwnedFd>,
     exit: ExitWatch,
     /// Write end of the parent pipe; the new process sees EOF once this process exits.
@@ -35,6 +37,21 @@ pub(crate) struct Child {
 impl Child {
     pub(crate) fn pid(&self) -> u32 {
         self.pid.unsigned_abs()
+    }
+
+    /// The last lines it wrote to its standard error, once the relay read everything (the
+    /// process ended: at most a moment) or after 250 ms (something else holds the pipe).
+    pub(crate) async fn last_stderr(&self) -> Vec<String> {
+        let mut closed = self.stderr_tail.closed.subscribe();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(250),
+            closed.wait_for(|c| *c),
+        )
+        .await;
+        crate::lock(&self.stderr_tail.lines)
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Resolves when the child says it is ready, or with its exit status when it ended first.
@@ -206,9 +223,18 @@ pub(crate) fn spawn(
         token,
     };
 
+    // The new process's standard error goes through us until it is ready (see STDERR_VAR);
+    // the real one follows the entries.
+    let (stderr_r, stderr_w) = sys::fd::pipe().map_err(Error::io("creating the stderr pipe"))?;
+    let real_stderr = sys::fd::dup_stderr().map_err(Error::io("duplicating stderr"))?;
+    let real_stderr_fd = FIRST_ENTRY_FD
+        + i32::try_from(fds.len())
+            .map_err(|_| Error::io("counting descriptors")(io::Error::other("too many")))?;
+
     // In the order of the layout: control, ready, parent pipe, then the entries.
     let mut passed: Vec<BorrowedFd<'_>> = vec![control_r.as_fd(), ready_w.as_fd(), alive_r.as_fd()];
     passed.extend(fds.iter().map(|(_, fd)| fd.as_fd()));
+    passed.push(real_stderr.as_fd());
     let started = launch
         .start(
             &[
@@ -217,22 +243,32 @@ pub(crate) fn spawn(
                     OsStr::new(GENERATION_VAR),
                     OsStr::new(&generation.to_string()),
                 ),
+                (
+                    OsStr::new(STDERR_VAR),
+                    OsStr::new(&real_stderr_fd.to_string()),
+                ),
             ],
             &passed,
+            Some(stderr_w.as_fd()),
         )
         .map_err(|source| Error::Spawn {
             program: launch.program.clone(),
             source,
         })?;
     drop(passed);
-    drop((control_r, ready_w, alive_r, fds));
+    drop((control_r, ready_w, alive_r, fds, stderr_w, real_stderr));
 
     let pid = started.pid;
+    let stderr_tail = StderrTail::default();
+    if let Err(e) = relay_stderr(stderr_r, stderr_tail.clone()) {
+        tracing::warn!(error = %e, "cannot relay the new process's stderr");
+    }
     let watches = prepare_ready(ready_r).and_then(|ready| Ok((ready, ExitWatch::new(pid)?)));
     match watches {
         Ok((ready, exit)) => Ok(Pending {
             child: Child {
                 pid,
+                stderr_tail,
                 ready,
                 exit,
                 alive: Some(alive_w),
@@ -248,6 +284,56 @@ pub(crate) fn spawn(
             Err(Error::io("watching the new process")(e))
         }
     }
+}
+
+/// The last lines of a new process's standard error, and whether the pipe reached EOF.
+#[derive(Debug, Default)]
+struct TailState {
+    lines: std::sync::Mutex<std::collections::VecDeque<String>>,
+    closed: tokio::sync::watch::Sender<bool>,
+}
+
+type StderrTail = std::sync::Arc<TailState>;
+
+/// How many lines of a new process's standard error a failure reports.
+const TAIL_LINES: usize = 20;
+
+/// Passes what the new process writes to its standard error on to ours, and keeps the last
+/// lines in `tail`, until the pipe reaches EOF (the process put its real stderr back at ready,
+/// or exited).
+fn relay_stderr(pipe: OwnedFd, tail: StderrTail) -> io::Result<()> {
+    sys::fd::set_nonblocking(pipe.as_fd())?;
+    let pipe = sys::fd::async_readable(pipe)?;
+    tokio::spawn(async move {
+        let mut partial = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let Ok(mut guard) = pipe.readable().await else {
+                break;
+            };
+            let n = match guard.try_io(|fd| sys::fd::read(fd.get_ref().as_fd(), &mut buf)) {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => n,
+                Err(_would_block) => continue,
+            };
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), &buf[..n]);
+            partial.extend_from_slice(&buf[..n]);
+            while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+                let mut t = crate::lock(&tail.lines);
+                if t.len() == TAIL_LINES {
+                    t.pop_front();
+                }
+                t.push_back(text.chars().take(500).collect());
+            }
+            if partial.len() > 4096 {
+                partial.clear();
+            }
+        }
+        tail.closed.send_replace(true);
+    });
+    Ok(())
 }
 
 fn prepare_ready(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {

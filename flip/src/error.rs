@@ -55,6 +55,8 @@ pub enum Error {
         pid: u32,
         /// How it ended.
         status: ExitStatus,
+        /// The last lines it wrote to its standard error (at most 20).
+        last_stderr: Vec<String>,
     },
     /// The new process did not declare itself ready in time; it was killed and reaped.
     #[error("the new process {pid} was not ready within {timeout:?}; it was killed")]
@@ -63,6 +65,8 @@ pub enum Error {
         pid: u32,
         /// The upgrade timeout in force.
         timeout: Duration,
+        /// The last lines it wrote to its standard error (at most 20).
+        last_stderr: Vec<String>,
     },
     /// The new process could not be started at all.
     #[error("could not start {program}")]
@@ -148,6 +152,16 @@ impl Error {
     /// Displays this error followed by each of its sources: `a: b: c`.
     pub fn chain(&self) -> Chain<'_> {
         Chain(self)
+    }
+
+    /// The last lines a new process that failed wrote to its standard error.
+    pub fn last_stderr(&self) -> &[String] {
+        match self {
+            Error::ChildExited { last_stderr, .. } | Error::Timeout { last_stderr, .. } => {
+                last_stderr
+            }
+            _ => &[],
+        }
     }
 
     pub(crate) fn io(context: &'static str) -> impl FnOnce(io::Error) -> Error {

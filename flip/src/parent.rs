@@ -3,11 +3,11 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use crate::error::HandoffError;
-use crate::handoff::{self, GENERATION_VAR, MARKER_VAR, Manifest, Marker};
+use crate::handoff::{self, GENERATION_VAR, MARKER_VAR, Manifest, Marker, STDERR_VAR};
 use crate::key::{ACTIVATED_NETWORK, Key, Kind};
 use crate::sys;
 use crate::sys::fd::FileId;
@@ -26,7 +26,23 @@ pub(crate) fn stash_marker() {
     if stash.is_none() {
         *stash = Some(sys::env::take_var(MARKER_VAR));
         *crate::lock(&STASHED_GENERATION) = sys::env::take_var(GENERATION_VAR);
+        *crate::lock(&STASHED_STDERR) = sys::env::take_var(STDERR_VAR);
     }
+}
+
+/// The real stderr's descriptor number, moved out of the environment with the marker.
+static STASHED_STDERR: Mutex<Option<OsString>> = Mutex::new(None);
+
+/// The real standard error the parent passed (see [`handoff::STDERR_VAR`]), adopted.
+fn take_real_stderr(taken: &[RawFd]) -> Option<OwnedFd> {
+    let value = crate::lock(&STASHED_STDERR)
+        .take()
+        .or_else(|| sys::env::take_var(STDERR_VAR))?;
+    let raw: RawFd = value.to_str()?.parse().ok()?;
+    if raw < 3 || taken.contains(&raw) {
+        return None;
+    }
+    sys::fd::adopt(raw).ok()
 }
 
 /// The generation variable, moved out of the environment with the marker.
@@ -72,11 +88,18 @@ pub(crate) struct ParentLink {
     ready: Option<OwnedFd>,
     /// Read end of the pipe the parent holds open until it exits; EOF means it is gone.
     alive: OwnedFd,
+    /// The real standard error, put back in place at ready; until then the parent relays ours.
+    real_stderr: Option<OwnedFd>,
 }
 
 impl ParentLink {
     /// Tells the parent that this process is ready. Sent once; later calls do nothing.
     pub(crate) fn notify_ready(&mut self) -> io::Result<()> {
+        if let Some(real) = self.real_stderr.take()
+            && let Err(e) = sys::fd::set_stderr(real.as_fd())
+        {
+            tracing::warn!(error = %e, "could not put the real stderr back; the parent relays it");
+        }
         match self.ready.take() {
             Some(fd) => handoff::send_ready(fd.as_fd()),
             None => Ok(()),
@@ -105,7 +128,20 @@ pub(crate) fn take_handoff() -> Result<Option<Inherited>, HandoffError> {
     let Some(value) = take_marker() else {
         return Ok(None);
     };
-    let marker = Marker::decode(&value)?;
+    let result = read_handoff(&value);
+    // A withdrawn standby (its handoff pipe, checked, reached EOF) may have lost its parent,
+    // and with it the relay of its stderr: the real one goes back. Other errors leave stderr
+    // alone: the marker may not be ours, and neither the descriptor it names.
+    if let Err(HandoffError::Withdrawn) = &result
+        && let Some(real) = take_real_stderr(&[])
+    {
+        let _ = sys::fd::set_stderr(real.as_fd());
+    }
+    result.map(Some)
+}
+
+fn read_handoff(value: &std::ffi::OsStr) -> Result<Inherited, HandoffError> {
+    let marker = Marker::decode(value)?;
     let not_for_us = |reason: String| HandoffError::NotForUs { reason };
 
     // Only a pipe with the inode the parent wrote into the marker is read: a process that
@@ -134,7 +170,13 @@ pub(crate) fn take_handoff() -> Result<Option<Inherited>, HandoffError> {
             "the token in the manifest differs from the marker's".into(),
         ));
     }
-    adopt_all(manifest).map(Some)
+    let mut inherited = adopt_all(manifest)?;
+    let mut taken: Vec<RawFd> = inherited.fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    taken.push(marker.control_fd);
+    taken.push(inherited.parent.alive.as_raw_fd());
+    taken.extend(inherited.parent.ready.as_ref().map(AsRawFd::as_raw_fd));
+    inherited.parent.real_stderr = take_real_stderr(&taken);
+    Ok(inherited)
 }
 
 /// What a handed-over descriptor must be.
@@ -272,6 +314,7 @@ fn adopt_all(m: Manifest) -> Result<Inherited, HandoffError> {
             pid: m.parent_pid,
             ready: Some(ready),
             alive,
+            real_stderr: None,
         },
     })
 }

@@ -81,6 +81,7 @@ impl Launch {
         &self,
         extra: &[(&OsStr, &OsStr)],
         fds: &[BorrowedFd<'_>],
+        stderr: Option<BorrowedFd<'_>>,
     ) -> io::Result<Started> {
         let own = self.env.iter().map(|(n, v)| (n.as_os_str(), v.as_os_str()));
         let added: Vec<(&OsStr, &OsStr)> = own.chain(extra.iter().copied()).collect();
@@ -109,6 +110,7 @@ impl Launch {
             envp: &envp,
             cwd: &cwd,
             fds,
+            stderr,
         })?;
         // What the child runs, exactly: `posix_spawn` returns once it has called `execve`.
         // Without /proc, the file as it was just before.

@@ -197,6 +197,9 @@ fn init_logging() {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(ansi)
+            // A write that fails (a closed pipe) is dropped; the default reports it with
+            // `eprintln!`, which panics on the same closed pipe.
+            .log_internal_errors(false)
             .with_writer(std::io::stderr)
             .try_init();
     }

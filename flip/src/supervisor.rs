@@ -64,6 +64,7 @@ fn supervise(executable: Option<std::path::PathBuf>) -> std::io::Result<Ended> {
             (OsStr::new(SUPERVISED_VAR), OsStr::new("1")),
         ],
         &[],
+        None,
     )?;
     let mut serving = first.pid;
     tracing::info!(supervisor = me, pid = serving, "supervising");

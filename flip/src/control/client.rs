@@ -39,6 +39,8 @@ pub enum ControlError {
         reason: String,
         /// The new process's pid.
         new_pid: Option<u32>,
+        /// The last lines the new process wrote to its standard error.
+        stderr: Vec<String>,
     },
 }
 
@@ -161,6 +163,7 @@ impl Client {
             "failed" => Err(ControlError::Failed {
                 reason: r.require("reason").map_err(p)?.to_owned(),
                 new_pid: r.number("new_pid").ok(),
+                stderr: r.all("stderr").map(str::to_owned).collect(),
             }),
             other => Err(ControlError::Protocol(format!(
                 "{other}: {}",

@@ -263,6 +263,9 @@ impl Server {
             Err(e) => {
                 let mut w = Writer::new(if e.is_refusal() { "refused" } else { "failed" });
                 w.field("reason", Chain(&e));
+                for line in e.last_stderr() {
+                    w.field("stderr", line);
+                }
                 if let Some(pid) = failed_pid(&e) {
                     w.field("new_pid", pid);
                 }

@@ -53,6 +53,13 @@ pub const MARKER_VAR: &str = "FLIP_HANDOFF";
 /// first start). Beside the marker, not in it: a binary that does not know it ignores it.
 pub(crate) const GENERATION_VAR: &str = "FLIP_GENERATION";
 
+/// The environment variable that names the descriptor of the new process's real standard
+/// error. Until it is ready, the new process's standard error is a pipe the old process reads:
+/// it passes everything on, and keeps the last lines to report a failure with. At ready, the
+/// new process puts the real one back (`dup2`). A binary that does not know the variable keeps
+/// the pipe.
+pub(crate) const STDERR_VAR: &str = "FLIP_STDERR_FD";
+
 /// The control pipe's read end in the new process: the manifest arrives here.
 pub(crate) const CONTROL_FD: RawFd = FIRST_CHILD_FD;
 /// The ready pipe's write end in the new process.

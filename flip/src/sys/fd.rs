@@ -82,6 +82,16 @@ pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     fd.try_clone_to_owned()
 }
 
+/// Makes `fd` this process's standard error (the previous one is closed).
+pub(crate) fn set_stderr(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(nix::unistd::dup2_stderr(fd)?)
+}
+
+/// A new descriptor for this process's standard error, close-on-exec.
+pub(crate) fn dup_stderr() -> io::Result<OwnedFd> {
+    dup(std::io::stderr().as_fd())
+}
+
 /// Creates a pipe whose two ends are close-on-exec.
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)

@@ -28,6 +28,8 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) cwd: &'a CStr,
     /// Descriptors placed in the child at 3, 4, 5, ... in this order, without close-on-exec.
     pub(crate) fds: &'a [BorrowedFd<'a>],
+    /// The child's standard error, in place of this process's.
+    pub(crate) stderr: Option<BorrowedFd<'a>>,
 }
 
 /// Owns a `posix_spawn_file_actions_t` and destroys it on drop.
@@ -69,7 +71,13 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<i32> {
     let count = RawFd::try_from(req.fds.len()).map_err(|_| io::Error::other("too many fds"))?;
     // Descriptors travel through numbers above every source and every target, so that a dup2
     // onto a target never overwrites a source that is still to be placed.
-    let highest_source = req.fds.iter().map(|fd| fd.as_raw_fd()).max().unwrap_or(0);
+    let highest_source = req
+        .fds
+        .iter()
+        .chain(req.stderr.as_ref())
+        .map(|fd| fd.as_raw_fd())
+        .max()
+        .unwrap_or(0);
     let staging = highest_source.max(FIRST_CHILD_FD + count) + 1;
 
     let mut actions = {
@@ -103,6 +111,13 @@ pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<i32> {
         for (i, fd) in (0..).zip(req.fds) {
             check(
                 libc::posix_spawn_file_actions_adddup2(&mut actions.0, fd.as_raw_fd(), staging + i),
+                "posix_spawn_file_actions_adddup2",
+            )?;
+        }
+        if let Some(stderr) = &req.stderr {
+            // Before the staging copies are placed: the source cannot be overwritten yet.
+            check(
+                libc::posix_spawn_file_actions_adddup2(&mut actions.0, stderr.as_raw_fd(), 2),
                 "posix_spawn_file_actions_adddup2",
             )?;
         }

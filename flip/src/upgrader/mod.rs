@@ -280,11 +280,11 @@ impl Upgrader {
             let failed = tokio::select! {
                 ready = child.wait_ready() => match ready {
                     Ok(()) => None,
-                    Err(status) => Some(Error::ChildExited { pid, status }),
+                    Err(status) => Some(Error::ChildExited { pid, status, last_stderr: child.last_stderr().await }),
                 },
                 () = tokio::time::sleep_until(deadline) => {
                     child.kill().await;
-                    Some(Error::Timeout { pid, timeout })
+                    Some(Error::Timeout { pid, timeout, last_stderr: child.last_stderr().await })
                 }
                 () = cancel.notified() => {
                     child.kill().await;
