@@ -444,7 +444,8 @@ fn via_name(via: Via) -> &'static str {
     }
 }
 
-fn json_string(s: &str) -> String {
+/// `s` as a JSON string literal, quoted and escaped.
+pub fn json_string(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
         match c {

@@ -27,7 +27,7 @@ pub mod load;
 mod plot;
 mod server;
 
-pub use check::{Check, CheckError, CheckReport, UpgradeTiming, Via};
+pub use check::{Check, CheckError, CheckReport, UpgradeTiming, Via, json_string};
 pub use server::{TestServer, TestServerBuilder};
 
 /// Whether process `pid` runs (a zombie does not), whoever its parent is.
