@@ -27,11 +27,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::Shutdown;
@@ -40,7 +42,7 @@ mod drain;
 mod factory;
 mod service;
 
-use drain::{Drain, DrainAware, DrainHandle, OpenConnection, drain_pair};
+use drain::{Counted, Drain, DrainAware, DrainHandle, OpenConnection, drain_pair};
 pub use factory::ServerFactory;
 pub use service::{Accept, HttpBody, HttpService, Io};
 
@@ -52,8 +54,9 @@ pub const DEFAULT_LINGER: Duration = Duration::from_secs(1);
 pub struct HttpServer {
     builder: Arc<auto::Builder<TokioExecutor>>,
     linger: Duration,
-    /// Connections open now, over every serve of this server and its clones.
-    open: Arc<AtomicUsize>,
+    /// Connections open now, over every serve of this server and its clones (upgraded ones
+    /// included).
+    open: Arc<watch::Sender<usize>>,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -78,7 +81,7 @@ impl HttpServer {
         HttpServer {
             builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
             linger: DEFAULT_LINGER,
-            open: Arc::new(AtomicUsize::new(0)),
+            open: Arc::new(watch::Sender::new(0)),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -93,7 +96,7 @@ impl HttpServer {
     /// Connections open now (accepted and not closed yet), over every serve of this server and
     /// of its clones: during a drain, the ones still to finish.
     pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
+        *self.open.borrow()
     }
 
     /// Serves TLS with this certificate chain and private key (PEM files).
@@ -141,11 +144,10 @@ impl HttpServer {
                         let id = next_id;
                         next_id += 1;
                         drains.insert(id, handle);
-                        let open = OpenConnection::new(&self.open);
-                        let conn = self.clone().connection(stream, service.clone(), drain);
+                        let stream = Counted { io: stream, _open: OpenConnection::new(&self.open) };
+                        let conn = self.clone().connection(stream, service.clone(), drain, shutdown.clone());
                         connections.spawn(async move {
                             conn.await;
-                            drop(open);
                             id
                         });
                     }
@@ -171,10 +173,46 @@ impl HttpServer {
         drop(listener);
         tracing::debug!(connections = connections.len(), "draining HTTP connections");
         while connections.join_next().await.is_some() {}
+        // Connections the application took over (HTTP/1.1 upgrades: WebSockets) stay with
+        // this process until they close, or the grace period ends it.
+        let mut open = self.open.subscribe();
+        if *open.borrow() > 0 {
+            tracing::debug!(
+                connections = *open.borrow(),
+                "waiting for upgraded connections"
+            );
+        }
+        let _ = open.wait_for(|n| *n == 0).await;
         Ok(())
     }
 
-    async fn connection<I, S, B>(self, stream: I, service: S, drain: Drain)
+    /// [`serve`](HttpServer::serve) for a tower service: an axum `Router`, a tower stack,
+    /// anything `hyper_util::service::TowerToHyperService` adapts.
+    ///
+    /// ```ignore
+    /// # async fn demo(ctx: flip::StartContext) -> Result<(), flip::Error> {
+    /// let router = axum::Router::new().route("/", axum::routing::get(|| async { "hi" }));
+    /// let listener = ctx.tcp_listener("127.0.0.1:8080")?;
+    /// let (app, shutdown) = (router, ctx.shutdown());
+    /// ctx.serve(async move { flip::http::HttpServer::new().serve_tower(listener, app, shutdown).await });
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_tower<L, S, B>(
+        &self,
+        listener: L,
+        service: S,
+        shutdown: Shutdown,
+    ) -> io::Result<()>
+    where
+        L: Accept,
+        TowerToHyperService<S>: HttpService<B>,
+        B: HttpBody,
+    {
+        self.serve(listener, TowerToHyperService::new(service), shutdown)
+            .await
+    }
+
+    async fn connection<I, S, B>(self, stream: I, service: S, drain: Drain, shutdown: Shutdown)
     where
         I: Io,
         S: HttpService<B>,
@@ -198,10 +236,14 @@ impl HttpServer {
             inner: service,
             draining: drain.draining.clone(),
             http2: http2.clone(),
+            shutdown,
         };
         // Boxed, like the handshake above: inline, the two made every connection's task
         // several times larger than plain hyper's (BENCHMARKS.md has the sizes).
-        let mut conn = Box::pin(self.builder.serve_connection(TokioIo::new(stream), service));
+        let mut conn = Box::pin(
+            self.builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service),
+        );
         tokio::select! {
             _ = conn.as_mut() => return,
             // An error means the server dropped the handle: it is stopping at once.
