@@ -91,12 +91,16 @@ async fn echo(mut socket: WebSocket, mut shutdown: flip::Shutdown) {
             () = shutdown.draining() => {
                 let close = CloseFrame { code: 1012, reason: "upgraded: reconnect".into() };
                 let _ = socket.send(Message::Close(Some(close))).await;
-                // The client answers the close; then the connection ends.
-                while let Some(Ok(m)) = socket.recv().await {
-                    if matches!(m, Message::Close(_)) {
-                        break;
+                // The client answers the close, and the connection ends; one that does not
+                // answer within 5 s is let go.
+                let answered = async {
+                    while let Some(Ok(m)) = socket.recv().await {
+                        if matches!(m, Message::Close(_)) {
+                            break;
+                        }
                     }
-                }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), answered).await;
                 return;
             }
             message = socket.recv() => match message {

@@ -1,0 +1,190 @@
+//! The axum example across upgrades, with a real WebSocket client (tokio-tungstenite): sessions
+//! stay with the old process until its drain notice, then reconnect to the new one; the event
+//! stream says `reconnect`; the readiness probe turns unready as the drain begins.
+
+use std::io::{BufRead, BufReader, Read, Write};
+
+use flip_suite as support;
+use futures_util::{SinkExt, StreamExt};
+use support::load::{AssertLossless, Load, Mode};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn axum_server(name: &str) -> (Server, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(name, &example_path("axum"), &[("HTTP_ADDR", addr.clone())]);
+    (server, addr)
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects and returns the socket and the pid in its greeting.
+async fn connect(addr: &str) -> (Socket, u32) {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .expect("WebSocket handshake");
+    let greeting = next_text(&mut ws).await;
+    let pid = greeting
+        .strip_prefix("hello from ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("greeting {greeting:?}"));
+    (ws, pid)
+}
+
+async fn next_text(ws: &mut Socket) -> String {
+    match tokio::time::timeout(DEADLINE, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => t.as_str().to_owned(),
+        other => panic!("expected a text message, got {other:?}"),
+    }
+}
+
+/// Sends `text` and returns the echo.
+async fn echo(ws: &mut Socket, text: &str) -> String {
+    ws.send(Message::Text(text.into())).await.expect("send");
+    next_text(ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_sessions_stay_with_the_old_process_until_its_drain_notice_then_reconnect() {
+    let (server, addr) = axum_server("axum-ws");
+    let old = server.first_pid;
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (ws, pid) = connect(&addr).await;
+        assert_eq!(pid, old);
+        sessions.push(ws);
+    }
+    let load = Load::start(&addr, 2, Mode::Close);
+    let upgraded = tokio::task::spawn_blocking(move || {
+        let new = server.upgrade().expect("upgrade");
+        (server, new)
+    });
+    let (server, new) = upgraded.await.unwrap();
+    assert_ne!(new, old);
+    for ws in &mut sessions {
+        // Until its notice, the session is the old process's, and works.
+        loop {
+            match tokio::time::timeout(DEADLINE, ws.next()).await {
+                Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                    assert_eq!(frame.code, CloseCode::Restart, "{frame:?}");
+                    // Answer the close, as a client does.
+                    let _ = ws.close(None).await;
+                    break;
+                }
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    assert!(t.as_str().starts_with(&format!("{old}")), "{t}")
+                }
+                other => panic!("expected the drain notice, got {other:?}"),
+            }
+        }
+    }
+    // Reconnected, every session lands on the new process.
+    for _ in 0..3 {
+        let (mut ws, pid) = connect(&addr).await;
+        assert_eq!(pid, new);
+        assert_eq!(echo(&mut ws, "ping").await, format!("{new}: ping"));
+    }
+    let old_gone = tokio::task::spawn_blocking(move || {
+        wait_exit(old, DEADLINE);
+        server
+    });
+    let server = old_gone.await.unwrap();
+    load.wait_for_more(20);
+    load.finish().assert_lossless_across(&[old, new]);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_session_keeps_the_old_process_alive_and_working_while_it_drains() {
+    // A client that ignores the notice: the old process keeps its session until it closes.
+    let (server, addr) = axum_server("axum-hold");
+    let old = server.first_pid;
+    let (mut ws, _) = connect(&addr).await;
+    let upgraded = tokio::task::spawn_blocking(move || {
+        let new = server.upgrade().expect("upgrade");
+        (server, new)
+    });
+    let (server, new) = upgraded.await.unwrap();
+    // The notice came; the old process still runs, holding the session.
+    match tokio::time::timeout(DEADLINE, ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(frame.code, CloseCode::Restart),
+        other => panic!("expected the drain notice, got {other:?}"),
+    }
+    assert!(
+        alive(old),
+        "the old process waits for its upgraded connection"
+    );
+    assert_eq!(server.pid(), Some(new));
+    ws.close(None).await.ok();
+    drop(ws);
+    let gone = tokio::task::spawn_blocking(move || {
+        wait_exit(old, DEADLINE);
+        server
+    });
+    drop(gone.await.unwrap());
+}
+
+#[test]
+fn the_event_stream_says_reconnect_and_the_probe_turns_unready_when_the_drain_begins() {
+    let (server, addr) = axum_server("axum-sse");
+    let old = server.first_pid;
+    // A keep-alive connection to the old process, for the probe after the drain began.
+    let mut probe = std::net::TcpStream::connect(&addr).unwrap();
+    let ask = |c: &mut std::net::TcpStream| -> String {
+        c.write_all(b"GET /ready HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut reader = BufReader::new(c.try_clone().unwrap());
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        status.trim().to_owned()
+    };
+    assert_eq!(ask(&mut probe), "HTTP/1.1 200 OK");
+
+    let mut events = std::net::TcpStream::connect(&addr).unwrap();
+    events
+        .write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    events.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut stream = BufReader::new(events);
+    let mut seen = String::new();
+    while !seen.contains(&format!("tick {old} 1")) {
+        let mut line = String::new();
+        assert!(
+            stream.read_line(&mut line).unwrap() > 0,
+            "stream ended: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    let new = server.upgrade().expect("upgrade");
+    assert_ne!(new, old);
+    // The old process answers the probe until its drain began, then: unready (and, as every
+    // answer once draining, `Connection: close`).
+    wait_for("the old process's probe to say unready", DEADLINE, || {
+        (ask(&mut probe) == "HTTP/1.1 503 Service Unavailable").then_some(())
+    });
+    while !seen.contains(&format!("data: {old} drains")) {
+        let mut line = String::new();
+        assert!(
+            stream.read_line(&mut line).unwrap() > 0,
+            "stream ended: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("event: reconnect"), "{seen}");
+    wait_exit(old, DEADLINE);
+}
