@@ -188,3 +188,121 @@ fn the_event_stream_says_reconnect_and_the_probe_turns_unready_when_the_drain_be
     assert!(seen.contains("event: reconnect"), "{seen}");
     wait_exit(old, DEADLINE);
 }
+
+/// Processes now running `exe` for the server on `addr` (the other tests run it too).
+fn running(exe: &std::path::Path, addr: &str) -> Vec<u32> {
+    let mine = format!("HTTP_ADDR={addr}");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|x| x == exe)
+                && alive(pid)
+                && environ(pid).contains(&mine)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_oldest_is_told_to_finish() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let exe = example_path("axum");
+    let server = Server::start(
+        "axum-overlap",
+        &exe,
+        &[
+            ("HTTP_ADDR", addr.clone()),
+            ("FLIP_MAX_DRAINING", "2".into()),
+        ],
+    );
+    // Count the generations alive, all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let most = std::thread::spawn({
+        let (stop, exe, addr) = (stop.clone(), exe.clone(), addr.clone());
+        move || {
+            let mut most = 0;
+            let end = std::time::Instant::now() + DEADLINE;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < end
+            {
+                most = most.max(running(&exe, &addr).len());
+                std::thread::park_timeout(std::time::Duration::from_millis(1));
+            }
+            most
+        }
+    });
+    let load = Load::start(&addr, 2, Mode::Close);
+    // Each generation holds a WebSocket client that never answers the drain notice: its drain
+    // lasts until the example lets the client go (5 s), longer than these upgrades take.
+    let mut generations = vec![server.first_pid];
+    let mut held = Vec::new();
+    let mut server = Some(server);
+    for _ in 0..3 {
+        // Right after an upgrade the old process may still take a connection, until its drain
+        // closes its listener: connect until the newest generation answers.
+        let newest = *generations.last().unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let ws = loop {
+            let (ws, pid) = connect(&addr).await;
+            if pid == newest {
+                break ws;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{newest} never answered"
+            );
+        };
+        held.push(ws);
+        let s = server.take().unwrap();
+        let (s, new) = tokio::task::spawn_blocking(move || {
+            let new = s
+                .upgrade()
+                .expect("an upgrade while older generations drain");
+            s.wait_pid_file(new);
+            (s, new)
+        })
+        .await
+        .unwrap();
+        server = Some(s);
+        generations.push(new);
+    }
+    let server = server.unwrap();
+    // The third upgrade would have left three draining: the first generation was told to
+    // finish first.
+    assert!(!alive(generations[0]), "the oldest generation exited");
+    assert!(
+        server
+            .log()
+            .contains("telling the oldest draining generation to finish now"),
+        "{}",
+        server.log()
+    );
+    assert!(
+        alive(generations[1]) && alive(generations[2]),
+        "two generations drain"
+    );
+    load.wait_for_more(20);
+    let report = load.finish();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most = most.join().unwrap();
+    eprintln!(
+        "overlapping upgrades: {} requests, {} failed; at most {most} generations alive",
+        report.answered, report.failed
+    );
+    report.assert_lossless_across(&generations[1..]);
+    assert!(
+        most <= 3,
+        "at most 2 draining and 1 serving; saw {most} alive"
+    );
+    drop(held);
+    let last = *generations.last().unwrap();
+    tokio::task::spawn_blocking(move || {
+        for &g in &generations[1..3] {
+            wait_exit(g, DEADLINE);
+        }
+        assert_eq!(server.pid(), Some(last));
+    })
+    .await
+    .unwrap();
+}

@@ -9,8 +9,8 @@ use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, ExitStatus};
 use crate::handoff::{
-    self, ALIVE_FD, CONTROL_FD, Entry, FIRST_ENTRY_FD, GENERATION_VAR, MARKER_VAR, Manifest,
-    Marker, READY_FD, ReadyPipe, STDERR_VAR, Token,
+    self, ALIVE_FD, ANCESTORS_VAR, CONTROL_FD, Entry, FIRST_ENTRY_FD, GENERATION_VAR, MARKER_VAR,
+    Manifest, Marker, READY_FD, ReadyPipe, STDERR_VAR, Token,
 };
 use crate::key::Key;
 use crate::process::{self, ExitWatch, Launch};
@@ -190,7 +190,10 @@ pub(crate) fn spawn(
     launch: &Launch,
     fds: Vec<(Key, OwnedFd)>,
     generation: u64,
+    ancestors: &[u32],
 ) -> Result<Pending, Error> {
+    let ancestors: Vec<String> = ancestors.iter().map(u32::to_string).collect();
+    let ancestors = ancestors.join(",");
     let token = Token::generate().map_err(Error::io("generating the handoff token"))?;
     let (control_r, control_w) = sys::fd::pipe().map_err(Error::io("creating the handoff pipe"))?;
     let (ready_r, ready_w) = sys::fd::pipe().map_err(Error::io("creating the ready pipe"))?;
@@ -247,6 +250,7 @@ pub(crate) fn spawn(
                     OsStr::new(STDERR_VAR),
                     OsStr::new(&real_stderr_fd.to_string()),
                 ),
+                (OsStr::new(ANCESTORS_VAR), OsStr::new(&ancestors)),
             ],
             &passed,
             Some(stderr_w.as_fd()),

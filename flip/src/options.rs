@@ -36,6 +36,7 @@ pub struct Options {
     pub(crate) standby: bool,
     pub(crate) successor_env: Vec<(OsString, OsString)>,
     pub(crate) control_socket: Option<PathBuf>,
+    pub(crate) max_draining: Option<usize>,
 }
 
 impl Default for Options {
@@ -50,6 +51,7 @@ impl Default for Options {
             standby: false,
             successor_env: Vec::new(),
             control_socket: None,
+            max_draining: None,
         }
     }
 }
@@ -143,6 +145,18 @@ impl Options {
     /// [`Bootstrap`]: crate::Bootstrap
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Options {
         self.control_socket = Some(path.into());
+        self
+    }
+
+    /// Allow upgrades while older generations still drain, with at most `n` draining at any
+    /// moment (default: Gitaly's rule, no upgrade while the process that started this one
+    /// runs). An upgrade that would leave more than `n` draining first tells the oldest to
+    /// finish now (`SIGTERM`: its grace period ends) and waits until it exited. At most one
+    /// process is ever starting; the pid file always names the serving one. For servers whose
+    /// drains last long (WebSockets, long gRPC streams), so that a fix or a rollback need not
+    /// wait for them. `#[flip::main]` reads `<PREFIX>_MAX_DRAINING`.
+    pub fn max_draining(mut self, n: usize) -> Options {
+        self.max_draining = Some(n.max(1));
         self
     }
 

@@ -7,7 +7,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use crate::error::HandoffError;
-use crate::handoff::{self, GENERATION_VAR, MARKER_VAR, Manifest, Marker, STDERR_VAR};
+use crate::handoff::{
+    self, ANCESTORS_VAR, GENERATION_VAR, MARKER_VAR, Manifest, Marker, STDERR_VAR,
+};
 use crate::key::{ACTIVATED_NETWORK, Key, Kind};
 use crate::sys;
 use crate::sys::fd::FileId;
@@ -27,7 +29,22 @@ pub(crate) fn stash_marker() {
         *stash = Some(sys::env::take_var(MARKER_VAR));
         *crate::lock(&STASHED_GENERATION) = sys::env::take_var(GENERATION_VAR);
         *crate::lock(&STASHED_STDERR) = sys::env::take_var(STDERR_VAR);
+        *crate::lock(&STASHED_ANCESTORS) = sys::env::take_var(ANCESTORS_VAR);
     }
+}
+
+/// The ancestors' pids, moved out of the environment with the marker.
+static STASHED_ANCESTORS: Mutex<Option<OsString>> = Mutex::new(None);
+
+/// The older generations the process that started this one listed, oldest first.
+pub(crate) fn take_ancestors() -> Vec<u32> {
+    let value = crate::lock(&STASHED_ANCESTORS)
+        .take()
+        .or_else(|| sys::env::take_var(ANCESTORS_VAR));
+    value
+        .and_then(|v| v.into_string().ok())
+        .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 /// The real stderr's descriptor number, moved out of the environment with the marker.

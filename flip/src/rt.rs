@@ -111,6 +111,8 @@ pub struct Environment {
     pub standby: bool,
     /// `<PREFIX>_SUPERVISE`, or the attribute's `supervise`; `None` when neither says.
     pub supervise: Option<bool>,
+    /// `<PREFIX>_MAX_DRAINING`: see [`Options::max_draining`].
+    pub max_draining: Option<usize>,
     /// The control socket: `<PREFIX>_CONTROL_SOCKET`, the attribute's `control`, or the pid
     /// file's path with the extension `ctl`; `None` when turned off or without a pid file.
     pub control_socket: Option<std::path::PathBuf>,
@@ -155,6 +157,21 @@ pub fn read_environment(
         Some(v) => Some(v.into()),
         None => pid_file.as_deref().map(crate::control::default_socket_path),
     };
+    let draining_var = format!("{}_MAX_DRAINING", config.env_prefix);
+    let max_draining = match get(&draining_var) {
+        None => None,
+        Some(v) if v.is_empty() => None,
+        Some(v) => match v.to_string_lossy().trim().parse::<usize>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                return Err(EnvError {
+                    name: draining_var,
+                    value: v.to_string_lossy().into_owned(),
+                    reason: "expected a number of generations, 1 or more",
+                });
+            }
+        },
+    };
     let flag = |name: String, default: Option<bool>| match get(&name) {
         None => Ok(default),
         Some(v) => {
@@ -184,6 +201,7 @@ pub fn read_environment(
         .unwrap_or(false),
         supervise: flag(format!("{}_SUPERVISE", config.env_prefix), config.supervise)?,
         control_socket,
+        max_draining,
     })
 }
 
@@ -266,6 +284,9 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     }
     if let Some(path) = &env.control_socket {
         options = options.control_socket(path);
+    }
+    if let Some(n) = env.max_draining {
+        options = options.max_draining(n);
     }
     let mut bootstrap = match Bootstrap::with_options(options, env.upgrades_enabled) {
         Ok(b) => b,

@@ -48,6 +48,7 @@ impl Standby {
         fds: Vec<(Key, OwnedFd)>,
         pid_file: Option<&Path>,
         generation: u64,
+        ancestors: &[u32],
         still_wanted: impl FnOnce() -> bool,
     ) -> Result<Option<u32>, Error> {
         let mut slot = crate::lock(&self.slot);
@@ -60,7 +61,7 @@ impl Standby {
         if let Some(stale) = slot.take() {
             let_go(stale, false, pid_file);
         }
-        let standby = child::spawn(launch, fds, generation)?;
+        let standby = child::spawn(launch, fds, generation, ancestors)?;
         let pid = standby.pid();
         if !still_wanted() {
             let_go(standby, false, pid_file);

@@ -371,6 +371,7 @@ impl Bootstrap {
         tokio::pin!(deadline);
         let successor_exited = self.upgrader.successor_exited();
         tokio::pin!(successor_exited);
+        let mut watching_successor = true;
         loop {
             tokio::select! {
                 _ = &mut drain => return DrainEnd::Ended(Drain::Completed),
@@ -380,7 +381,16 @@ impl Bootstrap {
                 Some(e) = self.errors_rx.recv() => {
                     tracing::debug!(error = %crate::error::Chain(&*e), "error while draining, ignored");
                 }
-                status = &mut successor_exited => {
+                status = &mut successor_exited, if watching_successor => {
+                    watching_successor = false;
+                    // With several generations draining, the new process may have upgraded in
+                    // turn and drained: someone else serves.
+                    let handed_on = self.upgrader.options().max_draining.is_some()
+                        && matches!(status, crate::ExitStatus::Code(0 | 3));
+                    if handed_on {
+                        tracing::info!(%status, "the new process upgraded in turn and exited; still draining");
+                        continue;
+                    }
                     // Nobody serves now but us: take service back on the same sockets.
                     tracing::error!(%status, "the new process died; taking service back");
                     return match self.resume().await {

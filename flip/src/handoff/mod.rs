@@ -53,6 +53,11 @@ pub const MARKER_VAR: &str = "FLIP_HANDOFF";
 /// first start). Beside the marker, not in it: a binary that does not know it ignores it.
 pub(crate) const GENERATION_VAR: &str = "FLIP_GENERATION";
 
+/// The environment variable that lists the older generations still running when the new
+/// process was started (pids, oldest first, its parent last), for
+/// [`Options::max_draining`](crate::Options::max_draining).
+pub(crate) const ANCESTORS_VAR: &str = "FLIP_ANCESTORS";
+
 /// The environment variable that names the descriptor of the new process's real standard
 /// error. Until it is ready, the new process's standard error is a pipe the old process reads:
 /// it passes everything on, and keeps the last lines to report a failure with. At ready, the

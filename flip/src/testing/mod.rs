@@ -32,13 +32,7 @@ pub use server::{TestServer, TestServerBuilder};
 
 /// Whether process `pid` runs (a zombie does not), whoever its parent is.
 pub(crate) fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| matches!(r.trim_start().chars().next(), Some('Z' | 'X'))),
-        Err(_) => false,
-    }
+    crate::process::runs(pid)
 }
 
 /// The pid a pid file names.

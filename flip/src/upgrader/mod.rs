@@ -46,6 +46,8 @@ struct Shared {
     /// The next process, started ahead of time (`Options::standby`).
     standby: Standby,
     generation: u64,
+    /// Older generations that ran when this one started, oldest first.
+    ancestors: Vec<u32>,
     /// Write end of the pipe the successor watches; held open until this process exits.
     successor_link: Mutex<Option<OwnedFd>>,
     /// How the successor ended, should it end while this process still runs.
@@ -157,6 +159,7 @@ impl Upgrader {
                 prepared_pid_file: Mutex::new(prepared_pid_file),
                 standby: Standby::default(),
                 generation,
+                ancestors: parent::take_ancestors(),
                 successor_link: Mutex::new(None),
                 successor_exit,
                 exit,
@@ -254,6 +257,7 @@ impl Upgrader {
         let started = Instant::now();
         let timeout = self.shared.options.upgrade_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
+        self.make_room(deadline).await?;
         let fds = self.snapshot()?;
         let standby = self
             .shared
@@ -329,7 +333,66 @@ impl Upgrader {
 
     /// Starts a new process with `fds` and hands them over at once.
     fn start_fresh(&self, fds: Vec<(Key, OwnedFd)>) -> Result<Child> {
-        child::spawn(&self.shared.launch, fds, self.shared.generation + 1)?.hand_over()
+        let ancestors = self.lineage_for_child();
+        child::spawn(
+            &self.shared.launch,
+            fds,
+            self.shared.generation + 1,
+            &ancestors,
+        )?
+        .hand_over()
+    }
+
+    /// Older generations still running, oldest first.
+    fn draining_ancestors(&self) -> Vec<u32> {
+        self.shared
+            .ancestors
+            .iter()
+            .copied()
+            .filter(|&pid| crate::process::runs(pid))
+            .collect()
+    }
+
+    /// What a new process is told of its elders: those still running, and this process.
+    fn lineage_for_child(&self) -> Vec<u32> {
+        let mut lineage = self.draining_ancestors();
+        lineage.push(std::process::id());
+        lineage
+    }
+
+    /// With [`Options::max_draining`]: tells the oldest draining generations to finish now
+    /// until the upgrade leaves at most that many draining, and waits for them to exit
+    /// (until `deadline`).
+    async fn make_room(&self, deadline: tokio::time::Instant) -> Result<()> {
+        let Some(max) = self.shared.options.max_draining else {
+            return Ok(());
+        };
+        // After this upgrade, this process drains too.
+        let draining = self.draining_ancestors();
+        let excess = (draining.len() + 1).saturating_sub(max);
+        for &pid in draining.iter().take(excess) {
+            tracing::info!(
+                pid,
+                max_draining = max,
+                "telling the oldest draining generation to finish now"
+            );
+            crate::sys::process::send_signal(pid as i32, crate::sys::process::SIGTERM)
+                .map_err(Error::io("ending an old generation's drain"))?;
+        }
+        for &pid in draining.iter().take(excess) {
+            while crate::process::runs(pid) {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::io("waiting for an old generation to exit")(
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("pid {pid} still runs"),
+                        ),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+        Ok(())
     }
 
     fn pid_file(&self) -> Option<&std::path::Path> {
@@ -365,6 +428,7 @@ impl Upgrader {
             self.snapshot()?,
             self.pid_file(),
             self.shared.generation + 1,
+            &self.lineage_for_child(),
             || matches!(*lock(&self.shared.phase), Phase::Ready),
         )
     }
@@ -394,7 +458,9 @@ impl Upgrader {
             Phase::Stopped => return Err(Error::Terminating),
             Phase::Ready => {}
         }
-        if let Some(parent_pid) = self.living_parent()? {
+        if let Some(parent_pid) = self.living_parent()?
+            && self.shared.options.max_draining.is_none()
+        {
             return Err(Error::ParentAlive { parent_pid });
         }
         let cancel = Arc::new(Notify::new());

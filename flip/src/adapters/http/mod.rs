@@ -75,11 +75,19 @@ impl Default for HttpServer {
     }
 }
 
+/// HTTP/1.1 and HTTP/2, with HTTP/2's extended CONNECT (RFC 8441: WebSockets over HTTP/2,
+/// which axum's `WebSocketUpgrade` accepts).
+fn builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http2().enable_connect_protocol();
+    b
+}
+
 impl HttpServer {
     /// HTTP/1.1 and HTTP/2 (prior knowledge, or ALPN over TLS), plain text.
     pub fn new() -> HttpServer {
         HttpServer {
-            builder: Arc::new(auto::Builder::new(TokioExecutor::new())),
+            builder: Arc::new(builder()),
             linger: DEFAULT_LINGER,
             open: Arc::new(watch::Sender::new(0)),
             #[cfg(feature = "tls")]
