@@ -15,46 +15,55 @@ use crate::sys;
 use crate::sys::fd::FileId;
 use crate::sys::socket::{LocalAddr, SocketType};
 
-/// The marker, moved out of the environment by [`stash_marker`] before any thread exists.
-static STASHED_MARKER: Mutex<Option<Option<OsString>>> = Mutex::new(None);
+/// The variables that travel beside the handoff (see [`handoff`]), moved out of the
+/// environment together.
+const HANDOFF_VARS: [&str; 4] = [MARKER_VAR, GENERATION_VAR, STDERR_VAR, ANCESTORS_VAR];
 
-/// Moves the handoff marker out of the environment now, for [`take_handoff`] to use later.
+/// What [`stash_marker`] moved out of the environment, by name; `None` before it ran.
+type Stash = Vec<(&'static str, Option<OsString>)>;
+static STASHED: Mutex<Option<Stash>> = Mutex::new(None);
+
+/// Moves the handoff marker, and the variables beside it, out of the environment now, for
+/// [`take_handoff`] to use later.
 ///
 /// `#[flip::main]` calls this before the runtime starts its threads (removing a variable is
 /// only safe then), and reads the handoff itself once the runtime is built: a standby process
 /// waits for the handoff with its runtime already up, so that work is off the upgrade's path.
 pub(crate) fn stash_marker() {
-    let mut stash = crate::lock(&STASHED_MARKER);
+    let mut stash = crate::lock(&STASHED);
     if stash.is_none() {
-        *stash = Some(sys::env::take_var(MARKER_VAR));
-        *crate::lock(&STASHED_GENERATION) = sys::env::take_var(GENERATION_VAR);
-        *crate::lock(&STASHED_STDERR) = sys::env::take_var(STDERR_VAR);
-        *crate::lock(&STASHED_ANCESTORS) = sys::env::take_var(ANCESTORS_VAR);
+        *stash = Some(
+            HANDOFF_VARS
+                .iter()
+                .map(|&name| (name, sys::env::take_var(name)))
+                .collect(),
+        );
     }
 }
 
-/// The ancestors' pids, moved out of the environment with the marker.
-static STASHED_ANCESTORS: Mutex<Option<OsString>> = Mutex::new(None);
+/// Takes one of [`HANDOFF_VARS`]: from the stash, or from the environment when nothing was
+/// stashed (a program that builds its `Upgrader` without `#[flip::main]`).
+fn take_stashed(name: &'static str) -> Option<OsString> {
+    match crate::lock(&STASHED).as_mut() {
+        Some(stash) => stash
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, value)| value.take()),
+        None => sys::env::take_var(name),
+    }
+}
 
 /// The older generations the process that started this one listed, oldest first.
 pub(crate) fn take_ancestors() -> Vec<u32> {
-    let value = crate::lock(&STASHED_ANCESTORS)
-        .take()
-        .or_else(|| sys::env::take_var(ANCESTORS_VAR));
-    value
+    take_stashed(ANCESTORS_VAR)
         .and_then(|v| v.into_string().ok())
         .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default()
 }
 
-/// The real stderr's descriptor number, moved out of the environment with the marker.
-static STASHED_STDERR: Mutex<Option<OsString>> = Mutex::new(None);
-
 /// The real standard error the parent passed (see [`handoff::STDERR_VAR`]), adopted.
 fn take_real_stderr(taken: &[RawFd]) -> Option<OwnedFd> {
-    let value = crate::lock(&STASHED_STDERR)
-        .take()
-        .or_else(|| sys::env::take_var(STDERR_VAR))?;
+    let value = take_stashed(STDERR_VAR)?;
     let raw: RawFd = value.to_str()?.parse().ok()?;
     if raw < 3 || taken.contains(&raw) {
         return None;
@@ -62,32 +71,22 @@ fn take_real_stderr(taken: &[RawFd]) -> Option<OwnedFd> {
     sys::fd::adopt(raw).ok()
 }
 
-/// The generation variable, moved out of the environment with the marker.
-static STASHED_GENERATION: Mutex<Option<OsString>> = Mutex::new(None);
-
 /// The generation number the process that started this one gave it, if any.
 pub(crate) fn take_generation() -> Option<u64> {
-    let value = crate::lock(&STASHED_GENERATION)
-        .take()
-        .or_else(|| sys::env::take_var(GENERATION_VAR))?;
-    value.to_str()?.parse().ok()
+    take_stashed(GENERATION_VAR)?.to_str()?.parse().ok()
 }
 
 /// Whether this process was started by an upgrade (or carries a marker that claims so), without
 /// reading the handoff.
 pub(crate) fn has_marker() -> bool {
-    match &*crate::lock(&STASHED_MARKER) {
-        Some(stashed) => stashed.is_some(),
+    match crate::lock(&STASHED).as_ref() {
+        Some(stash) => stash.iter().any(|(n, v)| *n == MARKER_VAR && v.is_some()),
         None => std::env::var_os(MARKER_VAR).is_some(),
     }
 }
 
 fn take_marker() -> Option<OsString> {
-    let stashed = crate::lock(&STASHED_MARKER).take();
-    match stashed {
-        Some(marker) => marker,
-        None => sys::env::take_var(MARKER_VAR),
-    }
+    take_stashed(MARKER_VAR)
 }
 
 /// What a process started by an upgrade received.
