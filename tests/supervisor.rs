@@ -2,7 +2,7 @@
 //! PID 1 (`BOOT_SUPERVISE=1`) and as PID 1 of a pid namespace of its own (`unshare`), which is
 //! what Docker and Kubernetes give a container's entry point.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
 use flip_suite as support;
@@ -12,11 +12,6 @@ use support::*;
 
 fn bootserver() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_flip-bootserver"))
-}
-
-/// The pid file's content.
-fn pid_in(pid_file: &Path) -> Option<u32> {
-    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
 }
 
 /// Memory a process wrote to and holds alone (`Private_Dirty`: heap, stacks, relocated

@@ -29,10 +29,6 @@ fn skip() -> bool {
     }
 }
 
-fn pid_in(pid_file: &Path) -> Option<u32> {
-    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
-}
-
 /// A `Type=notify` unit running `exe` on `addr`, reloaded with SIGHUP: the one in
 /// `examples/systemd/flip-http.service`, with the paths of the test.
 fn notify_unit(exe: &Path, addr: &str, pid_file: &Path) -> String {

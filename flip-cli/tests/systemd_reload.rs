@@ -25,10 +25,6 @@ fn unit(app: &Path, addr: &str, pid_file: &Path) -> String {
         )
 }
 
-fn pid_in(path: &Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 #[test]
 fn systemctl_reload_waits_for_the_new_process_and_fails_when_the_upgrade_fails() {
     if let Some(why) = systemd_box_unavailable() {

@@ -8,6 +8,11 @@ use crate::error::Error;
 /// Default mode of a new pid file: readable by all, writable by the owner.
 pub const DEFAULT_MODE: u32 = 0o644;
 
+/// The pid the pid file at `path` names, if it names one.
+pub(crate) fn read(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
 /// Writes `pid` to `path` atomically: a temporary file in the same directory, renamed over the
 /// target, so a reader sees the old pid or the new one, never a partial write.
 pub(crate) fn write(path: &Path, pid: u32, mode: u32) -> Result<(), Error> {

@@ -15,10 +15,10 @@
 //! service restarts. What it runs is this file and the few syscalls below it.
 
 use std::ffi::OsStr;
-use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 
+use crate::handoff::Token;
 use crate::notify::{self, NOTIFY_SOCKET_VAR, Notifier};
 use crate::process::Launch;
 use crate::sys;
@@ -48,7 +48,7 @@ fn supervise(executable: Option<std::path::PathBuf>) -> std::io::Result<Ended> {
         sys::process::become_subreaper()?;
     }
     let signals = sys::process::signal_fd(&sys::process::SUPERVISED_SIGNALS)?;
-    let name = format!("flip-supervisor-{me}-{}", random_hex()?);
+    let name = format!("flip-supervisor-{me}-{}", Token::generate()?.to_hex());
     let inbox = sys::socket::abstract_datagram(name.as_bytes())?;
     // Under systemd (`NOTIFY_SOCKET` set for us), readiness and reloads go up, without MAINPID:
     // the supervisor is the main process and stays so.
@@ -136,10 +136,4 @@ fn end_the_rest() {
     {
         crate::process::kill_and_reap_now(pid);
     }
-}
-
-fn random_hex() -> std::io::Result<String> {
-    let mut bytes = [0u8; 8];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -30,7 +30,7 @@ impl Token {
         Ok(Token(bytes))
     }
 
-    pub(super) fn to_hex(self) -> String {
+    pub(crate) fn to_hex(self) -> String {
         self.0.iter().fold(String::with_capacity(32), |mut s, b| {
             let _ = write!(s, "{b:02x}");
             s

@@ -127,14 +127,7 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
 
 /// Blocks until the descriptor is readable (or at EOF).
 pub(crate) fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
-    loop {
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
-            Ok(_) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    wait_any_readable(&[fd]).map(drop)
 }
 
 /// Blocks until one of `fds` is readable (or at EOF); returns which are.

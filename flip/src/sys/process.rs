@@ -92,7 +92,6 @@ pub(crate) const SIGCHLD: i32 = libc::SIGCHLD;
 pub(crate) const SIGHUP: i32 = libc::SIGHUP;
 
 /// `SIGTERM`'s number.
-#[cfg_attr(not(feature = "testing"), allow(dead_code))]
 pub(crate) const SIGTERM: i32 = libc::SIGTERM;
 
 /// The signals a supervisor forwards or handles.

@@ -37,5 +37,5 @@ pub(crate) fn alive(pid: u32) -> bool {
 
 /// The pid a pid file names.
 pub(crate) fn read_pid(path: &std::path::Path) -> Option<u32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    crate::pidfile::read(path)
 }

@@ -439,9 +439,7 @@ impl Upgrader {
             return;
         };
         pidfile::remove_prepared_by(path, child);
-        let names_child = std::fs::read_to_string(path)
-            .is_ok_and(|text| text.trim().parse::<u32>().ok() == Some(child));
-        if names_child
+        if pidfile::read(path) == Some(child)
             && let Err(e) =
                 pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)
         {

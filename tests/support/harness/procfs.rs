@@ -9,6 +9,11 @@ use nix::unistd::Pid;
 
 use super::*;
 
+/// The pid a pid file names, if it names one.
+pub fn pid_in(pid_file: &Path) -> Option<u32> {
+    std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
+}
+
 /// Whether `pid` still runs (reaping it if it is our child and has ended).
 pub fn alive(pid: u32) -> bool {
     let p = Pid::from_raw(pid as i32);

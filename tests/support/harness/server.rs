@@ -76,11 +76,7 @@ impl Server {
 
     /// The pid in the pid file, if any.
     pub fn pid(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(&self.pid_file)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
+        let pid = pid_in(&self.pid_file)?;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if !seen.contains(&pid) {
             seen.push(pid);
