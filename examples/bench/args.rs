@@ -20,6 +20,14 @@ pub struct Config {
     pub same_session: bool,
     pub server_log: Option<String>,
     pub standby: bool,
+    /// Listening sockets of the server: the HTTP one and `listeners - 1` unix sockets.
+    pub listeners: usize,
+    /// Idle keep-alive connections held open across each upgrade.
+    pub idle: usize,
+    /// Compare against the peers' servers, in this many interleaved rounds.
+    pub peers: Option<usize>,
+    /// Where the peers' servers are (`target/peers/release` beside this binary's `target`).
+    pub peers_dir: Option<std::path::PathBuf>,
 }
 
 pub fn parse_args() -> Result<Config, String> {
@@ -38,6 +46,10 @@ pub fn parse_args() -> Result<Config, String> {
         same_session: false,
         server_log: None,
         standby: false,
+        listeners: 1,
+        idle: 0,
+        peers: None,
+        peers_dir: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -68,6 +80,10 @@ pub fn parse_args() -> Result<Config, String> {
             "--tail-secs" => c.tail = Duration::from_secs(num()?),
             "--compare-secs" => c.compare_secs = num()?,
             "--server-log" => c.server_log = Some(value),
+            "--listeners" => c.listeners = (num()? as usize).max(1),
+            "--idle" => c.idle = num()? as usize,
+            "--peers" => c.peers = Some((num()? as usize).max(1)),
+            "--peers-dir" => c.peers_dir = Some(value.into()),
             _ => return Err(format!("unknown option {flag} {value}")),
         }
     }

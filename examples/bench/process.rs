@@ -57,9 +57,9 @@ fn parse_utc(ts: &str) -> Option<std::time::SystemTime> {
 /// kernel's coarse clock, up to a tick, 4 ms here, behind).
 pub fn ready_logged_at(log: &std::path::Path, pid: i32) -> Option<std::time::SystemTime> {
     let text = std::fs::read_to_string(log).ok()?;
-    let needle = format!("pid={pid} ");
+    let needle = format!("pid={pid}");
     text.lines().find_map(|line| {
-        let ready = line.contains(" ready ") && line.contains(&needle);
+        let ready = line.contains(" ready ") && line.split_whitespace().any(|w| w == needle);
         ready.then(|| parse_utc(line.split_whitespace().next()?))?
     })
 }
@@ -135,4 +135,9 @@ pub fn reap_orphans() {
             break;
         }
     }
+}
+
+/// How many descriptors process `pid` holds.
+pub fn fd_count(pid: i32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
