@@ -95,7 +95,7 @@ pub fn upgrade_run(c: &Config, server: &Server, baseline: bool) -> Result<Figure
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let pid_file = dir.join("server.pid");
     let _ = std::fs::remove_file(&pid_file);
-    let log_path = dir.join("log");
+    let log_path = dir.join(format!("{}.log", server.name.replace(", ", "-")));
     let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     drop(std::net::TcpListener::bind(&c.addr).map_err(|e| {
         format!(
@@ -200,6 +200,10 @@ fn upgrades(
         }
         let t0 = Instant::now();
         let sent = std::time::SystemTime::now();
+        if c.server_log.is_some() {
+            let at = sent.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            eprintln!("sighup {} {:.6}", old, at.as_secs_f64());
+        }
         kill(Pid::from_raw(old), Signal::SIGHUP).map_err(|e| format!("kill -HUP {old}: {e}"))?;
         let changed = wait_until(Duration::from_secs(60), || {
             read_pid(pid_file).is_some_and(|p| p != old)

@@ -225,6 +225,7 @@ fn init_logging() {
 
 /// The body of a `#[flip::main]` program. Exit codes: see [`Outcome::exit_code`].
 pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture<'a>) -> ExitCode {
+    crate::bootstrap::startup::mark_main();
     // Everything that reads the environment happens here, before the runtime starts threads.
     let env = match read_environment(&config, |name| std::env::var_os(name)) {
         Ok(env) => env,

@@ -19,6 +19,7 @@ mod observer;
 mod outcome;
 mod shutdown;
 mod standby;
+pub(crate) mod startup;
 
 pub use context::{ErrorSender, StartContext};
 pub use observer::Observer;
@@ -269,6 +270,7 @@ impl Bootstrap {
         );
         let first = !self.upgrader.has_parent();
         self.observers.each(|o| o.ready(first));
+        startup::StartupCost::log();
         let mut standby = standby::Schedule::new(&self.upgrader, self.upgrades_enabled);
         loop {
             let new_pid = match self.serve_until_upgraded(&mut signals, &mut standby).await {

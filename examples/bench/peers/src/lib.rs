@@ -77,6 +77,26 @@ pub fn write_pid_file(path: &std::path::Path) -> std::io::Result<()> {
 /// The line the benchmark reads.
 pub fn log_ready() {
     tracing::info!(pid = std::process::id(), "ready");
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let (mut cpu, mut wait, mut threads) = (0u64, 0u64, 0);
+        for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+            if let Ok(t) = std::fs::read_to_string(task.path().join("schedstat")) {
+                let mut f = t.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0));
+                cpu += f.next().unwrap_or(0);
+                wait += f.next().unwrap_or(0);
+                threads += 1;
+            }
+        }
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let rest: Vec<&str> = stat.rsplit_once(')').map_or("", |r| r.1).split_whitespace().collect();
+        tracing::debug!(
+            on_cpu_us = cpu / 1000,
+            waiting_for_cpu_us = wait / 1000,
+            threads,
+            minor_faults = rest.get(7).copied().unwrap_or("?"),
+            "what reaching readiness cost"
+        );
+    }
 }
 
 /// Serves one connection, HTTP/1.1 or HTTP/2, watched by `graceful`.
