@@ -28,6 +28,8 @@ pub struct Config {
     pub peers: Option<usize>,
     /// Where the peers' servers are (`target/peers/release` beside this binary's `target`).
     pub peers_dir: Option<std::path::PathBuf>,
+    /// The server of a single run: `flip` (the `http` example), `ecdysis` or `shellflip`.
+    pub server: String,
 }
 
 pub fn parse_args() -> Result<Config, String> {
@@ -50,6 +52,7 @@ pub fn parse_args() -> Result<Config, String> {
         idle: 0,
         peers: None,
         peers_dir: None,
+        server: "flip".into(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -84,6 +87,9 @@ pub fn parse_args() -> Result<Config, String> {
             "--idle" => c.idle = num()? as usize,
             "--peers" => c.peers = Some((num()? as usize).max(1)),
             "--peers-dir" => c.peers_dir = Some(value.into()),
+            "--server" if ["flip", "ecdysis", "shellflip"].contains(&value.as_str()) => {
+                c.server = value
+            }
             _ => return Err(format!("unknown option {flag} {value}")),
         }
     }

@@ -20,7 +20,8 @@
 //! (5: how many runs of each), `--listeners N` (1: the HTTP listener and N-1 unix sockets),
 //! `--idle N` (0: idle keep-alive connections held open across each upgrade), `--peers R`
 //! (compare with servers on ecdysis and shellflip in R interleaved rounds: see `peers.rs`),
-//! `--peers-dir DIR` (where those servers are),
+//! `--peers-dir DIR` (where those servers are), `--server flip|ecdysis|shellflip` (the server of
+//! a single run; flip's `http` example by default),
 //! `--same-session` (run the server in this program's session instead of one of its own),
 //! `--server-log FILTER` (the server's `RUST_LOG`; its log is kept), `--standby` (run the server
 //! with `FLIP_STANDBY=1`: each upgrade hands over to a process started ahead of time; the
@@ -47,7 +48,10 @@ fn main() -> Result<(), String> {
     if let Some(rounds) = c.peers {
         return peers::compare(&c, &bench, rounds);
     }
-    let server = Server::flip(&bench, c.standby)?;
+    let server = match c.server.as_str() {
+        "flip" => Server::flip(&bench, c.standby)?,
+        peer => Server::peer(&peers::dir(&c, &bench), peer)?,
+    };
     if c.compare_secs > 0 && c.mode != "none" {
         compare(&c, &server.exe)?;
     }

@@ -37,14 +37,17 @@ impl Pooled {
     }
 }
 
-fn default_peers_dir(bench: &Path) -> PathBuf {
-    // target/release/examples/bench -> target/peers/release
-    let target = bench.ancestors().nth(3).unwrap_or(Path::new("target"));
-    target.join("peers").join("release")
+/// Where the peers' servers are: `--peers-dir`, or `target/peers/release` beside the
+/// `target/release/examples` of this benchmark.
+pub fn dir(c: &Config, bench: &Path) -> PathBuf {
+    c.peers_dir.clone().unwrap_or_else(|| {
+        let target = bench.ancestors().nth(3).unwrap_or(Path::new("target"));
+        target.join("peers").join("release")
+    })
 }
 
 pub fn compare(c: &Config, bench: &Path, rounds: usize) -> Result<(), String> {
-    let dir = c.peers_dir.clone().unwrap_or_else(|| default_peers_dir(bench));
+    let dir = dir(c, bench);
     let servers = [
         Server::flip(bench, false)?,
         Server::flip(bench, true)?,
