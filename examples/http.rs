@@ -10,7 +10,8 @@
 //!
 //! `HTTPS_ADDR` with `HTTPS_CERT` and `HTTPS_KEY` (PEM files) adds a TLS listener.
 //! `BALLAST_MB` makes the server hold that many MiB, to show that a big server upgrades as fast
-//! as a small one.
+//! as a small one; `EXTRA_LISTENERS=N` adds N unix sockets in `EXTRA_LISTENERS_DIR` (default
+//! `/tmp`), to show what each handed-over socket costs an upgrade.
 
 mod common;
 
@@ -68,8 +69,25 @@ async fn ballast(ctx: &flip::StartContext) -> Result<(), String> {
     Ok(())
 }
 
+/// `EXTRA_LISTENERS` more listeners, unix sockets `extra-<i>.sock` in `EXTRA_LISTENERS_DIR`,
+/// each served as the first.
+#[flip::starter]
+async fn extra_listeners(ctx: &flip::StartContext) -> Result<(), String> {
+    let n = common::extra_listeners()?;
+    let dir = std::env::var("EXTRA_LISTENERS_DIR").unwrap_or_else(|_| "/tmp".into());
+    for i in 0..n {
+        let path = format!("{dir}/extra-{i}.sock");
+        let listener = ctx
+            .unix_listener(&path)
+            .map_err(|e| e.chain().to_string())?;
+        common::serve_http(ctx, listener);
+    }
+    Ok(())
+}
+
 #[flip::main(pidfile = "/tmp/flip-http.pid")]
 fn main() -> Result<(), String> {
     // A bad value stops the start before anything listens.
-    common::ballast_mb().map(drop)
+    common::ballast_mb()?;
+    common::extra_listeners().map(drop)
 }

@@ -240,13 +240,19 @@ async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_oldest_i
     let mut server = Some(server);
     for _ in 0..3 {
         // Right after an upgrade the old process may still take a connection, until its drain
-        // closes its listener: connect until the newest generation answers.
+        // closes its listener, and answer it or refuse the upgrade (once draining): connect
+        // until the newest generation answers.
         let newest = *generations.last().unwrap();
         let deadline = tokio::time::Instant::now() + DEADLINE;
         let ws = loop {
-            let (ws, pid) = connect(&addr).await;
-            if pid == newest {
-                break ws;
+            // A draining process refuses the upgrade: that is an old one answering, too.
+            if let Ok((mut ws, _)) =
+                tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await
+            {
+                let greeting = next_text(&mut ws).await;
+                if greeting == format!("hello from {newest}") {
+                    break ws;
+                }
             }
             assert!(
                 tokio::time::Instant::now() < deadline,

@@ -139,6 +139,8 @@ pub fn compare(c: &Config, bench: &Path, rounds: usize) -> Result<(), String> {
             format!("{} / {}", p.failed, p.races)
         });
     }
-    count("upgrades without a new pid", &|p| p.failed_upgrades.to_string());
+    count("upgrades without a new pid", &|p| {
+        p.failed_upgrades.to_string()
+    });
     Ok(())
 }

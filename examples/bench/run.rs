@@ -12,8 +12,7 @@ use nix::unistd::Pid;
 use crate::args::Config;
 use crate::idle::IdleSet;
 use crate::process::{
-    alive, fd_count, read_pid, ready_logged_at, reap_orphans, rss_kib, server_command,
-    wait_until,
+    alive, fd_count, read_pid, ready_logged_at, reap_orphans, rss_kib, server_command, wait_until,
 };
 use crate::report::print_stats;
 
@@ -33,7 +32,10 @@ impl Server {
         Ok(Server {
             name: if standby { "flip, standby" } else { "flip" }.into(),
             exe,
-            env: vec![("FLIP_STANDBY".into(), if standby { "1" } else { "0" }.into())],
+            env: vec![(
+                "FLIP_STANDBY".into(),
+                if standby { "1" } else { "0" }.into(),
+            )],
         })
     }
 
@@ -201,7 +203,9 @@ fn upgrades(
         let t0 = Instant::now();
         let sent = std::time::SystemTime::now();
         if c.server_log.is_some() {
-            let at = sent.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let at = sent
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             eprintln!("sighup {} {:.6}", old, at.as_secs_f64());
         }
         kill(Pid::from_raw(old), Signal::SIGHUP).map_err(|e| format!("kill -HUP {old}: {e}"))?;

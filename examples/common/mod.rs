@@ -44,6 +44,17 @@ pub fn ballast_mb() -> Result<usize, String> {
     }
 }
 
+/// `EXTRA_LISTENERS`: how many more listening sockets the `http` example opens, for the
+/// benchmark of upgrades with many sockets.
+pub fn extra_listeners() -> Result<usize, String> {
+    match std::env::var("EXTRA_LISTENERS") {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map_err(|_| format!("EXTRA_LISTENERS must be a number of sockets, not {v:?}")),
+        _ => Ok(0),
+    }
+}
+
 /// Takes `mb` MiB of touched memory in a thread of its own and holds it for the life of the
 /// process.
 pub fn fill_ballast(mb: usize) {

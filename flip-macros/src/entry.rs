@@ -358,7 +358,7 @@ fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
     };
     let grace = millis(args.grace);
     let upgrade_timeout = millis(args.upgrade_timeout);
-    let standby = args.standby.unwrap_or(false);
+    let standby = args.standby.unwrap_or(true);
     let control = match &args.control {
         Some(c) => quote!(::core::option::Option::Some(#c)),
         None => quote!(::core::option::Option::None),

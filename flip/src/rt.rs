@@ -89,7 +89,7 @@ pub struct MainConfig {
     pub grace: Option<Duration>,
     /// `upgrade_timeout = "..."`
     pub upgrade_timeout: Option<Duration>,
-    /// `standby = true`: the default of `<PREFIX>_STANDBY`.
+    /// `standby = false|true`: the default of `<PREFIX>_STANDBY` (on unless said).
     pub standby: bool,
     /// `supervise = true|false`: the default of `<PREFIX>_SUPERVISE`; without either, the
     /// supervisor runs when the process is PID 1.
@@ -106,8 +106,8 @@ pub struct Environment {
     pub pid_file: Option<std::path::PathBuf>,
     /// `<PREFIX>_UPGRADES_ENABLED`, default true.
     pub upgrades_enabled: bool,
-    /// `<PREFIX>_STANDBY`, default false: keep the next process started ahead of time (see
-    /// [`Options::standby`]).
+    /// `<PREFIX>_STANDBY`, default the attribute's `standby` (on unless said): keep the next
+    /// process started ahead of time (see [`Options::standby`]).
     pub standby: bool,
     /// `<PREFIX>_SUPERVISE`, or the attribute's `supervise`; `None` when neither says.
     pub supervise: Option<bool>,
@@ -263,18 +263,6 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
             }
         },
     };
-    // The runtime comes before the handoff is read: a standby process waits for the handoff, so
-    // whatever precedes it is done before the upgrade starts.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the tokio runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
     let mut options = Options::new().standby(env.standby && env.upgrades_enabled);
     if let Some(p) = &env.pid_file {
         options = options.pid_file(p);
@@ -293,7 +281,6 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
         Ok(b) => b,
         Err(Error::Handoff(HandoffError::Withdrawn)) => {
             tracing::debug!("standby process no longer needed");
-            runtime.shutdown_background();
             return ExitCode::SUCCESS;
         }
         Err(e @ Error::PidFile { .. }) => {
@@ -303,6 +290,18 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
         }
         Err(e) => {
             tracing::error!("{}", e.chain());
+            return ExitCode::from(1);
+        }
+    };
+    // The runtime comes after the handoff: a standby process waits for it with one thread
+    // and no runtime, which keeps its own memory small (see BENCHMARKS.md).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the tokio runtime: {e}");
             return ExitCode::from(1);
         }
     };
