@@ -47,7 +47,7 @@ pub fn parse_args() -> Result<Config, String> {
         compare_runs: 5,
         same_session: false,
         server_log: None,
-        standby: false,
+        standby: true,
         listeners: 1,
         idle: 0,
         peers: None,
@@ -62,6 +62,10 @@ pub fn parse_args() -> Result<Config, String> {
         }
         if flag == "--standby" {
             c.standby = true;
+            continue;
+        }
+        if flag == "--no-standby" {
+            c.standby = false;
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;

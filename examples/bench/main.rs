@@ -23,9 +23,10 @@
 //! `--peers-dir DIR` (where those servers are), `--server flip|ecdysis|shellflip` (the server of
 //! a single run; flip's `http` example by default),
 //! `--same-session` (run the server in this program's session instead of one of its own),
-//! `--server-log FILTER` (the server's `RUST_LOG`; its log is kept), `--standby` (run the server
-//! with `FLIP_STANDBY=1`: each upgrade hands over to a process started ahead of time; the
-//! comparison then also prints the standby's memory). Traffic goes to loopback
+//! `--server-log FILTER` (the server's `RUST_LOG`; its log is kept), `--no-standby` (run the server
+//! with `FLIP_STANDBY=0`: each upgrade starts the new process at `SIGHUP`; by default, as
+//! under `#[flip::main]`, each upgrade hands over to a standby process started ahead of time,
+//! and the comparison also prints the standby's memory). Traffic goes to loopback
 //! only and every loop is bounded by the number of upgrades and a deadline.
 
 mod args;

@@ -49,8 +49,8 @@ pub fn dir(c: &Config, bench: &Path) -> PathBuf {
 pub fn compare(c: &Config, bench: &Path, rounds: usize) -> Result<(), String> {
     let dir = dir(c, bench);
     let servers = [
-        Server::flip(bench, false)?,
         Server::flip(bench, true)?,
+        Server::flip(bench, false)?,
         Server::peer(&dir, "ecdysis")?,
         Server::peer(&dir, "shellflip")?,
     ];

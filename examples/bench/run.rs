@@ -30,7 +30,7 @@ impl Server {
     pub fn flip(bench: &Path, standby: bool) -> Result<Server, String> {
         let exe = sibling(bench, "http")?;
         Ok(Server {
-            name: if standby { "flip, standby" } else { "flip" }.into(),
+            name: if standby { "flip" } else { "flip, no standby" }.into(),
             exe,
             env: vec![(
                 "FLIP_STANDBY".into(),
