@@ -34,25 +34,25 @@ pub fn hello() -> Response<Full<Bytes>> {
     ))))
 }
 
-/// `BALLAST_MB`: MiB of memory to hold, so that a big server can be upgraded in a benchmark.
-pub fn ballast_mb() -> Result<usize, String> {
-    match std::env::var("BALLAST_MB") {
+/// A count from the environment variable `name` (0 when unset or empty), or what is wrong.
+fn count_var(name: &str, unit: &str) -> Result<usize, String> {
+    match std::env::var(name) {
         Ok(v) if !v.is_empty() => v
             .parse()
-            .map_err(|_| format!("BALLAST_MB must be a number of MiB, not {v:?}")),
+            .map_err(|_| format!("{name} must be a number of {unit}, not {v:?}")),
         _ => Ok(0),
     }
+}
+
+/// `BALLAST_MB`: MiB of memory to hold, so that a big server can be upgraded in a benchmark.
+pub fn ballast_mb() -> Result<usize, String> {
+    count_var("BALLAST_MB", "MiB")
 }
 
 /// `EXTRA_LISTENERS`: how many more listening sockets the `http` example opens, for the
 /// benchmark of upgrades with many sockets.
 pub fn extra_listeners() -> Result<usize, String> {
-    match std::env::var("EXTRA_LISTENERS") {
-        Ok(v) if !v.is_empty() => v
-            .parse()
-            .map_err(|_| format!("EXTRA_LISTENERS must be a number of sockets, not {v:?}")),
-        _ => Ok(0),
-    }
+    count_var("EXTRA_LISTENERS", "sockets")
 }
 
 /// Takes `mb` MiB of touched memory in a thread of its own and holds it for the life of the
