@@ -213,3 +213,42 @@ fn a_standby_never_outlives_the_process_that_started_it() {
     assert_eq!(exit_code(standby, DEADLINE), 0, "log:\n{}", server.log());
     assert!(!server.log().contains("ERROR"), "log:\n{}", server.log());
 }
+
+#[test]
+fn the_standby_is_on_by_default_and_flip_standby_0_turns_it_off() {
+    // No FLIP_STANDBY: `#[flip::main]` keeps a standby, and the upgrade hands over to it.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        "standby-default",
+        &example_path("http"),
+        &[("HTTP_ADDR", addr)],
+    );
+    let standby = standby_of(&server, server.first_pid);
+    assert_eq!(
+        server.upgrade_ok(),
+        standby,
+        "the default upgrade used the standby"
+    );
+    drop(server);
+
+    // FLIP_STANDBY=0: each upgrade starts its process at SIGHUP, none is started ahead.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        "standby-off",
+        &example_path("http"),
+        &[("HTTP_ADDR", addr), ("FLIP_STANDBY", "0".into())],
+    );
+    let mut serving = server.first_pid;
+    for _ in 0..2 {
+        let ahead = children_of(serving);
+        let new = server.upgrade_ok();
+        assert!(!ahead.contains(&new), "{new} was started before the SIGHUP");
+        wait_exit(serving, DEADLINE);
+        serving = new;
+    }
+    assert!(
+        !server.log().contains("started a standby process"),
+        "log:\n{}",
+        server.log()
+    );
+}
