@@ -8,7 +8,7 @@
 //! The core is [`Upgrader`]: open sockets through its registry ([`Upgrader::fds`]), call
 //! [`Upgrader::ready`] once serving, call [`Upgrader::upgrade`] on SIGHUP
 //! ([`upgrade_signal`]), and stop accepting when [`Upgrader::exit`] resolves. With
-//! [`Options::standby`] (`FLIP_STANDBY=1` under `#[flip::main]`) the next process is started
+//! [`Options::standby`] (on by default under `#[flip::main]`; `FLIP_STANDBY=0` turns it off) the next process is started
 //! ahead of time and waits for the handoff, so that an upgrade only hands the sockets over.
 //!
 //! ```no_run
