@@ -72,14 +72,13 @@ async fn ballast(ctx: &flip::StartContext) -> Result<(), String> {
 /// `EXTRA_LISTENERS` more listeners, unix sockets `extra-<i>.sock` in `EXTRA_LISTENERS_DIR`,
 /// each served as the first.
 #[flip::starter]
-async fn extra_listeners(ctx: &flip::StartContext) -> Result<(), String> {
+async fn extra_listeners(
+    ctx: &flip::StartContext,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let n = common::extra_listeners()?;
     let dir = std::env::var("EXTRA_LISTENERS_DIR").unwrap_or_else(|_| "/tmp".into());
     for i in 0..n {
-        let path = format!("{dir}/extra-{i}.sock");
-        let listener = ctx
-            .unix_listener(&path)
-            .map_err(|e| e.chain().to_string())?;
+        let listener = ctx.unix_listener(&format!("{dir}/extra-{i}.sock"))?;
         common::serve_http(ctx, listener);
     }
     Ok(())

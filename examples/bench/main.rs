@@ -53,6 +53,12 @@ fn main() -> Result<(), String> {
         "flip" => Server::flip(&bench, c.standby)?,
         peer => Server::peer(&peers::dir(&c, &bench), peer)?,
     };
+    if c.compare_secs > 0 && c.server != "flip" {
+        return Err(format!(
+            "--compare-secs compares flip's example with plain hyper, not {}",
+            c.server
+        ));
+    }
     if c.compare_secs > 0 && c.mode != "none" {
         compare(&c, &server.exe)?;
     }

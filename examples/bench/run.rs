@@ -202,12 +202,6 @@ fn upgrades(
         }
         let t0 = Instant::now();
         let sent = std::time::SystemTime::now();
-        if c.server_log.is_some() {
-            let at = sent
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            eprintln!("sighup {} {:.6}", old, at.as_secs_f64());
-        }
         kill(Pid::from_raw(old), Signal::SIGHUP).map_err(|e| format!("kill -HUP {old}: {e}"))?;
         let changed = wait_until(Duration::from_secs(60), || {
             read_pid(pid_file).is_some_and(|p| p != old)

@@ -178,7 +178,9 @@ pub fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     );
     if c.standby {
         if standbys.is_empty() {
-            return Err("--standby: the server kept no standby process".into());
+            return Err(
+                "the server kept no standby process (turn it off with --no-standby)".into(),
+            );
         }
         let n = standbys.len() as f64;
         let rss = standbys.iter().map(|s| s.0).sum::<u64>() as f64 / n;

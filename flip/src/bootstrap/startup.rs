@@ -15,16 +15,16 @@ pub(crate) fn mark_main() {
 /// CPU time and run-queue wait in nanoseconds over every thread so far
 /// (`/proc/self/task/*/schedstat`), and (minor, major) page faults (`/proc/self/stat`).
 pub(crate) struct StartupCost {
-    pub on_cpu_ns: u64,
-    pub waiting_ns: u64,
-    pub threads: usize,
-    pub minor_faults: u64,
-    pub major_faults: u64,
+    on_cpu_ns: u64,
+    waiting_ns: u64,
+    threads: usize,
+    minor_faults: u64,
+    major_faults: u64,
 }
 
 impl StartupCost {
     /// `None` where /proc is not mounted.
-    pub(crate) fn read() -> Option<StartupCost> {
+    fn read() -> Option<StartupCost> {
         let mut cost = StartupCost {
             on_cpu_ns: 0,
             waiting_ns: 0,
@@ -49,7 +49,8 @@ impl StartupCost {
         Some(cost)
     }
 
-    /// Logs the cost at debug level, if that level is on.
+    /// Logs the cost at debug level, if that level is on. For a standby, the time since `main`
+    /// includes its wait for the handoff.
     pub(crate) fn log() {
         if !tracing::enabled!(tracing::Level::DEBUG) {
             return;
