@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, ExitStatus};
+use crate::fds::Registered;
 use crate::handoff::{
     self, ALIVE_FD, ANCESTORS_VAR, CONTROL_FD, Entry, FIRST_ENTRY_FD, GENERATION_VAR, MARKER_VAR,
     Manifest, Marker, READY_FD, ReadyPipe, STDERR_VAR, Token,
@@ -175,12 +176,10 @@ impl Pending {
         self.binary
     }
 
-    /// Whether it holds exactly the sockets and files of `fds`.
-    pub(crate) fn holds(&self, fds: &[(Key, OwnedFd)]) -> bool {
-        fds.len() == self.handed.len()
-            && fds.iter().zip(&self.handed).all(|((key, fd), (k, file))| {
-                key == k && sys::fd::identity(fd).is_ok_and(|id| id.file == *file)
-            })
+    /// Whether it holds exactly the sockets and files of `held` (as
+    /// [`Fds::inventory`](crate::fds::Fds::inventory) lists them).
+    pub(crate) fn holds(&self, held: &[(Key, FileId)]) -> bool {
+        self.handed == held
     }
 }
 
@@ -188,7 +187,7 @@ impl Pending {
 /// are: [`Pending::hand_over`] does.
 pub(crate) fn spawn(
     launch: &Launch,
-    fds: Vec<(Key, OwnedFd)>,
+    fds: Vec<Registered>,
     generation: u64,
     ancestors: &[u32],
 ) -> Result<Pending, Error> {
@@ -199,15 +198,14 @@ pub(crate) fn spawn(
     let (ready_r, ready_w) = sys::fd::pipe().map_err(Error::io("creating the ready pipe"))?;
     let (alive_r, alive_w) = sys::fd::pipe().map_err(Error::io("creating the parent pipe"))?;
 
-    let mut entries = Vec::with_capacity(fds.len());
-    for (i, (key, fd)) in (0..).zip(&fds) {
-        let id = sys::fd::identity(fd).map_err(Error::io("inspecting a handed-over descriptor"))?;
-        entries.push(Entry {
-            key: key.clone(),
+    let entries: Vec<Entry> = (0..)
+        .zip(&fds)
+        .map(|(i, r)| Entry {
+            key: r.key.clone(),
             fd: FIRST_ENTRY_FD + i,
-            file: id.file,
-        });
-    }
+            file: r.file,
+        })
+        .collect();
     let handed = entries.iter().map(|e| (e.key.clone(), e.file)).collect();
     let manifest = Manifest {
         token,
@@ -236,7 +234,7 @@ pub(crate) fn spawn(
 
     // In the order of the layout: control, ready, parent pipe, then the entries.
     let mut passed: Vec<BorrowedFd<'_>> = vec![control_r.as_fd(), ready_w.as_fd(), alive_r.as_fd()];
-    passed.extend(fds.iter().map(|(_, fd)| fd.as_fd()));
+    passed.extend(fds.iter().map(|r| r.fd.as_fd()));
     passed.push(real_stderr.as_fd());
     let started = launch
         .start(

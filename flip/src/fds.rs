@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::error::Error;
 use crate::key::{ACTIVATED_NETWORK, FILE_NETWORK, Key, Kind};
+use crate::sys::fd::FileId;
 use crate::sys::socket::{LocalAddr, SocketInfo, SocketType};
 use crate::systemd::Activated;
 use crate::{address, sys};
@@ -75,11 +76,35 @@ pub(crate) struct SocketSettings {
 #[derive(Debug, Default)]
 struct Registry {
     /// Handed over by the parent and not asked for yet.
-    inherited: BTreeMap<Key, OwnedFd>,
+    inherited: BTreeMap<Key, Held>,
     /// Passed by systemd (socket activation) on a first start and not asked for yet.
     activated: Vec<ActivatedSocket>,
     /// Asked for (or created) by this process: what the next process receives.
-    used: BTreeMap<Key, OwnedFd>,
+    used: BTreeMap<Key, Held>,
+}
+
+/// A descriptor of the registry, and the file it is: known once, so that telling whether a
+/// standby still holds what the registry holds costs no system call.
+#[derive(Debug)]
+struct Held {
+    fd: OwnedFd,
+    file: FileId,
+}
+
+impl Held {
+    fn new(fd: OwnedFd) -> io::Result<Held> {
+        let file = sys::fd::identity(&fd)?.file;
+        Ok(Held { fd, file })
+    }
+}
+
+/// One descriptor of the registry with its key and file: what a new process is handed, and
+/// what it receives.
+#[derive(Debug)]
+pub(crate) struct Registered {
+    pub(crate) key: Key,
+    pub(crate) fd: OwnedFd,
+    pub(crate) file: FileId,
 }
 
 /// A socket systemd passed, with what it is.
@@ -111,13 +136,24 @@ fn socket_error(network: &str, address: &str) -> impl FnOnce(io::Error) -> Error
 
 impl Fds {
     pub(crate) fn new(
-        inherited: Vec<(Key, OwnedFd)>,
+        inherited: Vec<Registered>,
         has_parent: bool,
         settings: SocketSettings,
     ) -> Fds {
         Fds {
             registry: Mutex::new(Registry {
-                inherited: inherited.into_iter().collect(),
+                inherited: inherited
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r.key,
+                            Held {
+                                fd: r.fd,
+                                file: r.file,
+                            },
+                        )
+                    })
+                    .collect(),
                 activated: Vec::new(),
                 used: BTreeMap::new(),
             }),
@@ -248,7 +284,9 @@ impl Fds {
     /// Registers `file` under `name`, so the next process finds it with [`Fds::file`]. The
     /// registry keeps its own descriptor; a file already registered under that name is replaced.
     pub fn add_file(&self, name: &str, file: &impl AsFd) -> Result<(), Error> {
-        let copy = sys::fd::dup(file.as_fd()).map_err(socket_error(FILE_NETWORK, name))?;
+        let copy = sys::fd::dup(file.as_fd())
+            .and_then(Held::new)
+            .map_err(socket_error(FILE_NETWORK, name))?;
         let key = Key::new(Kind::File, FILE_NETWORK, name);
         let mut reg = self.lock();
         reg.inherited.remove(&key);
@@ -379,21 +417,22 @@ impl Fds {
     /// A new descriptor for an inherited or already used socket, if there is one.
     fn claim(&self, key: &Key) -> Result<Option<OwnedFd>, Error> {
         let mut reg = self.lock();
-        let fd = match reg.used.get(key) {
-            Some(fd) => fd,
+        let held = match reg.used.get(key) {
+            Some(held) => held,
             None => match reg.inherited.remove(key) {
-                Some(fd) => reg.used.entry(key.clone()).or_insert(fd),
+                Some(held) => reg.used.entry(key.clone()).or_insert(held),
                 None => return Ok(None),
             },
         };
-        sys::fd::dup(fd.as_fd())
+        sys::fd::dup(held.fd.as_fd())
             .map(Some)
             .map_err(socket_error(&key.network, &key.address))
     }
 
     fn insert(&self, key: Key, fd: OwnedFd) -> Result<OwnedFd, Error> {
         let copy = sys::fd::dup(fd.as_fd()).map_err(socket_error(&key.network, &key.address))?;
-        self.lock().used.insert(key, fd);
+        let held = Held::new(fd).map_err(socket_error(&key.network, &key.address))?;
+        self.lock().used.insert(key, held);
         Ok(copy)
     }
 
@@ -424,14 +463,37 @@ impl Fds {
         keys
     }
 
-    /// New descriptors for everything this process uses, for handing to a new process.
-    pub(crate) fn snapshot(&self) -> io::Result<Vec<(Key, OwnedFd)>> {
+    /// New descriptors for everything this process uses, for handing to a new process, in the
+    /// order of their keys.
+    pub(crate) fn snapshot(&self) -> io::Result<Vec<Registered>> {
         let reg = self.lock();
-        reg.used
+        let mut all = reg
+            .used
             .iter()
             .chain(reg.inherited.iter())
-            .map(|(k, fd)| Ok((k.clone(), sys::fd::dup(fd.as_fd())?)))
-            .collect()
+            .map(|(key, held)| {
+                Ok(Registered {
+                    key: key.clone(),
+                    fd: sys::fd::dup(held.fd.as_fd())?,
+                    file: held.file,
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(all)
+    }
+
+    /// What [`snapshot`](Fds::snapshot) would hand over, without duplicating anything.
+    pub(crate) fn inventory(&self) -> Vec<(Key, FileId)> {
+        let reg = self.lock();
+        let mut all: Vec<(Key, FileId)> = reg
+            .used
+            .iter()
+            .chain(reg.inherited.iter())
+            .map(|(key, held)| (key.clone(), held.file))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Keys of everything registered, used or inherited.

@@ -7,13 +7,14 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use crate::error::HandoffError;
+use crate::fds::Registered;
 use crate::handoff::{
-    self, ANCESTORS_VAR, GENERATION_VAR, MARKER_VAR, Manifest, Marker, STDERR_VAR,
+    self, ANCESTORS_VAR, FIRST_ENTRY_FD, GENERATION_VAR, MARKER_VAR, Manifest, Marker, STDERR_VAR,
 };
 use crate::key::{ACTIVATED_NETWORK, Key, Kind};
 use crate::sys;
-use crate::sys::fd::FileId;
-use crate::sys::socket::{LocalAddr, SocketType};
+use crate::sys::fd::{FileId, Identity, Marked};
+use crate::sys::socket::{LocalAddr, SocketInfo, SocketType};
 
 /// The variables that travel beside the handoff (see [`handoff`]), moved out of the
 /// environment together.
@@ -71,6 +72,20 @@ fn take_real_stderr(taken: &[RawFd]) -> Option<OwnedFd> {
     sys::fd::adopt(raw).ok()
 }
 
+/// The descriptor number of the real standard error, without taking it: the handed-over entries
+/// sit below it.
+fn peek_real_stderr_fd() -> Option<RawFd> {
+    let stash = crate::lock(&STASHED);
+    let value = match stash.as_ref() {
+        Some(stash) => stash
+            .iter()
+            .find(|(n, _)| *n == STDERR_VAR)
+            .and_then(|(_, v)| v.clone()),
+        None => std::env::var_os(STDERR_VAR),
+    }?;
+    value.to_str()?.parse().ok()
+}
+
 /// The generation number the process that started this one gave it, if any.
 pub(crate) fn take_generation() -> Option<u64> {
     take_stashed(GENERATION_VAR)?.to_str()?.parse().ok()
@@ -92,7 +107,7 @@ fn take_marker() -> Option<OsString> {
 /// What a process started by an upgrade received.
 #[derive(Debug)]
 pub(crate) struct Inherited {
-    pub(crate) fds: Vec<(Key, OwnedFd)>,
+    pub(crate) fds: Vec<Registered>,
     pub(crate) parent: ParentLink,
 }
 
@@ -178,6 +193,11 @@ fn read_handoff(value: &std::ffi::OsStr) -> Result<Inherited, HandoffError> {
         }
     }
     let control = sys::fd::adopt(marker.control_fd).map_err(HandoffError::Io)?;
+    // The pipe is ours, so the numbers after it were placed by the process that made it: they
+    // can be looked at before the manifest comes, which a standby waits for.
+    let survey = peek_real_stderr_fd()
+        .map(|end| Survey::take(FIRST_ENTRY_FD..end))
+        .unwrap_or_default();
     let bytes = handoff::read_manifest(control.as_fd())?;
     drop(control);
     let manifest = Manifest::decode(&bytes)?;
@@ -186,8 +206,8 @@ fn read_handoff(value: &std::ffi::OsStr) -> Result<Inherited, HandoffError> {
             "the token in the manifest differs from the marker's".into(),
         ));
     }
-    let mut inherited = adopt_all(manifest)?;
-    let mut taken: Vec<RawFd> = inherited.fds.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    let mut inherited = adopt_all(manifest, survey)?;
+    let mut taken: Vec<RawFd> = inherited.fds.iter().map(|r| r.fd.as_raw_fd()).collect();
     taken.push(marker.control_fd);
     taken.push(inherited.parent.alive.as_raw_fd());
     taken.extend(inherited.parent.ready.as_ref().map(AsRawFd::as_raw_fd));
@@ -203,13 +223,96 @@ enum Want {
     File(FileId),
 }
 
-fn check_identity(fd: RawFd, what: &str, want: Want) -> Result<(), HandoffError> {
+/// The handed-over descriptors as found before the manifest came: every check that needs a
+/// system call, done while a standby waits rather than on the upgrade's path.
+///
+/// The checks are the same as without it; only their results are kept. Surveying marks each
+/// open number close-on-exec (a flag of our own descriptor table) and closes nothing, so a
+/// handoff rejected afterwards still leaves every descriptor open.
+#[derive(Debug, Default)]
+struct Survey {
+    first: RawFd,
+    found: Vec<Option<Surveyed>>,
+}
+
+#[derive(Debug)]
+struct Surveyed {
+    marked: Option<Marked>,
+    id: Identity,
+    /// For a socket: what it is, and whether it is non-blocking.
+    socket: Option<(io::Result<SocketInfo>, bool)>,
+}
+
+/// More than this many entries is not a handoff we made; the numbers are checked one by one
+/// after the manifest instead.
+const MAX_SURVEY: RawFd = 1 << 16;
+
+impl Survey {
+    fn take(range: std::ops::Range<RawFd>) -> Survey {
+        if range.end.saturating_sub(range.start) > MAX_SURVEY {
+            return Survey::default();
+        }
+        let found = range
+            .clone()
+            .map(|fd| {
+                let marked = sys::fd::mark(fd).ok()?;
+                let id = sys::fd::identity(&marked).ok()?;
+                let socket = id.is_socket().then(|| {
+                    let nonblocking = sys::fd::is_nonblocking(marked.as_fd()).unwrap_or(false);
+                    (sys::socket::inspect(&marked), nonblocking)
+                });
+                Some(Surveyed {
+                    marked: Some(marked),
+                    id,
+                    socket,
+                })
+            })
+            .collect();
+        Survey {
+            first: range.start,
+            found,
+        }
+    }
+
+    fn get(&mut self, fd: RawFd) -> Option<&mut Surveyed> {
+        let i = usize::try_from(fd.checked_sub(self.first)?).ok()?;
+        self.found.get_mut(i)?.as_mut()
+    }
+
+    fn identity(&mut self, fd: RawFd) -> io::Result<Identity> {
+        match self.get(fd) {
+            Some(s) => Ok(s.id),
+            None => sys::fd::identity_raw(fd),
+        }
+    }
+
+    fn adopt(&mut self, fd: RawFd) -> io::Result<OwnedFd> {
+        match self.get(fd).and_then(|s| s.marked.take()) {
+            Some(marked) => Ok(marked.adopt()),
+            None => sys::fd::adopt(fd),
+        }
+    }
+
+    /// What the socket at `fd` is, and whether it is non-blocking, as surveyed.
+    fn socket(&mut self, fd: RawFd) -> Option<(io::Result<SocketInfo>, bool)> {
+        self.get(fd)?.socket.take()
+    }
+}
+
+fn check_identity(
+    survey: &mut Survey,
+    fd: RawFd,
+    what: &str,
+    want: Want,
+) -> Result<(), HandoffError> {
     let bad = |reason: String| HandoffError::Fd {
         fd,
         what: what.to_owned(),
         reason,
     };
-    let id = sys::fd::identity_raw(fd).map_err(|e| bad(format!("not open ({e})")))?;
+    let id = survey
+        .identity(fd)
+        .map_err(|e| bad(format!("not open ({e})")))?;
     let (type_fits, file) = match want {
         Want::Pipe => (id.is_pipe(), None),
         Want::Socket(file) => (id.is_socket(), Some(file)),
@@ -241,9 +344,9 @@ fn check_identity(fd: RawFd, what: &str, want: Want) -> Result<(), HandoffError>
 ///
 /// A listener systemd passed and the parent asked for by name is keyed by that name, not its
 /// address: only its type is checked.
-fn check_socket(fd: &OwnedFd, key: &Key) -> Result<String, String> {
+fn check_socket(info: io::Result<SocketInfo>, key: &Key) -> Result<String, String> {
     let (kind, network) = (key.kind, key.network.as_str());
-    let info = sys::socket::inspect(fd).map_err(|e| format!("not a socket ({e})"))?;
+    let info = info.map_err(|e| format!("not a socket ({e})"))?;
     let want_ty = match kind {
         Kind::Listener => SocketType::Stream,
         Kind::Packet => SocketType::Datagram,
@@ -281,20 +384,20 @@ fn check_socket(fd: &OwnedFd, key: &Key) -> Result<String, String> {
     }
 }
 
-fn adopt_all(m: Manifest) -> Result<Inherited, HandoffError> {
+fn adopt_all(m: Manifest, mut survey: Survey) -> Result<Inherited, HandoffError> {
     // Check every number before touching any: a mismatch leaves all of them as they were.
-    check_identity(m.ready_fd, "ready pipe", Want::Pipe)?;
-    check_identity(m.alive_fd, "parent pipe", Want::Pipe)?;
+    check_identity(&mut survey, m.ready_fd, "ready pipe", Want::Pipe)?;
+    check_identity(&mut survey, m.alive_fd, "parent pipe", Want::Pipe)?;
     for e in &m.entries {
         let want = match e.key.kind {
             Kind::File => Want::File(e.file),
             Kind::Listener | Kind::Packet => Want::Socket(e.file),
         };
-        check_identity(e.fd, &e.key.to_string(), want)?;
+        check_identity(&mut survey, e.fd, &e.key.to_string(), want)?;
     }
 
-    let adopt = |fd: RawFd, what: &str| {
-        sys::fd::adopt(fd).map_err(|e| HandoffError::Fd {
+    let mut adopt = |fd: RawFd, what: &str| {
+        survey.adopt(fd).map_err(|e| HandoffError::Fd {
             fd,
             what: what.to_owned(),
             reason: e.to_string(),
@@ -316,13 +419,22 @@ fn adopt_all(m: Manifest) -> Result<Inherited, HandoffError> {
             reason,
         };
         if e.key.kind != Kind::File {
-            let actual = check_socket(&fd, &e.key).map_err(bad)?;
+            let (info, nonblocking) = survey
+                .socket(e.fd)
+                .unwrap_or_else(|| (sys::socket::inspect(&fd), false));
+            let actual = check_socket(info, &e.key).map_err(bad)?;
             if actual != e.key.address {
                 return Err(bad(format!("bound to {actual}, not {}", e.key.address)));
             }
-            sys::fd::set_nonblocking(fd.as_fd()).map_err(|e| bad(e.to_string()))?;
+            if !nonblocking {
+                sys::fd::set_nonblocking(fd.as_fd()).map_err(|e| bad(e.to_string()))?;
+            }
         }
-        fds.push((e.key.clone(), fd));
+        fds.push(Registered {
+            key: e.key.clone(),
+            fd,
+            file: e.file,
+        });
     }
     Ok(Inherited {
         fds,
@@ -363,41 +475,83 @@ mod tests {
         }
     }
 
+    /// The two ways a handoff is checked: on the spot, and from a survey taken before the
+    /// manifest came (as a standby does). Every test runs both.
+    fn both_ways(fd: RawFd) -> [Survey; 2] {
+        [Survey::default(), Survey::take(fd..fd + 1)]
+    }
+
     #[test]
     fn a_socket_of_the_right_kind_is_adopted() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         let e = entry(Kind::Listener, "tcp", &addr, &l);
         let fd = l.into_raw_fd();
-        let inherited = adopt_all(manifest(vec![e])).unwrap();
-        assert_eq!(inherited.fds.len(), 1);
-        assert_eq!(inherited.fds[0].1.as_raw_fd(), fd);
+        for survey in both_ways(fd) {
+            let inherited = adopt_all(manifest(vec![e.clone()]), survey).unwrap();
+            assert_eq!(inherited.fds.len(), 1);
+            assert_eq!(inherited.fds[0].fd.as_raw_fd(), fd);
+            assert_eq!(inherited.fds[0].file, e.file);
+            // The second pass adopts the number again.
+            std::mem::forget(inherited.fds);
+        }
+        drop(sys::fd::adopt(fd).unwrap());
+    }
+
+    #[test]
+    fn a_blocking_socket_is_made_non_blocking() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let e = entry(Kind::Listener, "tcp", &addr, &l);
+        let fd = l.into_raw_fd();
+        for survey in both_ways(fd) {
+            let blocking = sys::fd::adopt(fd).unwrap();
+            nix::fcntl::fcntl(
+                &blocking,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+            )
+            .unwrap();
+            std::mem::forget(blocking);
+            let inherited = adopt_all(manifest(vec![e.clone()]), survey).unwrap();
+            assert!(sys::fd::is_nonblocking(inherited.fds[0].fd.as_fd()).unwrap());
+            std::mem::forget(inherited.fds);
+        }
+        drop(sys::fd::adopt(fd).unwrap());
     }
 
     #[test]
     fn a_socket_of_another_kind_is_rejected() {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = udp.local_addr().unwrap().to_string();
-        let err = adopt_all(manifest(vec![entry(Kind::Listener, "tcp", &addr, &udp)]))
+        for surveyed in [false, true] {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = udp.local_addr().unwrap().to_string();
+            let [live, survey] = both_ways(udp.as_raw_fd());
+            let survey = if surveyed { survey } else { live };
+            let err = adopt_all(
+                manifest(vec![entry(Kind::Listener, "tcp", &addr, &udp)]),
+                survey,
+            )
             .unwrap_err()
             .to_string();
-        assert!(err.contains("socket type"), "{err}");
-        std::mem::forget(udp); // adopt_all owned and closed it
+            assert!(err.contains("socket type"), "{err}");
+            std::mem::forget(udp); // adopt_all owned and closed it
+        }
     }
 
     #[test]
     fn a_listener_on_another_address_is_rejected() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = adopt_all(manifest(vec![entry(
-            Kind::Listener,
-            "tcp",
-            "127.0.0.1:1",
-            &l,
-        )]))
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("bound to"), "{err}");
-        std::mem::forget(l);
+        for surveyed in [false, true] {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let [live, survey] = both_ways(l.as_raw_fd());
+            let survey = if surveyed { survey } else { live };
+            let err = adopt_all(
+                manifest(vec![entry(Kind::Listener, "tcp", "127.0.0.1:1", &l)]),
+                survey,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains("bound to"), "{err}");
+            std::mem::forget(l);
+        }
     }
 
     #[test]
@@ -406,10 +560,14 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         let mut e = entry(Kind::Listener, "tcp", &addr, &l);
         e.file.ino += 1;
-        let err = adopt_all(manifest(vec![e])).unwrap_err().to_string();
-        assert!(err.contains("device/inode"), "{err}");
-        // Still open and ours: it was not adopted, so not closed.
-        assert!(l.local_addr().is_ok());
+        for survey in both_ways(l.as_raw_fd()) {
+            let err = adopt_all(manifest(vec![e.clone()]), survey)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("device/inode"), "{err}");
+            // Still open and ours: it was not adopted, so not closed.
+            assert!(l.local_addr().is_ok());
+        }
     }
 
     #[test]
@@ -437,7 +595,9 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         let mut e = entry(Kind::Listener, "tcp", &addr, &l);
         e.fd = 1 << 19;
-        let err = adopt_all(manifest(vec![e])).unwrap_err().to_string();
+        let err = adopt_all(manifest(vec![e]), Survey::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not open"), "{err}");
     }
 }

@@ -2,15 +2,16 @@
 //! started ahead of time, waiting for the manifest. The upgrader asks this module for a standby
 //! that is still current at upgrade time, and starts a fresh process when there is none.
 
-use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Mutex;
 
 use crate::child::{self, Pending};
 use crate::error::Error;
+use crate::fds::Registered;
 use crate::key::Key;
 use crate::pidfile;
 use crate::process::Launch;
+use crate::sys::fd::FileId;
 
 /// The slot of the one standby process.
 #[derive(Debug, Default)]
@@ -24,11 +25,11 @@ impl Standby {
     pub(crate) fn take_current(
         &self,
         launch: &Launch,
-        fds: &[(Key, OwnedFd)],
+        held: &[(Key, FileId)],
         pid_file: Option<&Path>,
     ) -> Option<Pending> {
         let mut standby = crate::lock(&self.slot).take()?;
-        if is_current(&mut standby, launch, fds) {
+        if is_current(&mut standby, launch, held) {
             return Some(standby);
         }
         tracing::debug!(
@@ -39,13 +40,16 @@ impl Standby {
         None
     }
 
-    /// Keeps a current standby, or starts one in place of a stale one (or of none); returns its
-    /// pid. `still_wanted` is asked after a new one started: another task may have begun an
-    /// upgrade or a stop meanwhile, and then it is let go.
+    /// Keeps a current standby (one that holds `held`), or starts one with `fds` in place of a
+    /// stale one (or of none); returns its pid. `still_wanted` is asked after a new one
+    /// started: another task may have begun an upgrade or a stop meanwhile, and then it is let
+    /// go.
+    #[allow(clippy::too_many_arguments)] // each is one fact of the start; a struct adds nothing
     pub(crate) fn refresh(
         &self,
         launch: &Launch,
-        fds: Vec<(Key, OwnedFd)>,
+        held: &[(Key, FileId)],
+        fds: impl FnOnce() -> Result<Vec<Registered>, Error>,
         pid_file: Option<&Path>,
         generation: u64,
         ancestors: &[u32],
@@ -53,7 +57,7 @@ impl Standby {
     ) -> Result<Option<u32>, Error> {
         let mut slot = crate::lock(&self.slot);
         if let Some(standby) = slot.as_mut() {
-            if is_current(standby, launch, &fds) {
+            if is_current(standby, launch, held) {
                 return Ok(Some(standby.pid()));
             }
             tracing::debug!(pid = standby.pid(), "replacing the stale standby process");
@@ -61,7 +65,7 @@ impl Standby {
         if let Some(stale) = slot.take() {
             let_go(stale, false, pid_file);
         }
-        let standby = child::spawn(launch, fds, generation, ancestors)?;
+        let standby = child::spawn(launch, fds()?, generation, ancestors)?;
         let pid = standby.pid();
         if !still_wanted() {
             let_go(standby, false, pid_file);
@@ -85,7 +89,7 @@ impl Standby {
     }
 }
 
-fn is_current(standby: &mut Pending, launch: &Launch, fds: &[(Key, OwnedFd)]) -> bool {
+fn is_current(standby: &mut Pending, launch: &Launch, held: &[(Key, FileId)]) -> bool {
     if standby.has_ended() {
         return false;
     }
@@ -93,7 +97,7 @@ fn is_current(standby: &mut Pending, launch: &Launch, fds: &[(Key, OwnedFd)]) ->
         (Some(running), Some(on_disk)) => running == on_disk,
         _ => false,
     };
-    same_binary && standby.holds(fds)
+    same_binary && standby.holds(held)
 }
 
 /// Kills a standby that will not be used and removes the pid file it prepared. It is reaped in

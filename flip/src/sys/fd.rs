@@ -46,12 +46,17 @@ impl Identity {
     }
 }
 
-/// Takes ownership of a descriptor number received from the parent process.
+/// A descriptor number received from the parent process that was open and is now
+/// close-on-exec, not owned by anything yet: [`Marked::adopt`] takes ownership.
 ///
-/// Fails with `EBADF` when no such descriptor is open, so a handoff that names a closed number
-/// cannot make us own (and later close) something else. The descriptor is made close-on-exec
-/// before it is returned.
-pub(crate) fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
+/// Not `Clone`: each number is adopted at most once.
+#[derive(Debug)]
+pub(crate) struct Marked(RawFd);
+
+/// Marks a descriptor number received from the parent process close-on-exec, which also checks
+/// that it is open: fails with `EBADF` when it is not, so a handoff that names a closed number
+/// cannot make us own (and later close) something else.
+pub(crate) fn mark(raw: RawFd) -> io::Result<Marked> {
     if raw < 0 {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
@@ -61,10 +66,35 @@ pub(crate) fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
     if rc == -1 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the descriptor is open (checked just above) and the handoff protocol transfers its
-    // ownership to this process: the parent placed it here for us alone, and the caller adopts
-    // each number at most once (duplicates are rejected when the manifest is parsed).
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    Ok(Marked(raw))
+}
+
+impl Marked {
+    /// Takes ownership of the descriptor.
+    pub(crate) fn adopt(self) -> OwnedFd {
+        // SAFETY: the descriptor was open when `mark` checked it, and nothing in this process
+        // owns it to close it since: the handoff protocol places it here for us alone, and a
+        // `Marked` (not `Clone`) is made once per number and consumed here.
+        unsafe { OwnedFd::from_raw_fd(self.0) }
+    }
+}
+
+impl AsFd for Marked {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: open since `mark` checked it (see `adopt`), and not closed while `self` lives.
+        unsafe { BorrowedFd::borrow_raw(self.0) }
+    }
+}
+
+/// Takes ownership of a descriptor number received from the parent process, made close-on-exec
+/// (see [`mark`]).
+pub(crate) fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
+    Ok(mark(raw)?.adopt())
+}
+
+/// Whether the open file description is non-blocking.
+pub(crate) fn is_nonblocking(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?).contains(OFlag::O_NONBLOCK))
 }
 
 /// Makes the open file description non-blocking. This flag is shared with every process that

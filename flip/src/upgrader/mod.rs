@@ -9,8 +9,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::child::{self, Child};
 use crate::error::{Error, ExitStatus, Result};
-use crate::fds::{Fds, SocketSettings};
-use crate::key::Key;
+use crate::fds::{Fds, Registered, SocketSettings};
 use crate::lock;
 use crate::options::Options;
 use crate::parent::{self, ParentLink};
@@ -258,11 +257,11 @@ impl Upgrader {
         let timeout = self.shared.options.upgrade_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         self.make_room(deadline).await?;
-        let fds = self.snapshot()?;
-        let standby = self
-            .shared
-            .standby
-            .take_current(&self.shared.launch, &fds, self.pid_file());
+        let standby = self.shared.standby.take_current(
+            &self.shared.launch,
+            &self.shared.fds.inventory(),
+            self.pid_file(),
+        );
         let (mut child, mut from_standby) = match standby {
             Some(standby) => {
                 let pid = standby.pid();
@@ -272,11 +271,11 @@ impl Upgrader {
                     Err(e) => {
                         tracing::warn!(pid, error = %crate::error::Chain(&e), "the standby process is gone; starting afresh");
                         self.reclaim_pid_file(pid);
-                        (self.start_fresh(fds)?, false)
+                        (self.start_fresh(self.snapshot()?)?, false)
                     }
                 }
             }
-            None => (self.start_fresh(fds)?, false),
+            None => (self.start_fresh(self.snapshot()?)?, false),
         };
         loop {
             let pid = child.pid();
@@ -332,7 +331,7 @@ impl Upgrader {
     }
 
     /// Starts a new process with `fds` and hands them over at once.
-    fn start_fresh(&self, fds: Vec<(Key, OwnedFd)>) -> Result<Child> {
+    fn start_fresh(&self, fds: Vec<Registered>) -> Result<Child> {
         let ancestors = self.lineage_for_child();
         child::spawn(
             &self.shared.launch,
@@ -400,7 +399,7 @@ impl Upgrader {
     }
 
     /// Duplicates of every socket and file of the registry, for a new process.
-    fn snapshot(&self) -> Result<Vec<(Key, OwnedFd)>> {
+    fn snapshot(&self) -> Result<Vec<Registered>> {
         self.shared
             .fds
             .snapshot()
@@ -425,7 +424,8 @@ impl Upgrader {
         }
         self.shared.standby.refresh(
             &self.shared.launch,
-            self.snapshot()?,
+            &self.shared.fds.inventory(),
+            || self.snapshot(),
             self.pid_file(),
             self.shared.generation + 1,
             &self.lineage_for_child(),
