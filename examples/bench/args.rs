@@ -30,6 +30,8 @@ pub struct Config {
     pub peers_dir: Option<std::path::PathBuf>,
     /// The server of a single run: `flip` (the `http` example), `ecdysis` or `shellflip`.
     pub server: String,
+    /// Only measure what N listeners cost any tokio server (`floor.rs`).
+    pub floor: Option<usize>,
 }
 
 pub fn parse_args() -> Result<Config, String> {
@@ -53,6 +55,7 @@ pub fn parse_args() -> Result<Config, String> {
         peers: None,
         peers_dir: None,
         server: "flip".into(),
+        floor: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -89,6 +92,7 @@ pub fn parse_args() -> Result<Config, String> {
             "--server-log" => c.server_log = Some(value),
             "--listeners" => c.listeners = (num()? as usize).max(1),
             "--idle" => c.idle = num()? as usize,
+            "--floor" => c.floor = Some((num()? as usize).max(1)),
             "--peers" => c.peers = Some((num()? as usize).max(1)),
             "--peers-dir" => c.peers_dir = Some(value.into()),
             "--server" if ["flip", "ecdysis", "shellflip"].contains(&value.as_str()) => {

@@ -20,7 +20,8 @@
 //! (5: how many runs of each), `--listeners N` (1: the HTTP listener and N-1 unix sockets),
 //! `--idle N` (0: idle keep-alive connections held open across each upgrade), `--peers R`
 //! (compare with servers on ecdysis and shellflip in R interleaved rounds: see `peers.rs`),
-//! `--peers-dir DIR` (where those servers are), `--server flip|ecdysis|shellflip` (the server of
+//! `--peers-dir DIR` (where those servers are), `--floor N` (no server: what registering N
+//! listeners with tokio and spawning a task each costs any tokio server, see `floor.rs`), `--server flip|ecdysis|shellflip` (the server of
 //! a single run; flip's `http` example by default),
 //! `--same-session` (run the server in this program's session instead of one of its own),
 //! `--server-log FILTER` (the server's `RUST_LOG`; its log is kept), `--no-standby` (run the server
@@ -30,6 +31,7 @@
 //! only and every loop is bounded by the number of upgrades and a deadline.
 
 mod args;
+mod floor;
 mod idle;
 mod peers;
 mod process;
@@ -44,6 +46,9 @@ use steady::compare;
 
 fn main() -> Result<(), String> {
     let c = parse_args()?;
+    if let Some(n) = c.floor {
+        return floor::floor(n);
+    }
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("subreaper: {e}"))?;
     let bench = std::env::current_exe().map_err(|e| e.to_string())?;
     if let Some(rounds) = c.peers {

@@ -1,6 +1,6 @@
 //! The registry of sockets and files that survive an upgrade.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::net::{TcpListener, UdpSocket};
@@ -76,11 +76,11 @@ pub(crate) struct SocketSettings {
 #[derive(Debug, Default)]
 struct Registry {
     /// Handed over by the parent and not asked for yet.
-    inherited: BTreeMap<Key, Held>,
+    inherited: HashMap<Key, Held>,
     /// Passed by systemd (socket activation) on a first start and not asked for yet.
     activated: Vec<ActivatedSocket>,
     /// Asked for (or created) by this process: what the next process receives.
-    used: BTreeMap<Key, Held>,
+    used: HashMap<Key, Held>,
 }
 
 /// A descriptor of the registry, and the file it is: known once, so that telling whether a
@@ -155,7 +155,7 @@ impl Fds {
                     })
                     .collect(),
                 activated: Vec::new(),
-                used: BTreeMap::new(),
+                used: HashMap::new(),
             }),
             has_parent,
             settings,
@@ -446,7 +446,8 @@ impl Fds {
         }
         drop(activated);
         let unclaimed = std::mem::take(&mut self.lock().inherited);
-        let keys: Vec<Key> = unclaimed.keys().cloned().collect();
+        let mut keys: Vec<Key> = unclaimed.keys().cloned().collect();
+        keys.sort();
         drop(unclaimed);
         for key in &keys {
             // Only a socket is removed: whatever else may stand at that path now is not ours.
@@ -496,14 +497,17 @@ impl Fds {
         all
     }
 
-    /// Keys of everything registered, used or inherited.
+    /// Keys of everything registered, used or inherited, in order.
     pub fn keys(&self) -> Vec<Key> {
         let reg = self.lock();
-        reg.used
+        let mut keys: Vec<Key> = reg
+            .used
             .keys()
             .chain(reg.inherited.keys())
             .cloned()
-            .collect()
+            .collect();
+        keys.sort();
+        keys
     }
 }
 

@@ -302,12 +302,12 @@ impl Survey {
 fn check_identity(
     survey: &mut Survey,
     fd: RawFd,
-    what: &str,
+    what: &dyn std::fmt::Display,
     want: Want,
 ) -> Result<(), HandoffError> {
     let bad = |reason: String| HandoffError::Fd {
         fd,
-        what: what.to_owned(),
+        what: what.to_string(),
         reason,
     };
     let id = survey
@@ -386,33 +386,33 @@ fn check_socket(info: io::Result<SocketInfo>, key: &Key) -> Result<String, Strin
 
 fn adopt_all(m: Manifest, mut survey: Survey) -> Result<Inherited, HandoffError> {
     // Check every number before touching any: a mismatch leaves all of them as they were.
-    check_identity(&mut survey, m.ready_fd, "ready pipe", Want::Pipe)?;
-    check_identity(&mut survey, m.alive_fd, "parent pipe", Want::Pipe)?;
+    check_identity(&mut survey, m.ready_fd, &"ready pipe", Want::Pipe)?;
+    check_identity(&mut survey, m.alive_fd, &"parent pipe", Want::Pipe)?;
     for e in &m.entries {
         let want = match e.key.kind {
             Kind::File => Want::File(e.file),
             Kind::Listener | Kind::Packet => Want::Socket(e.file),
         };
-        check_identity(&mut survey, e.fd, &e.key.to_string(), want)?;
+        check_identity(&mut survey, e.fd, &e.key, want)?;
     }
 
-    let mut adopt = |fd: RawFd, what: &str| {
+    let mut adopt = |fd: RawFd, what: &dyn std::fmt::Display| {
         survey.adopt(fd).map_err(|e| HandoffError::Fd {
             fd,
-            what: what.to_owned(),
+            what: what.to_string(),
             reason: e.to_string(),
         })
     };
-    let ready = adopt(m.ready_fd, "ready pipe")?;
-    let alive = adopt(m.alive_fd, "parent pipe")?;
+    let ready = adopt(m.ready_fd, &"ready pipe")?;
+    let alive = adopt(m.alive_fd, &"parent pipe")?;
     let mut owned = Vec::with_capacity(m.entries.len());
     for e in &m.entries {
-        owned.push((e, adopt(e.fd, &e.key.to_string())?));
+        owned.push(adopt(e.fd, &e.key)?);
     }
     sys::fd::set_nonblocking(alive.as_fd()).map_err(HandoffError::Io)?;
 
     let mut fds = Vec::with_capacity(owned.len());
-    for (e, fd) in owned {
+    for (e, fd) in m.entries.into_iter().zip(owned) {
         let bad = |reason: String| HandoffError::Fd {
             fd: e.fd,
             what: e.key.to_string(),
@@ -431,7 +431,7 @@ fn adopt_all(m: Manifest, mut survey: Survey) -> Result<Inherited, HandoffError>
             }
         }
         fds.push(Registered {
-            key: e.key.clone(),
+            key: e.key,
             fd,
             file: e.file,
         });

@@ -1,12 +1,10 @@
 //! What a starter receives: the listen function, the error channel and the drain group.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 
 use super::BoxError;
+use super::group::DrainGroup;
 use super::shutdown::{Shutdown, Stage};
 use crate::error::Error;
 use crate::fds::Listener;
@@ -37,7 +35,7 @@ pub struct StartContext {
     pub(super) upgrader: Upgrader,
     pub(super) errors: ErrorSender,
     pub(super) shutdown: watch::Receiver<Stage>,
-    pub(super) tasks: Arc<Mutex<JoinSet<()>>>,
+    pub(super) tasks: DrainGroup,
 }
 
 impl std::fmt::Debug for StartContext {
@@ -97,8 +95,7 @@ impl StartContext {
         E: Into<BoxError>,
     {
         let errors = self.errors.clone();
-        let mut tasks = crate::lock(&self.tasks);
-        tasks.spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(e) = task.await {
                 errors.send(e);
             }

@@ -15,6 +15,7 @@ use crate::options::Options;
 use crate::upgrader::Upgrader;
 
 mod context;
+mod group;
 mod observer;
 mod outcome;
 mod shutdown;
@@ -75,7 +76,7 @@ pub struct Bootstrap {
     errors_tx: ErrorSender,
     errors_rx: mpsc::UnboundedReceiver<BoxError>,
     shutdown_tx: watch::Sender<Stage>,
-    tasks: Arc<std::sync::Mutex<JoinSet<()>>>,
+    tasks: group::DrainGroup,
     observers: Observers,
     requests_tx: mpsc::UnboundedSender<oneshot::Sender<UpgradeResult>>,
     requests_rx: mpsc::UnboundedReceiver<oneshot::Sender<UpgradeResult>>,
@@ -137,7 +138,7 @@ impl Bootstrap {
             errors_tx: ErrorSender(tx),
             errors_rx: rx,
             shutdown_tx,
-            tasks: Arc::new(std::sync::Mutex::new(JoinSet::new())),
+            tasks: group::DrainGroup::default(),
             observers: Observers::default(),
             requests_tx,
             requests_rx,
@@ -234,10 +235,13 @@ impl Bootstrap {
                 tasks: self.tasks.clone(),
             };
             tracing::debug!(starter = %name, "starting");
-            run(ctx).await.map_err(|source| StartError {
-                starter: name,
-                source,
-            })?;
+            self.tasks
+                .batched(run(ctx))
+                .await
+                .map_err(|source| StartError {
+                    starter: name,
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -414,7 +418,7 @@ impl Bootstrap {
     /// Signals [`Shutdown`] and takes the drain group, for the caller to wait on.
     fn start_drain(&mut self) -> JoinSet<()> {
         self.shutdown_tx.send_replace(Stage::Stopping);
-        std::mem::take(&mut *crate::lock(&self.tasks))
+        self.tasks.take()
     }
 
     /// Serves again after the successor died during the drain: new shutdown token and drain
@@ -422,7 +426,7 @@ impl Bootstrap {
     /// upgrader ready again with the pid file naming this process.
     async fn resume(&mut self) -> Result<(), BoxError> {
         self.shutdown_tx = watch::channel(Stage::Starting).0;
-        *crate::lock(&self.tasks) = JoinSet::new();
+        drop(self.tasks.take());
         self.upgrader.resume()?;
         self.start().await?;
         self.shutdown_tx.send_replace(Stage::Serving);

@@ -1,6 +1,5 @@
 //! The manifest: what the parent tells the new process about the descriptors it placed.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::os::fd::RawFd;
 
@@ -80,53 +79,52 @@ impl Manifest {
             reason: "not UTF-8".into(),
         })?;
         let mut lines = text.split('\n').enumerate().map(|(i, l)| (i + 1, l));
-        let mut next = |want: &str| -> Result<(usize, Vec<&str>), HandoffError> {
+        let mut next = |want: &str| -> Result<(usize, Fields<'_>), HandoffError> {
             let (n, line) = lines.next().ok_or_else(|| HandoffError::Manifest {
                 line: 0,
                 reason: format!("truncated: expected {want}"),
             })?;
-            Ok((n, line.split(' ').collect()))
+            Ok((n, Fields::split(line)))
         };
         let bad = |line: usize, reason: String| HandoffError::Manifest { line, reason };
 
         let (n, header) = next("the header")?;
-        if header != [MANIFEST_HEADER] {
+        if header.get() != [MANIFEST_HEADER] {
             return Err(bad(n, format!("expected {MANIFEST_HEADER:?}")));
         }
         let (n, f) = next("token")?;
-        let token = match f.as_slice() {
+        let token = match f.get() {
             ["token", hex] => Token::from_hex(hex),
             _ => None,
         }
         .ok_or_else(|| bad(n, "expected `token <32 hex digits>`".into()))?;
         let (n, f) = next("parent")?;
-        let parent_pid = match f.as_slice() {
+        let parent_pid = match f.get() {
             ["parent", pid] => pid.parse::<u32>().ok().filter(|&p| p > 0),
             _ => None,
         }
         .ok_or_else(|| bad(n, "expected `parent <pid>`".into()))?;
-        let mut fds_seen = HashSet::new();
+        // Every descriptor number with its line, checked for repeats once all are read.
+        let mut fds_seen: Vec<(RawFd, usize)> = Vec::new();
         let mut fd_line = |n: usize, f: &[&str], name: &str| -> Result<RawFd, HandoffError> {
             let fd = match f {
                 [word, fd] if *word == name => parse_fd(fd),
                 _ => None,
             }
             .ok_or_else(|| bad(n, format!("expected `{name} <fd from 3 up>`")))?;
-            if !fds_seen.insert(fd) {
-                return Err(bad(n, format!("fd {fd} appears twice")));
-            }
+            fds_seen.push((fd, n));
             Ok(fd)
         };
         let (n, f) = next("ready")?;
-        let ready_fd = fd_line(n, &f, "ready")?;
+        let ready_fd = fd_line(n, f.get(), "ready")?;
         let (n, f) = next("alive")?;
-        let alive_fd = fd_line(n, &f, "alive")?;
+        let alive_fd = fd_line(n, f.get(), "alive")?;
 
         let mut entries = Vec::new();
-        let mut keys = HashSet::new();
+        let mut lines_of_entries = Vec::new();
         loop {
             let (n, f) = next("`entry ...` or `end`")?;
-            match f.as_slice() {
+            match f.get() {
                 ["end"] => break,
                 ["entry", kind, network, address, fd, dev, ino] => {
                     let kind = Kind::parse(kind)
@@ -141,15 +139,16 @@ impl Manifest {
                     let (Ok(dev), Ok(ino)) = (dev.parse(), ino.parse()) else {
                         return Err(bad(n, "device and inode must be numbers".into()));
                     };
-                    let key = Key::new(kind, network, &address);
-                    if !keys.insert(key.clone()) {
-                        return Err(bad(n, format!("{key} appears twice")));
-                    }
                     entries.push(Entry {
-                        key,
+                        key: Key {
+                            kind,
+                            network: (*network).to_owned(),
+                            address,
+                        },
                         fd,
                         file: FileId { dev, ino },
                     });
+                    lines_of_entries.push(n);
                 }
                 _ => {
                     return Err(bad(
@@ -165,6 +164,16 @@ impl Manifest {
             Some((n, _)) => return Err(bad(n, "unexpected text after `end`".into())),
             None => return Err(bad(0, "`end` must be followed by a newline".into())),
         }
+        if let Some((fd, n)) = first_repeat(fds_seen) {
+            return Err(bad(n, format!("fd {fd} appears twice")));
+        }
+        let keys = entries
+            .iter()
+            .zip(lines_of_entries)
+            .map(|(e, n)| (&e.key, n));
+        if let Some((key, n)) = first_repeat(keys.collect()) {
+            return Err(bad(n, format!("{key} appears twice")));
+        }
         Ok(Manifest {
             token,
             parent_pid,
@@ -173,6 +182,43 @@ impl Manifest {
             entries,
         })
     }
+}
+
+/// The space-separated fields of a line, without allocating: up to [`Fields::MAX`] of them; a
+/// line with more has one field too many, which no pattern of the format matches.
+struct Fields<'a> {
+    parts: [&'a str; Fields::MAX + 1],
+    len: usize,
+}
+
+impl<'a> Fields<'a> {
+    /// The most fields a line of the format has (an `entry`).
+    const MAX: usize = 7;
+
+    fn split(line: &'a str) -> Fields<'a> {
+        let mut parts = [""; Fields::MAX + 1];
+        let mut len = 0;
+        for (slot, part) in parts.iter_mut().zip(line.split(' ')) {
+            *slot = part;
+            len += 1;
+        }
+        Fields { parts, len }
+    }
+
+    fn get(&self) -> &[&'a str] {
+        &self.parts[..self.len]
+    }
+}
+
+/// The value that appears twice, with the line of its second appearance (the earliest such
+/// line), if any: sorting instead of hashing, since a manifest has no repeat but may list
+/// thousands of entries.
+fn first_repeat<T: Ord + Copy>(mut seen: Vec<(T, usize)>) -> Option<(T, usize)> {
+    seen.sort_unstable();
+    seen.windows(2)
+        .filter(|w| w[0].0 == w[1].0)
+        .map(|w| w[1])
+        .min_by_key(|&(_, line)| line)
 }
 
 /// An address must be what the parent's registry could have produced for its network: the

@@ -107,10 +107,24 @@ fn duplicates_and_bad_fields_are_rejected() {
             "accepted:\n{case}"
         );
     }
+    // A repeat is named with the line where it appears the second time (the entries start at
+    // line 6).
     let mut twice = sample();
     twice.entries.push(twice.entries[0].clone());
     twice.entries[3].fd = 9;
-    assert!(Manifest::decode(twice.encode().as_bytes()).is_err());
+    let err = Manifest::decode(twice.encode().as_bytes()).unwrap_err();
+    assert!(
+        matches!(&err, HandoffError::Manifest { line: 9, reason } if reason.contains("appears twice")),
+        "{err:?}"
+    );
+    let mut twice = sample();
+    twice.entries[2].fd = 6;
+    twice.entries[1].fd = 5;
+    let err = Manifest::decode(twice.encode().as_bytes()).unwrap_err();
+    assert!(
+        matches!(&err, HandoffError::Manifest { line: 7, reason } if reason == "fd 5 appears twice"),
+        "{err:?}"
+    );
 }
 
 #[test]
