@@ -95,7 +95,9 @@ pub fn parse_args() -> Result<Config, String> {
             "--floor" => c.floor = Some((num()? as usize).max(1)),
             "--peers" => c.peers = Some((num()? as usize).max(1)),
             "--peers-dir" => c.peers_dir = Some(value.into()),
-            "--server" if ["flip", "ecdysis", "shellflip"].contains(&value.as_str()) => {
+            "--server"
+                if ["flip", "flip-lean", "ecdysis", "shellflip"].contains(&value.as_str()) =>
+            {
                 c.server = value
             }
             _ => return Err(format!("unknown option {flag} {value}")),

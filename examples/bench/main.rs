@@ -56,6 +56,7 @@ fn main() -> Result<(), String> {
     }
     let server = match c.server.as_str() {
         "flip" => Server::flip(&bench, c.standby)?,
+        "flip-lean" => Server::flip_lean(&peers::dir(&c, &bench), c.standby)?,
         peer => Server::peer(&peers::dir(&c, &bench), peer)?,
     };
     if c.compare_secs > 0 && c.server != "flip" {

@@ -93,6 +93,18 @@ pub fn standby_kib(server: i32) -> Option<(i32, u64, u64)> {
     ))
 }
 
+/// CPU time a process has used so far, user and system, all its threads (`/proc/PID/stat`, in
+/// clock ticks of 10 ms).
+pub fn cpu_time(pid: i32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
 /// Resident memory of a process in KiB: (anonymous, file-backed).
 pub fn rss_kib(pid: i32) -> Option<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

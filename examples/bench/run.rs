@@ -39,6 +39,22 @@ impl Server {
         })
     }
 
+    /// flip's server of `examples/bench/peers`, built like the peers' (HTTP only), in `dir`.
+    pub fn flip_lean(dir: &Path, standby: bool) -> Result<Server, String> {
+        let mut server = Server::peer(dir, "flip")?;
+        server.name = if standby {
+            "flip-lean"
+        } else {
+            "flip-lean, no standby"
+        }
+        .into();
+        server.env = vec![(
+            "FLIP_STANDBY".into(),
+            if standby { "1" } else { "0" }.into(),
+        )];
+        Ok(server)
+    }
+
     /// A server of `examples/bench/peers` (`ecdysis` or `shellflip`), in `dir`.
     pub fn peer(dir: &Path, name: &str) -> Result<Server, String> {
         let exe = dir.join(format!("{name}-server"));

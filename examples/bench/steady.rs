@@ -11,11 +11,19 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
 use crate::args::Config;
-use crate::process::{rss_kib, server_command, standby_kib, wait_until};
+use crate::process::{cpu_time, rss_kib, server_command, standby_kib, wait_until};
 
-/// What a steady-state run measured: requests per second, (anonymous, file-backed) RSS in KiB
-/// after the load, and the standby's (resident, private) KiB when there is one.
-type Steady = (f64, (u64, u64), Option<(u64, u64)>);
+/// What a steady-state run measured.
+struct Steady {
+    /// Requests per second.
+    rate: f64,
+    /// The server's CPU time (user and system) per request answered.
+    cpu_per_request: Duration,
+    /// (anonymous, file-backed) RSS in KiB after the load.
+    rss: (u64, u64),
+    /// The standby's (resident, private) KiB, when there is one.
+    standby: Option<(u64, u64)>,
+}
 
 /// Steady-state load against one server binary.
 fn steady(c: &Config, exe: &std::path::Path, addr: &str, use_wrk: bool) -> Result<Steady, String> {
@@ -43,7 +51,8 @@ fn steady(c: &Config, exe: &std::path::Path, addr: &str, use_wrk: bool) -> Resul
     ) {
         return Err(format!("{} exited at start", exe.display()));
     }
-    let rate = match use_wrk {
+    let cpu_before = cpu_time(pid).ok_or("cannot read the server's CPU time")?;
+    let (rate, answered) = match use_wrk {
         true => wrk(c, addr).ok_or("wrk printed no Requests/sec figure")?,
         false => {
             let run = Duration::from_secs(c.compare_secs);
@@ -54,9 +63,14 @@ fn steady(c: &Config, exe: &std::path::Path, addr: &str, use_wrk: bool) -> Resul
             let load = Load::run(config);
             std::thread::sleep(run);
             let total = load.finish();
-            total.answered as f64 / started.elapsed().as_secs_f64()
+            (
+                total.answered as f64 / started.elapsed().as_secs_f64(),
+                total.answered,
+            )
         }
     };
+    let cpu = cpu_time(pid).ok_or("cannot read the server's CPU time")? - cpu_before;
+    let cpu_per_request = cpu / u32::try_from(answered.max(1)).unwrap_or(u32::MAX);
     let rss = rss_kib(pid).unwrap_or((0, 0));
     let standby = standby_kib(pid);
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -70,13 +84,18 @@ fn steady(c: &Config, exe: &std::path::Path, addr: &str, use_wrk: bool) -> Resul
             )
         });
     }
-    Ok((rate, rss, standby.map(|(_, rss, private)| (rss, private))))
+    Ok(Steady {
+        rate,
+        cpu_per_request,
+        rss,
+        standby: standby.map(|(_, rss, private)| (rss, private)),
+    })
 }
 
-/// Requests per second that `wrk` measured against `addr`, with as many
+/// Requests per second that `wrk` measured against `addr`, and how many it made, with as many
 /// connections as the benchmark has clients. wrk spends far less CPU per request than the
 /// benchmark's blocking clients, so more of the two cores measure the server.
-fn wrk(c: &Config, addr: &str) -> Option<f64> {
+fn wrk(c: &Config, addr: &str) -> Option<(f64, u64)> {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t2", &format!("-c{}", c.clients.max(2))])
         .arg(format!("-d{}s", c.compare_secs))
@@ -88,7 +107,11 @@ fn wrk(c: &Config, addr: &str) -> Option<f64> {
     let out = cmd.arg(format!("http://{addr}/")).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().find(|l| l.starts_with("Requests/sec:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let rate = line.split_whitespace().nth(1)?.parse().ok()?;
+    // "  123456 requests in 3.00s, 12.34MB read"
+    let line = text.lines().find(|l| l.contains(" requests in "))?;
+    let count = line.split_whitespace().next()?.parse().ok()?;
+    Some((rate, count))
 }
 
 fn which_wrk() -> bool {
@@ -116,17 +139,20 @@ pub fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
     // neither always runs first or on a warmer machine.
     let (mut flip_rates, mut plain_rates, mut flip_rss, mut plain_rss, mut standbys) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut flip_cpu, mut plain_cpu) = (vec![], vec![]);
     for run in 0..c.compare_runs {
         for flip_turn in [run % 2 == 1, run % 2 == 0] {
             if flip_turn {
-                let (r, m, standby) = steady(c, exe, addr, use_wrk)?;
-                flip_rates.push(r);
-                flip_rss.push(m);
-                standbys.extend(standby);
+                let s = steady(c, exe, addr, use_wrk)?;
+                flip_rates.push(s.rate);
+                flip_cpu.push(s.cpu_per_request.as_secs_f64() * 1e6);
+                flip_rss.push(s.rss);
+                standbys.extend(s.standby);
             } else {
-                let (r, m, _) = steady(c, &plain, addr, use_wrk)?;
-                plain_rates.push(r);
-                plain_rss.push(m);
+                let s = steady(c, &plain, addr, use_wrk)?;
+                plain_rates.push(s.rate);
+                plain_cpu.push(s.cpu_per_request.as_secs_f64() * 1e6);
+                plain_rss.push(s.rss);
             }
         }
     }
@@ -161,6 +187,21 @@ pub fn compare(c: &Config, exe: &std::path::Path) -> Result<(), String> {
         fr,
         pr,
         fr / pr
+    );
+    let (fc, pc) = (median(&flip_cpu), median(&plain_cpu));
+    println!(
+        "server CPU time per request (user + system), medians: flip {fc:.2} us, plain hyper {pc:.2} us, ratio {:.3} (runs: flip {}; plain {})",
+        fc / pc,
+        flip_cpu
+            .iter()
+            .map(|c| format!("{c:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        plain_cpu
+            .iter()
+            .map(|c| format!("{c:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     let (fa, pa) = (avg_kib(&flip_rss, true), avg_kib(&plain_rss, true));
     let (ff, pf) = (avg_kib(&flip_rss, false), avg_kib(&plain_rss, false));

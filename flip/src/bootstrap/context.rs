@@ -84,7 +84,7 @@ impl StartContext {
 
     /// A token that resolves when the graceful stop begins.
     pub fn shutdown(&self) -> Shutdown {
-        Shutdown(self.shutdown.clone())
+        Shutdown::new(self.shutdown.clone())
     }
 
     /// Runs a serving task in the drain group: an error it returns is a runtime error, and the

@@ -1,5 +1,7 @@
 //! When servers begin accepting and when they stop: the [`Shutdown`] token.
 
+use std::sync::Arc;
+
 use tokio::sync::watch;
 
 /// Where the process stands, as its servers see it.
@@ -28,8 +30,12 @@ pub(crate) enum Stage {
 /// predecessor serves every connection, and the new process's CPU goes to getting ready, which
 /// under load shortens the upgrade severalfold. Connections that arrive meanwhile wait in the
 /// shared accept queue; none is refused.
+///
+/// Cloning it is cheap, and so is giving a clone to every request: clones share one handle, so
+/// a server that hands one to each request of a connection touches only that connection's
+/// count (see [`Shutdown::for_connection`]), not the channel every connection shares.
 #[derive(Debug, Clone)]
-pub struct Shutdown(pub(super) watch::Receiver<Stage>);
+pub struct Shutdown(Arc<watch::Receiver<Stage>>);
 
 /// Starts the graceful stop of the [`Shutdown`] tokens it was made with.
 #[derive(Debug)]
@@ -47,19 +53,41 @@ impl Shutdown {
     /// its own). The token is serving at once. Clone the token for each server.
     pub fn pair() -> (ShutdownTrigger, Shutdown) {
         let (tx, rx) = watch::channel(Stage::Serving);
-        (ShutdownTrigger(tx), Shutdown(rx))
+        (ShutdownTrigger(tx), Shutdown::new(rx))
+    }
+
+    pub(super) fn new(rx: watch::Receiver<Stage>) -> Shutdown {
+        Shutdown(Arc::new(rx))
+    }
+
+    /// A token of its own for one connection, to clone for each of its requests: its clones
+    /// count on that connection's handle, which stays on the connection's worker, rather than
+    /// on one that every worker's connections share.
+    pub fn for_connection(&self) -> Shutdown {
+        Shutdown::new((*self.0).clone())
+    }
+
+    /// A receiver of our own to wait on (waiting needs one, and clones share theirs).
+    fn receiver(&self) -> watch::Receiver<Stage> {
+        (*self.0).clone()
     }
 
     /// Waits until the process is ready to serve (or already stopping): the moment to begin
     /// accepting. Readiness comes after every starter returned, so a starter must not wait for
     /// its own server to answer.
     pub async fn serving(&mut self) {
-        let _ = self.0.wait_for(|stage| *stage >= Stage::Serving).await;
+        let _ = self
+            .receiver()
+            .wait_for(|stage| *stage >= Stage::Serving)
+            .await;
     }
 
     /// Waits until the drain begins: stop accepting, finish what is in flight.
     pub async fn draining(&mut self) {
-        let _ = self.0.wait_for(|stage| *stage == Stage::Stopping).await;
+        let _ = self
+            .receiver()
+            .wait_for(|stage| *stage == Stage::Stopping)
+            .await;
     }
 
     /// A future that resolves when the drain begins, for servers that take a shutdown signal

@@ -33,7 +33,6 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::Shutdown;
@@ -42,7 +41,7 @@ mod drain;
 mod factory;
 mod service;
 
-use drain::{Counted, Drain, DrainAware, DrainHandle, OpenConnection, drain_pair};
+use drain::{Counted, Drain, DrainAware, DrainHandle, OpenConnection, OpenCount, drain_pair};
 pub use factory::ServerFactory;
 pub use service::{Accept, HttpBody, HttpService, Io};
 
@@ -56,7 +55,7 @@ pub struct HttpServer {
     linger: Duration,
     /// Connections open now, over every serve of this server and its clones (upgraded ones
     /// included).
-    open: Arc<watch::Sender<usize>>,
+    open: Arc<OpenCount>,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
@@ -89,7 +88,7 @@ impl HttpServer {
         HttpServer {
             builder: Arc::new(builder()),
             linger: DEFAULT_LINGER,
-            open: Arc::new(watch::Sender::new(0)),
+            open: Arc::new(OpenCount::default()),
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -104,7 +103,7 @@ impl HttpServer {
     /// Connections open now (accepted and not closed yet), over every serve of this server and
     /// of its clones: during a drain, the ones still to finish.
     pub fn open_connections(&self) -> usize {
-        *self.open.borrow()
+        self.open.get()
     }
 
     /// Serves TLS with this certificate chain and private key (PEM files).
@@ -143,9 +142,14 @@ impl HttpServer {
         let mut next_id: u64 = 0;
         let mut connections = JoinSet::new();
         shutdown.serving().await;
-        while !shutdown.is_draining() {
+        // One wait for the whole loop, not one per accepted connection.
+        let drain_began = shutdown.clone().signal();
+        let mut drain_began = std::pin::pin!(drain_began);
+        loop {
             tokio::select! {
-                () = shutdown.draining() => {}
+                // First: once the drain began (already, at a failed start), accept nothing.
+                biased;
+                () = &mut drain_began => break,
                 accepted = listener.accept() => match accepted {
                     Ok(stream) => {
                         let (handle, drain) = drain_pair();
@@ -153,7 +157,7 @@ impl HttpServer {
                         next_id += 1;
                         drains.insert(id, handle);
                         let stream = Counted { io: stream, _open: OpenConnection::new(&self.open) };
-                        let conn = self.clone().connection(stream, service.clone(), drain, shutdown.clone());
+                        let conn = self.clone().connection(stream, service.clone(), drain, shutdown.for_connection());
                         connections.spawn(async move {
                             conn.await;
                             id
@@ -183,14 +187,13 @@ impl HttpServer {
         while connections.join_next().await.is_some() {}
         // Connections the application took over (HTTP/1.1 upgrades: WebSockets) stay with
         // this process until they close, or the grace period ends it.
-        let mut open = self.open.subscribe();
-        if *open.borrow() > 0 {
+        if self.open.get() > 0 {
             tracing::debug!(
-                connections = *open.borrow(),
+                connections = self.open.get(),
                 "waiting for upgraded connections"
             );
         }
-        let _ = open.wait_for(|n| *n == 0).await;
+        self.open.none_open().await;
         Ok(())
     }
 
