@@ -16,13 +16,15 @@
 //! keeps serving after the last upgrade, for an outside load generator), `--compare-secs N` (0:
 //! also measure steady-state throughput, with `wrk` when installed, and RSS of the `http`
 //! example against the `plain` example, the same server on hyper without flip, in 5
-//! alternating runs of N seconds each, and print the ratios of the medians), `--compare-runs N`
+//! alternating runs of N seconds each, and print the ratios of the medians, with each server's
+//! CPU time per request), `--compare-runs N`
 //! (5: how many runs of each), `--listeners N` (1: the HTTP listener and N-1 unix sockets),
 //! `--idle N` (0: idle keep-alive connections held open across each upgrade), `--peers R`
 //! (compare with servers on ecdysis and shellflip in R interleaved rounds: see `peers.rs`),
 //! `--peers-dir DIR` (where those servers are), `--floor N` (no server: what registering N
-//! listeners with tokio and spawning a task each costs any tokio server, see `floor.rs`), `--server flip|ecdysis|shellflip` (the server of
-//! a single run; flip's `http` example by default),
+//! listeners with tokio and spawning a task each costs any tokio server, see `floor.rs`), `--server flip|flip-lean|ecdysis|shellflip` (the
+//! server of a single run; flip's `http` example by default, `flip-lean` the HTTP-only flip
+//! server of `bench/peers`, built like the peers'),
 //! `--same-session` (run the server in this program's session instead of one of its own),
 //! `--server-log FILTER` (the server's `RUST_LOG`; its log is kept), `--no-standby` (run the server
 //! with `FLIP_STANDBY=0`: each upgrade starts the new process at `SIGHUP`; by default, as

@@ -265,8 +265,8 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     };
     // The runtime comes before the handoff is read: a standby process waits for the handoff, so
     // whatever precedes it is done before the upgrade starts. Building it after the handoff
-    // would spare a standby 84 KiB and cost every upgrade through it 0.3 ms idle and 1 to 3 ms
-    // under load (BENCHMARKS.md).
+    // would spare a standby a little memory and make every upgrade through it slower, most of
+    // all under load (BENCHMARKS.md has the figures).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
