@@ -26,7 +26,8 @@ fn app() -> Router {
         .route("/", get(hello))
         .route("/sleep/{ms}", get(sleep))
         .route("/ready", get(ready))
-        .route("/ws", get(websocket))
+        // GET for WebSockets over HTTP/1.1, CONNECT for those over HTTP/2 (RFC 8441).
+        .route("/ws", get(websocket).connect(websocket))
         .route("/events", get(events))
 }
 

@@ -312,3 +312,151 @@ async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_oldest_i
     .await
     .unwrap();
 }
+
+/// One WebSocket frame as the server sends it (unmasked): opcode and payload.
+struct Frame {
+    opcode: u8,
+    payload: Vec<u8>,
+}
+
+/// A WebSocket over one HTTP/2 stream (RFC 8441), with frames written by hand: no client
+/// library speaks it, and the test needs only text and close frames.
+struct H2Socket {
+    send: h2::SendStream<bytes::Bytes>,
+    recv: h2::RecvStream,
+    buffered: Vec<u8>,
+}
+
+impl H2Socket {
+    async fn connect(addr: &str) -> (H2Socket, tokio::task::JoinHandle<()>) {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        // The server's SETTINGS say whether it takes extended CONNECT; they come in their time.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        client = client.ready().await.expect("h2 ready");
+        while !client.is_extended_connect_protocol_enabled() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server never enabled extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let mut request = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(format!("http://{addr}/ws"))
+            .header("sec-websocket-version", "13")
+            .body(())
+            .expect("request");
+        request
+            .extensions_mut()
+            .insert(h2::ext::Protocol::from_static("websocket"));
+        let (response, send) = client.send_request(request, false).expect("send CONNECT");
+        let response = tokio::time::timeout(DEADLINE, response)
+            .await
+            .expect("a response to CONNECT in time")
+            .expect("response");
+        assert_eq!(response.status(), hyper::StatusCode::OK, "{response:?}");
+        let recv = response.into_body();
+        (
+            H2Socket {
+                send,
+                recv,
+                buffered: Vec::new(),
+            },
+            driver,
+        )
+    }
+
+    /// Sends a client frame: masked, as RFC 6455 requires of clients.
+    fn send(&mut self, opcode: u8, payload: &[u8]) {
+        assert!(payload.len() < 126, "short frames only");
+        let mask = [0x5a, 0x17, 0xc3, 0x08];
+        let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        self.send
+            .send_data(bytes::Bytes::from(frame), false)
+            .expect("send a frame");
+    }
+
+    async fn next(&mut self) -> Frame {
+        loop {
+            if let Some((frame, used)) = parse_frame(&self.buffered) {
+                self.buffered.drain(..used);
+                return frame;
+            }
+            let data = tokio::time::timeout(DEADLINE, self.recv.data())
+                .await
+                .expect("a frame in time")
+                .expect("the stream ended before a whole frame")
+                .expect("stream data");
+            let _ = self.recv.flow_control().release_capacity(data.len());
+            self.buffered.extend_from_slice(&data);
+        }
+    }
+
+    async fn next_text(&mut self) -> String {
+        let frame = self.next().await;
+        assert_eq!(frame.opcode, 0x1, "expected a text frame");
+        String::from_utf8(frame.payload).expect("UTF-8 text")
+    }
+}
+
+/// A whole unmasked server frame at the start of `buf`, and how many bytes it took.
+fn parse_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    let (&b0, &b1) = (buf.first()?, buf.get(1)?);
+    assert_eq!(b1 & 0x80, 0, "a server's frames are not masked");
+    let (len, start) = match b1 & 0x7f {
+        126 => (u16::from_be_bytes([*buf.get(2)?, *buf.get(3)?]) as usize, 4),
+        127 => panic!("no frame here is that long"),
+        n => (n as usize, 2),
+    };
+    let payload = buf.get(start..start + len)?.to_vec();
+    Some((
+        Frame {
+            opcode: b0 & 0x0f,
+            payload,
+        },
+        start + len,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_is_served_and_told_to_reconnect_at_the_drain() {
+    let (server, addr) = axum_server("axum-h2-ws");
+    let old = server.first_pid;
+    let (mut ws, driver) = H2Socket::connect(&addr).await;
+    assert_eq!(ws.next_text().await, format!("hello from {old}"));
+    ws.send(0x1, b"ping");
+    assert_eq!(ws.next_text().await, format!("{old}: ping"));
+
+    let upgraded = tokio::task::spawn_blocking(move || {
+        let new = server.upgrade().expect("upgrade");
+        (server, new)
+    });
+    let (server, new) = upgraded.await.unwrap();
+    assert_ne!(new, old);
+    // The session stays with the old process until its notice: close, 1012 (service restart).
+    let close = ws.next().await;
+    assert_eq!(close.opcode, 0x8, "expected a close frame");
+    assert_eq!(close.payload.get(..2), Some(&1012u16.to_be_bytes()[..]));
+    ws.send(0x8, &1000u16.to_be_bytes());
+    let _ = ws.send.send_data(bytes::Bytes::new(), true);
+    let old_gone = tokio::task::spawn_blocking(move || {
+        wait_exit(old, DEADLINE);
+        server
+    });
+    let server = old_gone.await.unwrap();
+    driver.abort();
+
+    // The new process serves WebSockets over HTTP/2 too.
+    let (mut ws, driver) = H2Socket::connect(&addr).await;
+    assert_eq!(ws.next_text().await, format!("hello from {new}"));
+    ws.send(0x1, b"pong");
+    assert_eq!(ws.next_text().await, format!("{new}: pong"));
+    driver.abort();
+    drop(server);
+}

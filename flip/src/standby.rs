@@ -5,9 +5,8 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::child::{self, Pending};
+use crate::child::Pending;
 use crate::error::Error;
-use crate::fds::Registered;
 use crate::key::Key;
 use crate::pidfile;
 use crate::process::Launch;
@@ -40,19 +39,16 @@ impl Standby {
         None
     }
 
-    /// Keeps a current standby (one that holds `held`), or starts one with `fds` in place of a
-    /// stale one (or of none); returns its pid. `still_wanted` is asked after a new one
+    /// Keeps a current standby (one that holds `held`), or starts one with `start` in place of
+    /// a stale one (or of none); returns its pid. `still_wanted` is asked after a new one
     /// started: another task may have begun an upgrade or a stop meanwhile, and then it is let
     /// go.
-    #[allow(clippy::too_many_arguments)] // each is one fact of the start; a struct adds nothing
     pub(crate) fn refresh(
         &self,
         launch: &Launch,
         held: &[(Key, FileId)],
-        fds: impl FnOnce() -> Result<Vec<Registered>, Error>,
         pid_file: Option<&Path>,
-        generation: u64,
-        ancestors: &[u32],
+        start: impl FnOnce() -> Result<Pending, Error>,
         still_wanted: impl FnOnce() -> bool,
     ) -> Result<Option<u32>, Error> {
         let mut slot = crate::lock(&self.slot);
@@ -65,7 +61,7 @@ impl Standby {
         if let Some(stale) = slot.take() {
             let_go(stale, false, pid_file);
         }
-        let standby = child::spawn(launch, fds()?, generation, ancestors)?;
+        let standby = start()?;
         let pid = standby.pid();
         if !still_wanted() {
             let_go(standby, false, pid_file);

@@ -422,13 +422,19 @@ impl Upgrader {
         if self.living_parent()?.is_some() {
             return Ok(None);
         }
+        let start = || {
+            child::spawn(
+                &self.shared.launch,
+                self.snapshot()?,
+                self.shared.generation + 1,
+                &self.lineage_for_child(),
+            )
+        };
         self.shared.standby.refresh(
             &self.shared.launch,
             &self.shared.fds.inventory(),
-            || self.snapshot(),
             self.pid_file(),
-            self.shared.generation + 1,
-            &self.lineage_for_child(),
+            start,
             || matches!(*lock(&self.shared.phase), Phase::Ready),
         )
     }
