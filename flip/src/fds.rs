@@ -83,6 +83,15 @@ struct Registry {
     used: HashMap<Key, Held>,
 }
 
+impl Registry {
+    /// Everything used or inherited, in the order of the keys: what a new process is handed.
+    fn in_order(&self) -> Vec<(&Key, &Held)> {
+        let mut all: Vec<(&Key, &Held)> = self.used.iter().chain(self.inherited.iter()).collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all
+    }
+}
+
 /// A descriptor of the registry, and the file it is: known once, so that telling whether a
 /// standby still holds what the registry holds costs no system call.
 #[derive(Debug)]
@@ -468,10 +477,8 @@ impl Fds {
     /// order of their keys.
     pub(crate) fn snapshot(&self) -> io::Result<Vec<Registered>> {
         let reg = self.lock();
-        let mut all = reg
-            .used
-            .iter()
-            .chain(reg.inherited.iter())
+        reg.in_order()
+            .into_iter()
             .map(|(key, held)| {
                 Ok(Registered {
                     key: key.clone(),
@@ -479,35 +486,25 @@ impl Fds {
                     file: held.file,
                 })
             })
-            .collect::<io::Result<Vec<_>>>()?;
-        all.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(all)
+            .collect()
     }
 
     /// What [`snapshot`](Fds::snapshot) would hand over, without duplicating anything.
     pub(crate) fn inventory(&self) -> Vec<(Key, FileId)> {
         let reg = self.lock();
-        let mut all: Vec<(Key, FileId)> = reg
-            .used
-            .iter()
-            .chain(reg.inherited.iter())
+        reg.in_order()
+            .into_iter()
             .map(|(key, held)| (key.clone(), held.file))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
-        all
+            .collect()
     }
 
     /// Keys of everything registered, used or inherited, in order.
     pub fn keys(&self) -> Vec<Key> {
         let reg = self.lock();
-        let mut keys: Vec<Key> = reg
-            .used
-            .keys()
-            .chain(reg.inherited.keys())
-            .cloned()
-            .collect();
-        keys.sort();
-        keys
+        reg.in_order()
+            .into_iter()
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 }
 

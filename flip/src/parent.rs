@@ -72,18 +72,22 @@ fn take_real_stderr(taken: &[RawFd]) -> Option<OwnedFd> {
     sys::fd::adopt(raw).ok()
 }
 
+/// One of [`HANDOFF_VARS`], left where it is: in the stash, or in the environment when
+/// nothing was stashed.
+fn peek_stashed(name: &'static str) -> Option<OsString> {
+    match crate::lock(&STASHED).as_ref() {
+        Some(stash) => stash
+            .iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, value)| value.clone()),
+        None => std::env::var_os(name),
+    }
+}
+
 /// The descriptor number of the real standard error, without taking it: the handed-over entries
 /// sit below it.
 fn peek_real_stderr_fd() -> Option<RawFd> {
-    let stash = crate::lock(&STASHED);
-    let value = match stash.as_ref() {
-        Some(stash) => stash
-            .iter()
-            .find(|(n, _)| *n == STDERR_VAR)
-            .and_then(|(_, v)| v.clone()),
-        None => std::env::var_os(STDERR_VAR),
-    }?;
-    value.to_str()?.parse().ok()
+    peek_stashed(STDERR_VAR)?.to_str()?.parse().ok()
 }
 
 /// The generation number the process that started this one gave it, if any.
@@ -94,10 +98,7 @@ pub(crate) fn take_generation() -> Option<u64> {
 /// Whether this process was started by an upgrade (or carries a marker that claims so), without
 /// reading the handoff.
 pub(crate) fn has_marker() -> bool {
-    match crate::lock(&STASHED).as_ref() {
-        Some(stash) => stash.iter().any(|(n, v)| *n == MARKER_VAR && v.is_some()),
-        None => std::env::var_os(MARKER_VAR).is_some(),
-    }
+    peek_stashed(MARKER_VAR).is_some()
 }
 
 fn take_marker() -> Option<OsString> {
