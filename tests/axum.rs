@@ -460,3 +460,95 @@ async fn a_websocket_over_http2_is_served_and_told_to_reconnect_at_the_drain() {
     driver.abort();
     drop(server);
 }
+
+/// Connects to `/ws` until the process `pid` answers (right after an upgrade the old one may
+/// still take a connection, or refuse the WebSocket once draining), and returns the session.
+async fn session_with(addr: &str, pid: u32) -> Socket {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await
+            && next_text(&mut ws).await == format!("hello from {pid}")
+        {
+            return ws;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pid} never answered"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_to_the_previous_release_runs_while_both_older_generations_drain() {
+    let scratch = Scratch::new("axum-rollback");
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Releases side by side, `current` pointing at one, as deploy tools lay them out.
+    for release in ["release-1", "release-2"] {
+        std::fs::create_dir(scratch.path(release)).unwrap();
+        std::fs::copy(example_path("axum"), scratch.path(release).join("axum")).unwrap();
+    }
+    let switch_to = |dir: &std::path::Path, release: &str| {
+        let _ = std::fs::remove_file(dir.join("current.new"));
+        std::os::unix::fs::symlink(release, dir.join("current.new")).unwrap();
+        std::fs::rename(dir.join("current.new"), dir.join("current")).unwrap();
+    };
+    let dir = scratch.path("");
+    switch_to(&dir, "release-1");
+    let release = |n: &str| scratch.path(n).join("axum").canonicalize().unwrap();
+    let (r1, r2) = (release("release-1"), release("release-2"));
+    let exe_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let start_path = scratch.path("current").join("axum");
+    let server = Server::start_in(
+        scratch,
+        &start_path,
+        &[
+            ("HTTP_ADDR", addr.clone()),
+            ("FLIP_MAX_DRAINING", "2".into()),
+        ],
+    );
+    let first = server.first_pid;
+    assert_eq!(exe_of(first), r1);
+    let load = Load::start(&addr, 2, Mode::Close);
+    // Each generation holds a WebSocket client that never answers the drain notice, so it
+    // drains for the example's 5 s, longer than the rest of this test's upgrades take.
+    let mut held = vec![session_with(&addr, first).await];
+
+    // The deploy: release 2.
+    switch_to(&dir, "release-2");
+    let (server, second) = tokio::task::spawn_blocking(move || {
+        let new = server.upgrade().expect("the upgrade to release 2");
+        server.wait_pid_file(new);
+        (server, new)
+    })
+    .await
+    .unwrap();
+    assert_eq!(exe_of(second), r2);
+    held.push(session_with(&addr, second).await);
+
+    // Release 2 is bad: back to release 1 at once, while both older generations still drain.
+    switch_to(&dir, "release-1");
+    let (server, third) = tokio::task::spawn_blocking(move || {
+        let new = server
+            .upgrade()
+            .expect("the rollback while older generations drain");
+        server.wait_pid_file(new);
+        (server, new)
+    })
+    .await
+    .unwrap();
+    assert_eq!(exe_of(third), r1, "the rollback runs release 1 again");
+    assert!(
+        alive(first) && alive(second),
+        "both older generations still drain (max 2)"
+    );
+    let mut ws = session_with(&addr, third).await;
+    assert_eq!(echo(&mut ws, "back").await, format!("{third}: back"));
+    load.wait_for_more(20);
+    let report = load.finish();
+    assert_eq!(report.failed, 0, "{report:?}");
+    assert!(
+        report.pids.contains(&third),
+        "the rolled-back release serves: {report:?}"
+    );
+    drop((held, ws, server));
+}
