@@ -109,24 +109,43 @@ pub struct Figures {
 /// Starts `server` at `c.addr`, runs the baseline when `baseline` (printed), then the upgrades
 /// under load, and stops the server.
 pub fn upgrade_run(c: &Config, server: &Server, baseline: bool) -> Result<Figures, String> {
-    let dir = std::env::temp_dir().join(format!("flip-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let pid_file = dir.join("server.pid");
-    let _ = std::fs::remove_file(&pid_file);
-    let log_path = dir.join(format!("{}.log", server.name.replace(", ", "-")));
-    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     drop(std::net::TcpListener::bind(&c.addr).map_err(|e| {
         format!(
             "{} is taken ({e}): a server left over from another run?",
             c.addr
         )
     })?);
+    let dir = std::env::temp_dir().join(format!("flip-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let log_path = dir.join(format!("{}.log", server.name.replace(", ", "-")));
+    let figures = run_in(c, server, baseline, &dir, &log_path);
+    // Nothing is left behind, whatever the outcome, unless the log was asked for.
+    if c.server_log.is_some() {
+        println!("server log: {}", log_path.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    figures
+}
+
+/// The run of [`upgrade_run`], in its scratch directory `dir`; the server is stopped on every
+/// path out.
+fn run_in(
+    c: &Config,
+    server: &Server,
+    baseline: bool,
+    dir: &Path,
+    log_path: &Path,
+) -> Result<Figures, String> {
+    let pid_file = dir.join("server.pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let log = std::fs::File::create(log_path).map_err(|e| e.to_string())?;
     let mut cmd = server_command(c, &server.exe);
     cmd.env("HTTP_ADDR", &c.addr)
         .env("FLIP_PID_FILE", &pid_file)
         .env("BALLAST_MB", c.ballast_mb.to_string())
         .env("EXTRA_LISTENERS", c.listeners.saturating_sub(1).to_string())
-        .env("EXTRA_LISTENERS_DIR", &dir)
+        .env("EXTRA_LISTENERS_DIR", dir)
         // The `ready` line, with its timestamp, is what the upgrade time is read from.
         .env(
             "RUST_LOG",
@@ -144,21 +163,17 @@ pub fn upgrade_run(c: &Config, server: &Server, baseline: bool) -> Result<Figure
         .spawn()
         .map_err(|e| format!("starting {}: {e}", server.exe.display()))?;
     let first_pid = first.id() as i32;
-    wait_until(Duration::from_secs(30), || {
+    let figures = match wait_until(Duration::from_secs(30), || {
         read_pid(&pid_file) == Some(first_pid)
-    })
-    .ok_or(format!("{} did not become ready", server.name))?;
-    let figures = upgrades(c, &pid_file, &log_path, baseline);
-    if let Some(pid) = read_pid(&pid_file) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        wait_until(Duration::from_secs(10), || !alive(pid));
-    }
+    }) {
+        Some(_) => upgrades(c, &pid_file, log_path, baseline),
+        None => Err(format!("{} did not become ready", server.name)),
+    };
+    // The serving process; or the first one, which never became ready.
+    let pid = read_pid(&pid_file).unwrap_or(first_pid);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    wait_until(Duration::from_secs(10), || !alive(pid));
     reap_orphans();
-    if c.server_log.is_some() {
-        println!("server log: {}", log_path.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
     figures
 }
 
