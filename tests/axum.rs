@@ -46,6 +46,35 @@ async fn echo(ws: &mut Socket, text: &str) -> String {
     next_text(ws).await
 }
 
+/// Connects to `/ws` until the process `pid` answers (right after an upgrade the old one may
+/// still take a connection, or refuse the WebSocket once draining), and returns the session.
+async fn session_with(addr: &str, pid: u32) -> Socket {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await
+            && next_text(&mut ws).await == format!("hello from {pid}")
+        {
+            return ws;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pid} never answered"
+        );
+    }
+}
+
+/// Upgrades off the runtime (the harness blocks), waits until the pid file names the new
+/// process, and gives the server back with the new pid.
+async fn upgrade_to_new(server: Server, what: &'static str) -> (Server, u32) {
+    tokio::task::spawn_blocking(move || {
+        let new = server.upgrade().unwrap_or_else(|e| panic!("{what}: {e}"));
+        server.wait_pid_file(new);
+        (server, new)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_sessions_stay_with_the_old_process_until_its_drain_notice_then_reconnect() {
     let (server, addr) = axum_server("axum-ws");
@@ -237,43 +266,16 @@ async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_oldest_i
     // lasts until the example lets the client go (5 s), longer than these upgrades take.
     let mut generations = vec![server.first_pid];
     let mut held = Vec::new();
-    let mut server = Some(server);
+    let mut server = server;
     for _ in 0..3 {
         // Right after an upgrade the old process may still take a connection, until its drain
         // closes its listener, and answer it or refuse the upgrade (once draining): connect
         // until the newest generation answers.
-        let newest = *generations.last().unwrap();
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        let ws = loop {
-            // A draining process refuses the upgrade: that is an old one answering, too.
-            if let Ok((mut ws, _)) =
-                tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await
-            {
-                let greeting = next_text(&mut ws).await;
-                if greeting == format!("hello from {newest}") {
-                    break ws;
-                }
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{newest} never answered"
-            );
-        };
-        held.push(ws);
-        let s = server.take().unwrap();
-        let (s, new) = tokio::task::spawn_blocking(move || {
-            let new = s
-                .upgrade()
-                .expect("an upgrade while older generations drain");
-            s.wait_pid_file(new);
-            (s, new)
-        })
-        .await
-        .unwrap();
-        server = Some(s);
+        held.push(session_with(&addr, *generations.last().unwrap()).await);
+        let new;
+        (server, new) = upgrade_to_new(server, "an upgrade while older generations drain").await;
         generations.push(new);
     }
-    let server = server.unwrap();
     // The third upgrade would have left three draining: the first generation was told to
     // finish first.
     assert!(!alive(generations[0]), "the oldest generation exited");
@@ -461,23 +463,6 @@ async fn a_websocket_over_http2_is_served_and_told_to_reconnect_at_the_drain() {
     drop(server);
 }
 
-/// Connects to `/ws` until the process `pid` answers (right after an upgrade the old one may
-/// still take a connection, or refuse the WebSocket once draining), and returns the session.
-async fn session_with(addr: &str, pid: u32) -> Socket {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await
-            && next_text(&mut ws).await == format!("hello from {pid}")
-        {
-            return ws;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{pid} never answered"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollback_to_the_previous_release_runs_while_both_older_generations_drain() {
     let scratch = Scratch::new("axum-rollback");
@@ -515,27 +500,14 @@ async fn a_rollback_to_the_previous_release_runs_while_both_older_generations_dr
 
     // The deploy: release 2.
     switch_to(&dir, "release-2");
-    let (server, second) = tokio::task::spawn_blocking(move || {
-        let new = server.upgrade().expect("the upgrade to release 2");
-        server.wait_pid_file(new);
-        (server, new)
-    })
-    .await
-    .unwrap();
+    let (server, second) = upgrade_to_new(server, "the upgrade to release 2").await;
     assert_eq!(exe_of(second), r2);
     held.push(session_with(&addr, second).await);
 
     // Release 2 is bad: back to release 1 at once, while both older generations still drain.
     switch_to(&dir, "release-1");
-    let (server, third) = tokio::task::spawn_blocking(move || {
-        let new = server
-            .upgrade()
-            .expect("the rollback while older generations drain");
-        server.wait_pid_file(new);
-        (server, new)
-    })
-    .await
-    .unwrap();
+    let (server, third) =
+        upgrade_to_new(server, "the rollback while older generations drain").await;
     assert_eq!(exe_of(third), r1, "the rollback runs release 1 again");
     assert!(
         alive(first) && alive(second),
