@@ -86,6 +86,8 @@ async fn websocket_sessions_stay_with_the_old_process_until_its_drain_notice_the
         sessions.push(ws);
     }
     let load = Load::start(&addr, 2, Mode::Close);
+    // The old process answers some request before it is upgraded (the report asserts it).
+    load.wait_for_more(20);
     let upgraded = tokio::task::spawn_blocking(move || {
         let new = server.upgrade().expect("upgrade");
         (server, new)

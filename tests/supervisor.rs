@@ -143,6 +143,9 @@ fn the_supervisor_keeps_its_pid_over_20_upgrades_forwards_signals_and_holds_stil
     assert_eq!(children_of(supervisor), vec![first]);
 
     let load = Load::start(&s.addr, 3, Mode::Close);
+    // The first generation answers before it is upgraded: every generation must answer some
+    // request, and a fast first upgrade could otherwise come before the clients' first one.
+    load.wait_for_more(20);
     let mut generations = vec![first];
     let mut after_first = None;
     for i in 0..20 {
@@ -199,6 +202,9 @@ fn as_pid_1_of_a_pid_namespace_ten_upgrades_lose_nothing_and_sigterm_ends_it_wit
     );
 
     let load = Load::start(&s.addr, 3, Mode::KeepAlive);
+    // The first generation answers before it is upgraded: every generation must answer some
+    // request, and a fast first upgrade could otherwise come before the clients' first one.
+    load.wait_for_more(20);
     let mut generations = vec![2];
     for _ in 0..10 {
         let new = s.upgrade(supervisor);
