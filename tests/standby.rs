@@ -151,6 +151,75 @@ fn a_binary_replaced_on_disk_makes_the_standby_stale_and_the_upgrade_runs_the_ne
     });
 }
 
+/// Points the `current` link in `dir` at `release`, atomically, as release tools switch it.
+fn switch_current(dir: &Path, release: &str) {
+    let staged = dir.join("current.new");
+    let _ = std::fs::remove_file(&staged);
+    std::os::unix::fs::symlink(release, &staged).expect("a new link");
+    std::fs::rename(&staged, dir.join("current")).expect("rename over current");
+}
+
+#[test]
+fn a_switched_release_link_is_noticed_when_it_happens_and_the_next_upgrade_uses_its_standby() {
+    let scratch = Scratch::new("standby-link");
+    for release in ["release-1", "release-2"] {
+        std::fs::create_dir_all(scratch.path(release)).expect("a release directory");
+        std::fs::copy(example_path("http"), scratch.path(release).join("app"))
+            .expect("copy the binary");
+    }
+    let dir = scratch.path("");
+    switch_current(&dir, "release-1");
+    let (server, _addr) = server_with_standby(scratch, &dir.join("current/app"));
+    let old = server.first_pid;
+    let first_standby = standby_of(&server, old);
+    assert_eq!(
+        running_file(first_standby),
+        file_identity(&dir.join("release-1/app"))
+    );
+    assert!(
+        !server.log().contains("the binary changed on disk"),
+        "nothing changed yet"
+    );
+
+    switch_current(&dir, "release-2");
+    let release = file_identity(&dir.join("release-2/app"));
+    // Seen through the watch on the binary's directories, not the periodic check, which
+    // says nothing of it.
+    wait_for("the watch to see the switch", DEADLINE, || {
+        server
+            .log()
+            .contains("the binary changed on disk")
+            .then_some(())
+    });
+    let second_standby = wait_for("a standby of the new release", DEADLINE, || {
+        let s = standby_of(&server, old);
+        (s != first_standby && running_file(s) == release).then_some(s)
+    });
+    wait_exit(first_standby, DEADLINE);
+    let new = server.upgrade_ok();
+    assert_eq!(
+        new, second_standby,
+        "the upgrade used the new release's standby"
+    );
+    assert_eq!(running_file(new), release);
+
+    // The new process watches the path through the release it runs: switching back is seen
+    // too.
+    let third = standby_of(&server, new);
+    switch_current(&dir, "release-1");
+    let back = file_identity(&dir.join("release-1/app"));
+    wait_for(
+        "the new process's watch to see the switch back",
+        DEADLINE,
+        || (server.log().matches("the binary changed on disk").count() == 2).then_some(()),
+    );
+    let fourth = wait_for("a standby of the previous release", DEADLINE, || {
+        let s = standby_of(&server, new);
+        (s != third && running_file(s) == back).then_some(s)
+    });
+    assert_eq!(server.upgrade_ok(), fourth);
+}
+
 #[test]
 fn a_dead_standby_is_replaced_by_a_fresh_start_at_upgrade() {
     let (server, _addr) = server_with_standby(Scratch::new("standby-dead"), &example_path("http"));

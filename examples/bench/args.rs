@@ -32,6 +32,9 @@ pub struct Config {
     pub server: String,
     /// Only measure what N listeners cost any tokio server (`floor.rs`).
     pub floor: Option<usize>,
+    /// Deploy a new binary this long before each `SIGHUP`: the server runs from a `current`
+    /// symlink that is switched between two copies of its binary (`deploy.rs`).
+    pub deploy_lead: Option<Duration>,
 }
 
 pub fn parse_args() -> Result<Config, String> {
@@ -56,6 +59,7 @@ pub fn parse_args() -> Result<Config, String> {
         peers_dir: None,
         server: "flip".into(),
         floor: None,
+        deploy_lead: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -93,6 +97,7 @@ pub fn parse_args() -> Result<Config, String> {
             "--listeners" => c.listeners = (num()? as usize).max(1),
             "--idle" => c.idle = num()? as usize,
             "--floor" => c.floor = Some((num()? as usize).max(1)),
+            "--deploy-lead-ms" => c.deploy_lead = Some(Duration::from_millis(num()?)),
             "--peers" => c.peers = Some((num()? as usize).max(1)),
             "--peers-dir" => c.peers_dir = Some(value.into()),
             "--server"

@@ -22,7 +22,9 @@
 //! `--idle N` (0: idle keep-alive connections held open across each upgrade), `--peers R`
 //! (compare with servers on ecdysis and shellflip in R interleaved rounds: see `peers.rs`),
 //! `--peers-dir DIR` (where those servers are), `--floor N` (no server: what registering N
-//! listeners with tokio and spawning a task each costs any tokio server, see `floor.rs`), `--server flip|flip-lean|ecdysis|shellflip` (the
+//! listeners with tokio and spawning a task each costs any tokio server, see `floor.rs`),
+//! `--deploy-lead-ms N` (each upgrade runs a binary new on disk, put in place N ms before the
+//! `SIGHUP`, as a deploy does: see `deploy.rs`), `--server flip|flip-lean|ecdysis|shellflip` (the
 //! server of a single run; flip's `http` example by default, `flip-lean` the HTTP-only flip
 //! server of `bench/peers`, built like the peers'),
 //! `--same-session` (run the server in this program's session instead of one of its own),
@@ -33,6 +35,7 @@
 //! only and every loop is bounded by the number of upgrades and a deadline.
 
 mod args;
+mod deploy;
 mod floor;
 mod idle;
 mod peers;
@@ -71,7 +74,7 @@ fn main() -> Result<(), String> {
         compare(&c, &server.exe)?;
     }
     println!(
-        "bench: mode {}, {} clients + {} slow (200 ms), {} upgrades, ballast {} MiB, standby {}, {} listeners, {} idle connections, {}",
+        "bench: mode {}, {} clients + {} slow (200 ms), {} upgrades, ballast {} MiB, standby {}, {} listeners, {} idle connections, {}{}",
         c.mode,
         c.clients,
         c.slow,
@@ -80,7 +83,11 @@ fn main() -> Result<(), String> {
         if c.standby { "on" } else { "off" },
         c.listeners,
         c.idle,
-        c.addr
+        c.addr,
+        match c.deploy_lead {
+            Some(lead) => format!(", a new binary {} ms before each SIGHUP", lead.as_millis()),
+            None => String::new(),
+        }
     );
     let f = upgrade_run(&c, &server, true)?;
     if let Some(total) = &f.load {

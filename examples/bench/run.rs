@@ -10,6 +10,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::args::Config;
+use crate::deploy::Releases;
 use crate::idle::IdleSet;
 use crate::process::{
     alive, fd_count, read_pid, ready_logged_at, reap_orphans, rss_kib, server_command, wait_until,
@@ -140,7 +141,14 @@ fn run_in(
     let pid_file = dir.join("server.pid");
     let _ = std::fs::remove_file(&pid_file);
     let log = std::fs::File::create(log_path).map_err(|e| e.to_string())?;
-    let mut cmd = server_command(c, &server.exe);
+    let (mut releases, exe) = match c.deploy_lead {
+        Some(_) => {
+            let (releases, exe) = Releases::install(dir, &server.exe)?;
+            (Some(releases), exe)
+        }
+        None => (None, server.exe.clone()),
+    };
+    let mut cmd = server_command(c, &exe);
     cmd.env("HTTP_ADDR", &c.addr)
         .env("FLIP_PID_FILE", &pid_file)
         .env("BALLAST_MB", c.ballast_mb.to_string())
@@ -166,7 +174,7 @@ fn run_in(
     let figures = match wait_until(Duration::from_secs(30), || {
         read_pid(&pid_file) == Some(first_pid)
     }) {
-        Some(_) => upgrades(c, &pid_file, log_path, baseline),
+        Some(_) => upgrades(c, &pid_file, log_path, baseline, releases.as_mut()),
         None => Err(format!("{} did not become ready", server.name)),
     };
     // The serving process; or the first one, which never became ready.
@@ -182,6 +190,7 @@ fn upgrades(
     pid_file: &Path,
     log_path: &Path,
     baseline: bool,
+    mut releases: Option<&mut Releases>,
 ) -> Result<Figures, String> {
     if baseline
         && !c.baseline.is_zero()
@@ -230,6 +239,12 @@ fn upgrades(
         }
         if let Some(idle) = &mut idle {
             idle.fill(c.idle)?;
+        }
+        if let (Some(releases), Some(lead)) = (releases.as_deref_mut(), c.deploy_lead) {
+            releases.switch()?;
+            // The deploy script's pause between the new binary and the reload, not a wait
+            // for anything.
+            std::thread::sleep(lead);
         }
         let t0 = Instant::now();
         let sent = std::time::SystemTime::now();

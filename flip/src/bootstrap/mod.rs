@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::options::Options;
 use crate::upgrader::Upgrader;
 
+mod binary_watch;
 mod context;
 mod group;
 mod observer;

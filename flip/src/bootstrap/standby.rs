@@ -1,16 +1,19 @@
 //! When the Bootstrap starts or checks its standby process (see
-//! [`Options::standby`](crate::Options::standby)): once the parent has exited, and every
-//! second after that, since a binary replaced on disk makes the standby stale.
+//! [`Options::standby`](crate::Options::standby)): once the parent has exited, as soon as a new
+//! binary is in place at the path an upgrade starts, and every second after that, since a
+//! binary replaced on disk makes the standby stale.
 
 use std::time::Duration;
 
 use tokio::time::{Interval, MissedTickBehavior};
 
+use super::binary_watch::BinaryWatch;
 use crate::BoxFuture;
 use crate::upgrader::Upgrader;
 
 /// How often the serving process checks that its standby process still runs the binary an
-/// upgrade would start.
+/// upgrade would start, for what the watch on the binary cannot see (a link switched further
+/// up, a file system without inotify).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The standby's timer and the watch on the parent, armed only when a standby is wanted: without
@@ -23,6 +26,8 @@ struct Armed {
     check: Interval,
     /// Resolves once the process that started this one exited; `None` once it did.
     parent: Option<BoxFuture<()>>,
+    /// `None` when the binary's directories cannot be watched, or once the watch failed.
+    binary: Option<BinaryWatch>,
 }
 
 impl Schedule {
@@ -40,8 +45,17 @@ impl Schedule {
                 let _ = upgrader.parent_exited().await;
             }) as BoxFuture<()>
         });
+        let binary = BinaryWatch::new(upgrader.executable())
+            .inspect_err(|e| {
+                tracing::debug!(error = %e, path = %upgrader.executable().display(), "cannot watch for a new binary; checking every second");
+            })
+            .ok();
         Schedule {
-            armed: Some(Armed { check, parent }),
+            armed: Some(Armed {
+                check,
+                parent,
+                binary,
+            }),
         }
     }
 
@@ -50,14 +64,28 @@ impl Schedule {
         let Some(armed) = self.armed.as_mut() else {
             return std::future::pending().await;
         };
-        match armed.parent.as_mut() {
-            Some(parent) => tokio::select! {
-                _ = armed.check.tick() => {}
-                () = parent => armed.parent = None,
-            },
-            None => {
-                armed.check.tick().await;
+        let parent = async {
+            match armed.parent.as_mut() {
+                Some(parent) => parent.await,
+                None => std::future::pending().await,
             }
+        };
+        let binary = async {
+            match armed.binary.as_mut() {
+                Some(binary) => binary.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = armed.check.tick() => {}
+            () = parent => armed.parent = None,
+            changed = binary => match changed {
+                Ok(()) => tracing::debug!("the binary changed on disk"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot watch for a new binary any more; checking every second");
+                    armed.binary = None;
+                }
+            },
         }
     }
 }

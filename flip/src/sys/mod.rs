@@ -10,3 +10,4 @@ pub(crate) mod fs;
 pub(crate) mod process;
 pub(crate) mod socket;
 pub(crate) mod spawn;
+pub(crate) mod watch;

@@ -1,0 +1,150 @@
+//! Noticing a new binary at the path an upgrade starts as soon as it is in place, so that the
+//! standby process is replaced before the reload a deploy sends next, not up to a second later.
+//!
+//! A deploy puts the new binary in place and asks for the reload right away: a standby started
+//! from the previous binary is stale then, and the upgrade would start the new process from
+//! scratch. The watch covers every directory on the way to the binary, both along the path as
+//! given and along its resolved form, so a switched `current -> release-N` link is seen as
+//! well as a file renamed over the binary. Events for other names are ignored; the
+//! once-a-second check stays for anything the watch cannot see.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use tokio::io::unix::AsyncFd;
+
+use crate::sys::watch::{Change, DirId, Watch};
+
+pub(super) struct BinaryWatch {
+    path: PathBuf,
+    watch: AsyncFd<Watch>,
+    /// The entries that lead to the binary (directory, name), by the watch on the directory.
+    entries: HashMap<DirId, Vec<(PathBuf, OsString)>>,
+}
+
+impl BinaryWatch {
+    /// Watches the directories on the way to `path`. Needs a tokio runtime with I/O enabled.
+    pub(super) fn new(path: &Path) -> io::Result<BinaryWatch> {
+        let (watch, entries) = arm(path)?;
+        Ok(BinaryWatch {
+            path: path.to_owned(),
+            watch,
+            entries,
+        })
+    }
+
+    /// Resolves when an entry on the way to the binary changed: a new binary may be there.
+    pub(super) async fn changed(&mut self) -> io::Result<()> {
+        loop {
+            let changes = {
+                let mut ready = self.watch.readable().await?;
+                match ready.try_io(|watch| watch.get_ref().read()) {
+                    Ok(changes) => changes?,
+                    Err(_would_block) => continue,
+                }
+            };
+            if changes.iter().any(|change| self.leads_to_binary(change)) {
+                // A switched link leads through other directories now.
+                (self.watch, self.entries) = arm(&self.path)?;
+                return Ok(());
+            }
+        }
+    }
+
+    fn leads_to_binary(&self, change: &Change) -> bool {
+        let Change::Entry { dir, name, created } = change else {
+            return true;
+        };
+        let Some(entries) = self.entries.get(dir) else {
+            return false;
+        };
+        entries.iter().any(|(parent, entry)| {
+            // A regular file just created is still being written: its close comes next.
+            entry == name
+                && (!created
+                    || std::fs::symlink_metadata(parent.join(name))
+                        .is_ok_and(|meta| !meta.file_type().is_file()))
+        })
+    }
+}
+
+type Entries = HashMap<DirId, Vec<(PathBuf, OsString)>>;
+
+fn arm(path: &Path) -> io::Result<(AsyncFd<Watch>, Entries)> {
+    let watch = Watch::new()?;
+    let mut entries = Entries::new();
+    let mut last_error = None;
+    for (dir, name) in on_the_way(path) {
+        match watch.add_dir(&dir) {
+            Ok(id) => entries.entry(id).or_default().push((dir, name)),
+            // A directory that cannot be watched (gone, not readable): the periodic check
+            // covers it.
+            Err(e) => last_error = Some(e),
+        }
+    }
+    if entries.is_empty() {
+        return Err(last_error.unwrap_or_else(|| io::Error::other("no directory to watch")));
+    }
+    Ok((watch.into_async()?, entries))
+}
+
+/// Every (directory, name) that leads to `path`, as given and resolved.
+fn on_the_way(path: &Path) -> Vec<(PathBuf, OsString)> {
+    let mut entries = Vec::new();
+    for path in [Some(path.to_owned()), path.canonicalize().ok()]
+        .into_iter()
+        .flatten()
+    {
+        let mut dir = PathBuf::new();
+        for component in path.components() {
+            match component {
+                Component::RootDir => dir.push(Component::RootDir),
+                Component::CurDir => {}
+                Component::Normal(name) => {
+                    entries.push((dir.clone(), name.to_owned()));
+                    dir.push(name);
+                }
+                // What follows `..` only the resolved path tells.
+                Component::ParentDir | Component::Prefix(_) => break,
+            }
+        }
+    }
+    entries.retain(|(dir, _)| !dir.as_os_str().is_empty());
+    entries
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_entries_on_the_way_are_those_of_the_link_and_of_what_it_leads_to() {
+        let root = std::env::temp_dir().join(format!("flip-binary-watch-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("release-1")).unwrap();
+        let root = root.canonicalize().unwrap();
+        std::fs::write(root.join("release-1/server"), b"").unwrap();
+        let _ = std::fs::remove_file(root.join("current"));
+        std::os::unix::fs::symlink("release-1", root.join("current")).unwrap();
+        let entries = on_the_way(&root.join("current/server"));
+        std::fs::remove_dir_all(&root).unwrap();
+        for (dir, name) in [
+            (root.clone(), "current"),
+            (root.join("current"), "server"),
+            (root.clone(), "release-1"),
+            (root.join("release-1"), "server"),
+        ] {
+            assert!(
+                entries.contains(&(dir.clone(), name.into())),
+                "{name} in {dir:?} missing from {entries:?}"
+            );
+        }
+        let top = root.components().nth(1).unwrap().as_os_str().to_owned();
+        assert!(entries.contains(&(PathBuf::from("/"), top)), "{entries:?}");
+        assert!(
+            entries.iter().all(|(dir, _)| dir.is_absolute()),
+            "{entries:?}"
+        );
+    }
+}
