@@ -258,6 +258,7 @@ impl Bootstrap {
             Ok(signals) => signals,
             Err(e) => return Outcome::Failed(format!("cannot subscribe to signals: {e}").into()),
         };
+        let inherited_watch = standby::Schedule::claim_inherited_watch(&self.upgrader);
         if let Err(e) = self.upgrader.ready() {
             // The servers may have accepted connections already: serve those (the parent, still
             // serving, takes every new one) before giving up.
@@ -276,7 +277,8 @@ impl Bootstrap {
         let first = !self.upgrader.has_parent();
         self.observers.each(|o| o.ready(first));
         startup::StartupCost::log();
-        let mut standby = standby::Schedule::new(&self.upgrader, self.upgrades_enabled);
+        let mut standby =
+            standby::Schedule::new(&self.upgrader, self.upgrades_enabled, inherited_watch);
         loop {
             let new_pid = match self.serve_until_upgraded(&mut signals, &mut standby).await {
                 Ok(new_pid) => new_pid,

@@ -3,6 +3,7 @@
 //! binary is in place at the path an upgrade starts, and every second after that, since a
 //! binary replaced on disk makes the standby stale.
 
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use tokio::time::{Interval, MissedTickBehavior};
@@ -31,7 +32,12 @@ struct Armed {
 }
 
 impl Schedule {
-    pub(super) fn new(upgrader: &Upgrader, upgrades_enabled: bool) -> Schedule {
+    /// `inherited_watch`: what [`BinaryWatch::inherited`] claimed before readiness.
+    pub(super) fn new(
+        upgrader: &Upgrader,
+        upgrades_enabled: bool,
+        inherited_watch: Option<OwnedFd>,
+    ) -> Schedule {
         if !upgrades_enabled || !upgrader.options().standby_enabled() {
             return Schedule { armed: None };
         }
@@ -45,7 +51,7 @@ impl Schedule {
                 let _ = upgrader.parent_exited().await;
             }) as BoxFuture<()>
         });
-        let binary = BinaryWatch::new(upgrader.executable())
+        let binary = BinaryWatch::new(upgrader.executable(), upgrader.fds(), inherited_watch)
             .inspect_err(|e| {
                 tracing::debug!(error = %e, path = %upgrader.executable().display(), "cannot watch for a new binary; checking every second");
             })
@@ -57,6 +63,12 @@ impl Schedule {
                 binary,
             }),
         }
+    }
+
+    /// Claims the watch on the binary that the previous process handed over, before readiness
+    /// closes what nobody claimed.
+    pub(super) fn claim_inherited_watch(upgrader: &Upgrader) -> Option<OwnedFd> {
+        BinaryWatch::inherited(upgrader.fds())
     }
 
     /// Resolves when the standby should be started or checked; never without a standby.
