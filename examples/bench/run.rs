@@ -273,9 +273,6 @@ fn upgrades(
         let exited = wait_until(Duration::from_secs(120), || !alive(old));
         let end = Instant::now();
         f.windows.push((t0, end));
-        if std::env::var_os("BENCH_TRACE").is_some() {
-            eprintln!("trace: sent {:?} ready after {:?}", sent, ready);
-        }
         f.to_ready.push(ready);
         if exited.is_some() {
             // Seen by polling every 50 µs from the SIGHUP on.

@@ -149,6 +149,8 @@ impl Fds {
         has_parent: bool,
         settings: SocketSettings,
     ) -> Fds {
+        // A successor claims most of what it inherits: room for all of it saves the rehashes.
+        let used = HashMap::with_capacity(inherited.len());
         Fds {
             registry: Mutex::new(Registry {
                 inherited: inherited
@@ -164,7 +166,7 @@ impl Fds {
                     })
                     .collect(),
                 activated: Vec::new(),
-                used: HashMap::new(),
+                used,
             }),
             has_parent,
             settings,
@@ -428,8 +430,8 @@ impl Fds {
         let mut reg = self.lock();
         let held = match reg.used.get(key) {
             Some(held) => held,
-            None => match reg.inherited.remove(key) {
-                Some(held) => reg.used.entry(key.clone()).or_insert(held),
+            None => match reg.inherited.remove_entry(key) {
+                Some((key, held)) => reg.used.entry(key).or_insert(held),
                 None => return Ok(None),
             },
         };
