@@ -73,20 +73,33 @@ impl BinaryWatch {
     /// Resolves when an entry on the way to the binary changed: a new binary may be there.
     pub(super) async fn changed(&mut self) -> io::Result<()> {
         loop {
-            let changes = {
-                let mut ready = self.watch.readable().await?;
-                match ready.try_io(|watch| watch.get_ref().read()) {
-                    Ok(changes) => changes?,
-                    Err(_would_block) => continue,
-                }
-            };
-            if changes.iter().any(|change| self.leads_to_binary(change)) {
-                // A switched link leads through other directories now. The watches of
-                // directories left behind stay; their events are ignored.
-                self.entries = arm(self.watch.get_ref(), &self.path)?;
+            let mut ready = self.watch.readable().await?;
+            ready.clear_ready();
+            drop(ready);
+            if self.take_changes()? {
                 return Ok(());
             }
         }
+    }
+
+    /// Reads the changes that wait, without blocking: whether one of them may have put a new
+    /// binary in place. The kernel queues a change before the call that made it returns.
+    fn take_changes(&mut self) -> io::Result<bool> {
+        let mut relevant = false;
+        loop {
+            match self.watch.get_ref().read() {
+                Ok(changes) => relevant |= changes.iter().any(|c| self.leads_to_binary(c)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if relevant {
+            // A switched link leads through other directories now. The watches of
+            // directories left behind stay; their events are ignored.
+            self.entries = arm(self.watch.get_ref(), &self.path)?;
+        }
+        Ok(relevant)
     }
 
     fn leads_to_binary(&self, change: &Change) -> bool {
@@ -154,6 +167,91 @@ fn on_the_way(path: &Path) -> Vec<(PathBuf, OsString)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fds::SocketSettings;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("flip-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.canonicalize().unwrap()
+    }
+
+    fn no_fds() -> Fds {
+        let settings = SocketSettings {
+            backlog: 16,
+            unix_mode: 0o600,
+        };
+        Fds::new(Vec::new(), false, settings)
+    }
+
+    #[tokio::test]
+    async fn a_file_written_at_the_path_counts_once_closed_and_other_names_never() {
+        let dir = scratch("watch-write");
+        let binary = dir.join("server");
+        std::fs::write(&binary, b"old").unwrap();
+        let fds = no_fds();
+        let mut watch = BinaryWatch::new(&binary, &fds, None).unwrap();
+        assert!(!watch.take_changes().unwrap(), "nothing happened yet");
+
+        std::fs::write(dir.join("server.pid"), b"1").unwrap();
+        std::fs::rename(dir.join("server.pid"), dir.join("other")).unwrap();
+        assert!(
+            !watch.take_changes().unwrap(),
+            "other names are not the binary"
+        );
+
+        std::fs::remove_file(&binary).unwrap();
+        let mut file = std::fs::File::create(&binary).unwrap();
+        std::io::Write::write_all(&mut file, b"new").unwrap();
+        assert!(
+            !watch.take_changes().unwrap(),
+            "a regular file still open for writing is not taken"
+        );
+        drop(file);
+        assert!(watch.take_changes().unwrap(), "closed after writing: taken");
+        assert!(
+            !watch.take_changes().unwrap(),
+            "each change is reported once"
+        );
+
+        std::fs::write(dir.join("server.new"), b"newer").unwrap();
+        assert!(!watch.take_changes().unwrap());
+        std::fs::rename(dir.join("server.new"), &binary).unwrap();
+        assert!(
+            watch.take_changes().unwrap(),
+            "renamed over the binary: taken"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_instance_is_registered_for_the_next_process_and_an_inherited_one_is_reused() {
+        let dir = scratch("watch-registry");
+        let binary = dir.join("server");
+        std::fs::write(&binary, b"").unwrap();
+        let fds = no_fds();
+        let first = BinaryWatch::new(&binary, &fds, None).unwrap();
+        let handed = BinaryWatch::inherited(&fds).expect("registered as a file");
+        let next = no_fds();
+        let mut second = BinaryWatch::new(&binary, &next, Some(handed)).unwrap();
+        assert!(
+            BinaryWatch::inherited(&next).is_none(),
+            "adopted, not made anew: the registry that handed it over holds it already"
+        );
+        drop(first);
+        std::fs::write(dir.join("server.new"), b"").unwrap();
+        std::fs::rename(dir.join("server.new"), &binary).unwrap();
+        assert!(
+            second.take_changes().unwrap(),
+            "the same instance still watches"
+        );
+        // Anything else handed over under that name is refused and replaced.
+        let fds = no_fds();
+        let not_inotify = OwnedFd::from(std::fs::File::open(&binary).unwrap());
+        BinaryWatch::new(&binary, &fds, Some(not_inotify)).unwrap();
+        assert!(BinaryWatch::inherited(&fds).is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_entries_on_the_way_are_those_of_the_link_and_of_what_it_leads_to() {
