@@ -229,6 +229,13 @@ fn a_dead_standby_is_replaced_by_a_fresh_start_at_upgrade() {
     let new = server.upgrade_ok();
     assert_ne!(new, standby);
     assert!(alive(new));
+    assert!(
+        server
+            .log()
+            .contains("started=fresh: the standby had exited"),
+        "the old process says why it started afresh; log:\n{}",
+        server.log()
+    );
 }
 
 #[test]
@@ -298,6 +305,11 @@ fn the_standby_is_on_by_default_and_flip_standby_0_turns_it_off() {
         standby,
         "the default upgrade used the standby"
     );
+    assert!(
+        server.log().contains("started=standby"),
+        "log:\n{}",
+        server.log()
+    );
     drop(server);
 
     // FLIP_STANDBY=0: each upgrade starts its process at SIGHUP, none is started ahead.
@@ -317,6 +329,15 @@ fn the_standby_is_on_by_default_and_flip_standby_0_turns_it_off() {
     }
     assert!(
         !server.log().contains("started a standby process"),
+        "log:\n{}",
+        server.log()
+    );
+    assert_eq!(
+        server
+            .log()
+            .matches("started=fresh: no standby waited")
+            .count(),
+        2,
         "log:\n{}",
         server.log()
     );

@@ -150,19 +150,23 @@ fn upgrade(a: &Args) -> Outcome {
         Ok(done) => {
             if a.json {
                 println!(
-                    "{{\"old_pid\":{},\"new_pid\":{},\"ready_ms\":{:.3},\"old_binary\":{},\"new_binary\":{}}}",
+                    "{{\"old_pid\":{},\"new_pid\":{},\"ready_ms\":{:.3},\"started\":{},\"old_binary\":{},\"new_binary\":{}}}",
                     done.old_pid,
                     done.new_pid,
                     done.ready_after.as_secs_f64() * 1000.0,
+                    done.started.as_deref().map_or("null".into(), json),
                     json(&done.old_binary),
                     json(&done.new_binary)
                 );
             } else {
                 println!(
-                    "upgraded: pid {} -> {}, ready after {:.2} ms\n  old: {}\n  new: {}",
+                    "upgraded: pid {} -> {}, ready after {:.2} ms{}\n  old: {}\n  new: {}",
                     done.old_pid,
                     done.new_pid,
                     done.ready_after.as_secs_f64() * 1000.0,
+                    done.started
+                        .as_deref()
+                        .map_or(String::new(), |s| format!(" ({s})")),
                     done.old_binary,
                     done.new_binary
                 );

@@ -59,6 +59,12 @@ fn upgrade_reports_the_new_pid_and_status_the_generation_and_listeners() {
         "{said}"
     );
     assert!(said.contains("build-id "), "{said}");
+    assert!(
+        said.lines()
+            .next()
+            .is_some_and(|l| l.ends_with(" ms (standby)")),
+        "the report says the standby took over: {said}"
+    );
     wait_exit(old, DEADLINE);
     load.wait_for_more(20);
     load.finish().assert_lossless_across(&[old, new]);

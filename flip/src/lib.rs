@@ -94,6 +94,7 @@ pub use options::{DEFAULT_BACKLOG, DEFAULT_UNIX_SOCKET_MODE, DEFAULT_UPGRADE_TIM
 pub use pidfile::DEFAULT_MODE as DEFAULT_PID_FILE_MODE;
 pub use server::GracefulStoppableServer;
 pub use signal::upgrade_signal;
+pub use standby::{FreshStart, SuccessorStart};
 pub use upgrader::Upgrader;
 
 /// Entry point of the cargo-fuzz target in `fuzz/` (feature `fuzzing`; not an API).

@@ -7,10 +7,61 @@ use std::sync::Mutex;
 
 use crate::child::Pending;
 use crate::error::Error;
+
 use crate::key::Key;
 use crate::pidfile;
 use crate::process::Launch;
 use crate::sys::fd::FileId;
+
+/// How the new process of an upgrade was started: [`Upgrader::last_successor_start`] after a
+/// successful upgrade, the `started` field of `flip upgrade`, and the `upgrade succeeded` log
+/// line. Its `Display` is short: `standby`, or `fresh: ` and the reason.
+///
+/// [`Upgrader::last_successor_start`]: crate::Upgrader::last_successor_start
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SuccessorStart {
+    /// The standby process, started ahead of time, took over: the fast path.
+    Standby,
+    /// The new process was started at the upgrade.
+    Fresh(FreshStart),
+}
+
+/// Why an upgrade started its new process afresh rather than through a standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FreshStart {
+    /// No standby waited: it is turned off, or none was started yet (the process that started
+    /// this one still drained, or starting one failed).
+    NoStandby,
+    /// The standby had exited, or ended before it was ready.
+    StandbyExited,
+    /// The executable path names another file than the standby runs: a new binary landed
+    /// after the standby started, too shortly before the upgrade for a new standby.
+    NewBinary,
+    /// Sockets or files were added to or removed from the registry after the standby started.
+    SocketsChanged,
+}
+
+impl std::fmt::Display for SuccessorStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SuccessorStart::Standby => f.write_str("standby"),
+            SuccessorStart::Fresh(why) => write!(f, "fresh: {why}"),
+        }
+    }
+}
+
+impl std::fmt::Display for FreshStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FreshStart::NoStandby => "no standby waited",
+            FreshStart::StandbyExited => "the standby had exited",
+            FreshStart::NewBinary => "a new binary landed after the standby started",
+            FreshStart::SocketsChanged => "the sockets changed after the standby started",
+        })
+    }
+}
 
 /// The slot of the one standby process.
 #[derive(Debug, Default)]
@@ -20,23 +71,24 @@ pub(crate) struct Standby {
 
 impl Standby {
     /// Takes the standby if it may take over: it is alive, it runs the file the launch path
-    /// names now, and it holds exactly `fds`. A stale one is let go.
+    /// names now, and it holds exactly `fds`. A stale one is let go, and why is returned.
     pub(crate) fn take_current(
         &self,
         launch: &Launch,
         held: &[(Key, FileId)],
         pid_file: Option<&Path>,
-    ) -> Option<Pending> {
-        let mut standby = crate::lock(&self.slot).take()?;
-        if is_current(&mut standby, launch, held) {
-            return Some(standby);
+    ) -> Result<Pending, FreshStart> {
+        let mut standby = crate::lock(&self.slot)
+            .take()
+            .ok_or(FreshStart::NoStandby)?;
+        match staleness(&mut standby, launch, held) {
+            None => Ok(standby),
+            Some(why) => {
+                tracing::debug!(pid = standby.pid(), %why, "the standby process is stale");
+                let_go(standby, false, pid_file);
+                Err(why)
+            }
         }
-        tracing::debug!(
-            pid = standby.pid(),
-            "the standby process is stale; starting afresh"
-        );
-        let_go(standby, false, pid_file);
-        None
     }
 
     /// Keeps a current standby (one that holds `held`), or starts one with `start` in place of
@@ -53,10 +105,12 @@ impl Standby {
     ) -> Result<Option<u32>, Error> {
         let mut slot = crate::lock(&self.slot);
         if let Some(standby) = slot.as_mut() {
-            if is_current(standby, launch, held) {
-                return Ok(Some(standby.pid()));
+            match staleness(standby, launch, held) {
+                None => return Ok(Some(standby.pid())),
+                Some(why) => {
+                    tracing::debug!(pid = standby.pid(), %why, "replacing the stale standby process");
+                }
             }
-            tracing::debug!(pid = standby.pid(), "replacing the stale standby process");
         }
         if let Some(stale) = slot.take() {
             let_go(stale, false, pid_file);
@@ -85,15 +139,19 @@ impl Standby {
     }
 }
 
-fn is_current(standby: &mut Pending, launch: &Launch, held: &[(Key, FileId)]) -> bool {
+/// Why `standby` may not take over, if it may not.
+fn staleness(standby: &mut Pending, launch: &Launch, held: &[(Key, FileId)]) -> Option<FreshStart> {
     if standby.has_ended() {
-        return false;
+        return Some(FreshStart::StandbyExited);
     }
     let same_binary = match (standby.binary(), launch.binary_now()) {
         (Some(running), Some(on_disk)) => running == on_disk,
         _ => false,
     };
-    same_binary && standby.holds(held)
+    if !same_binary {
+        return Some(FreshStart::NewBinary);
+    }
+    (!standby.holds(held)).then_some(FreshStart::SocketsChanged)
 }
 
 /// Kills a standby that will not be used and removes the pid file it prepared. It is reaped in

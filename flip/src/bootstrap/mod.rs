@@ -507,7 +507,8 @@ async fn upgrade(upgrader: Upgrader, observers: Observers, why: &'static str) ->
     let elapsed = started.elapsed();
     match &result {
         Ok(pid) => {
-            tracing::info!(new_pid = pid, ?elapsed, "upgrade succeeded");
+            let started = upgrader.last_successor_start().map(tracing::field::display);
+            tracing::info!(new_pid = pid, ?elapsed, started, "upgrade succeeded");
             observers.each(|o| o.upgraded(*pid));
         }
         Err(e) => {

@@ -58,6 +58,9 @@ pub struct UpgradeReport {
     pub old_binary: String,
     /// The new process's binary: path and build identity.
     pub new_binary: String,
+    /// How the new process was started: `standby`, or `fresh: ` and why (see
+    /// [`SuccessorStart`](crate::SuccessorStart)). `None` from a server that does not say.
+    pub started: Option<String>,
 }
 
 /// How the last upgrade ended, as [`Status`] reports it.
@@ -156,6 +159,7 @@ impl Client {
                 ready_after: r.millis("ready_ms").map_err(p)?,
                 old_binary: r.require("old_binary").map_err(p)?.to_owned(),
                 new_binary: r.require("new_binary").map_err(p)?.to_owned(),
+                started: r.all("started").next().map(str::to_owned),
             }),
             "refused" => Err(ControlError::Refused {
                 reason: r.require("reason").map_err(p)?.to_owned(),

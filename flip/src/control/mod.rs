@@ -255,8 +255,11 @@ impl Server {
                 let mut w = Writer::new("ok");
                 w.field("old_pid", std::process::id())
                     .field("new_pid", new_pid)
-                    .field("ready_ms", protocol::ms(elapsed))
-                    .field("old_binary", old_binary)
+                    .field("ready_ms", protocol::ms(elapsed));
+                if let Some(start) = self.upgrader.last_successor_start() {
+                    w.field("started", start);
+                }
+                w.field("old_binary", old_binary)
                     .field("new_binary", binary_of(new_pid));
                 w.finish()
             }

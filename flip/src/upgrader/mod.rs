@@ -15,7 +15,7 @@ use crate::options::Options;
 use crate::parent::{self, ParentLink};
 use crate::pidfile;
 use crate::process::Launch;
-use crate::standby::Standby;
+use crate::standby::{FreshStart, Standby, SuccessorStart};
 
 mod generations;
 
@@ -44,6 +44,8 @@ struct Shared {
     prepared_pid_file: Mutex<Option<pidfile::Prepared>>,
     /// The next process, started ahead of time (`Options::standby`).
     standby: Standby,
+    /// How the last successful upgrade started its new process.
+    last_start: Mutex<Option<SuccessorStart>>,
     generation: u64,
     /// Older generations that ran when this one started, oldest first.
     ancestors: Vec<u32>,
@@ -157,6 +159,7 @@ impl Upgrader {
                 parent: Mutex::new(parent),
                 prepared_pid_file: Mutex::new(prepared_pid_file),
                 standby: Standby::default(),
+                last_start: Mutex::new(None),
                 generation,
                 ancestors: parent::take_ancestors(),
                 successor_link: Mutex::new(None),
@@ -190,6 +193,12 @@ impl Upgrader {
     /// The path an upgrade starts.
     pub fn executable(&self) -> &std::path::Path {
         &self.shared.launch.program
+    }
+
+    /// How the new process of the last successful [`upgrade`](Upgrader::upgrade) was
+    /// started: through the standby, or afresh and why. `None` before one succeeded.
+    pub fn last_successor_start(&self) -> Option<SuccessorStart> {
+        *lock(&self.shared.last_start)
     }
 
     /// The standby process, if one waits (see [`Options::standby`]).
@@ -262,20 +271,27 @@ impl Upgrader {
             &self.shared.fds.inventory(),
             self.pid_file(),
         );
-        let (mut child, mut from_standby) = match standby {
-            Some(standby) => {
+        let (mut child, mut start) = match standby {
+            Ok(standby) => {
                 let pid = standby.pid();
                 tracing::debug!(pid, "handing over to the standby process");
                 match standby.hand_over() {
-                    Ok(child) => (child, true),
+                    Ok(child) => (child, SuccessorStart::Standby),
                     Err(e) => {
                         tracing::warn!(pid, error = %crate::error::Chain(&e), "the standby process is gone; starting afresh");
                         self.reclaim_pid_file(pid);
-                        (self.start_fresh(self.snapshot()?)?, false)
+                        let fresh = self.start_fresh(self.snapshot()?)?;
+                        (fresh, SuccessorStart::Fresh(FreshStart::StandbyExited))
                     }
                 }
             }
-            None => (self.start_fresh(self.snapshot()?)?, false),
+            Err(why) => {
+                if self.shared.options.standby {
+                    tracing::info!(%why, "starting the new process afresh");
+                }
+                let fresh = self.start_fresh(self.snapshot()?)?;
+                (fresh, SuccessorStart::Fresh(why))
+            }
         };
         loop {
             let pid = child.pid();
@@ -301,10 +317,10 @@ impl Upgrader {
             match error {
                 // Killed from outside a moment before the upgrade (so it still looked alive),
                 // say. A fresh start is what the upgrade would have done without a standby.
-                Error::ChildExited { status, .. } if from_standby => {
+                Error::ChildExited { status, .. } if start == SuccessorStart::Standby => {
                     tracing::warn!(pid, %status, "the standby process ended before it was ready; starting afresh");
                     child = self.start_fresh(self.snapshot()?)?;
-                    from_standby = false;
+                    start = SuccessorStart::Fresh(FreshStart::StandbyExited);
                 }
                 error => return Err(error),
             }
@@ -325,6 +341,7 @@ impl Upgrader {
                 _ => *phase = Phase::Upgraded,
             }
         }
+        *lock(&self.shared.last_start) = Some(start);
         self.shared.exit.send_replace(true);
         tracing::debug!(pid, elapsed = ?started.elapsed(), "the new process is ready");
         Ok(pid)
