@@ -176,10 +176,9 @@ impl Pending {
         self.binary
     }
 
-    /// Whether it holds exactly the sockets and files of `held` (as
-    /// [`Fds::inventory`](crate::fds::Fds::inventory) lists them).
-    pub(crate) fn holds(&self, held: &[(Key, FileId)]) -> bool {
-        self.handed == held
+    /// The sockets and files it was given, with their keys.
+    pub(crate) fn handed(&self) -> &[(Key, FileId)] {
+        &self.handed
     }
 }
 

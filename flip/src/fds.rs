@@ -491,13 +491,20 @@ impl Fds {
             .collect()
     }
 
-    /// What [`snapshot`](Fds::snapshot) would hand over, without duplicating anything.
-    pub(crate) fn inventory(&self) -> Vec<(Key, FileId)> {
+    /// Whether [`snapshot`](Fds::snapshot) would hand over exactly `handed`: the same keys,
+    /// each with the same file. No system call, no copy: at `SIGHUP` the old process asks
+    /// this of its standby, on the way to ready.
+    pub(crate) fn holds_exactly(&self, handed: &[(Key, FileId)]) -> bool {
         let reg = self.lock();
-        reg.in_order()
-            .into_iter()
-            .map(|(key, held)| (key.clone(), held.file))
-            .collect()
+        // The keys of `handed` are distinct (a snapshot's), and a key is either used or
+        // inherited, never both: equal counts and every key found make the sets equal.
+        reg.used.len() + reg.inherited.len() == handed.len()
+            && handed.iter().all(|(key, file)| {
+                reg.used
+                    .get(key)
+                    .or_else(|| reg.inherited.get(key))
+                    .is_some_and(|held| held.file == *file)
+            })
     }
 
     /// Keys of everything registered, used or inherited, in order.
@@ -564,6 +571,38 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn holds_exactly_tells_a_snapshot_of_now_from_an_older_one() {
+        let handed = |fds: &Fds| -> Vec<(Key, FileId)> {
+            let snapshot = fds.snapshot().unwrap();
+            snapshot.into_iter().map(|r| (r.key, r.file)).collect()
+        };
+        let fds = Fds::new(Vec::new(), false, TEST_SETTINGS);
+        assert!(fds.holds_exactly(&[]));
+        fds.tcp_listener("127.0.0.1:0").unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        fds.add_file("log", &file).unwrap();
+        let then = handed(&fds);
+        assert!(fds.holds_exactly(&then));
+        assert!(!fds.holds_exactly(&then[..1]), "one missing");
+
+        // Another file under the same name: same keys, not the same files.
+        fds.add_file("log", &std::fs::File::open("/dev/zero").unwrap())
+            .unwrap();
+        assert!(!fds.holds_exactly(&then));
+        // One more socket.
+        let now = handed(&fds);
+        fds.tcp_listener("127.0.0.1:0").unwrap();
+        assert!(!fds.holds_exactly(&now));
+
+        // What a successor inherited counts whether claimed yet or not.
+        let successor = Fds::new(fds.snapshot().unwrap(), true, TEST_SETTINGS);
+        let all = handed(&fds);
+        assert!(successor.holds_exactly(&all));
+        successor.file("log").unwrap();
+        assert!(successor.holds_exactly(&all));
     }
 
     #[test]

@@ -7,11 +7,10 @@ use std::sync::Mutex;
 
 use crate::child::Pending;
 use crate::error::Error;
+use crate::fds::Fds;
 
-use crate::key::Key;
 use crate::pidfile;
 use crate::process::Launch;
-use crate::sys::fd::FileId;
 
 /// How the new process of an upgrade was started: [`Upgrader::last_successor_start`] after a
 /// successful upgrade, the `started` field of `flip upgrade`, and the `upgrade succeeded` log
@@ -71,17 +70,17 @@ pub(crate) struct Standby {
 
 impl Standby {
     /// Takes the standby if it may take over: it is alive, it runs the file the launch path
-    /// names now, and it holds exactly `fds`. A stale one is let go, and why is returned.
+    /// names now, and it holds exactly what `fds` would hand over. A stale one is let go, and why is returned.
     pub(crate) fn take_current(
         &self,
         launch: &Launch,
-        held: &[(Key, FileId)],
+        fds: &Fds,
         pid_file: Option<&Path>,
     ) -> Result<Pending, FreshStart> {
         let mut standby = crate::lock(&self.slot)
             .take()
             .ok_or(FreshStart::NoStandby)?;
-        match staleness(&mut standby, launch, held) {
+        match staleness(&mut standby, launch, fds) {
             None => Ok(standby),
             Some(why) => {
                 tracing::debug!(pid = standby.pid(), %why, "the standby process is stale");
@@ -91,21 +90,21 @@ impl Standby {
         }
     }
 
-    /// Keeps a current standby (one that holds `held`), or starts one with `start` in place of
+    /// Keeps a current standby (one that holds what `fds` would hand over), or starts one with `start` in place of
     /// a stale one (or of none); returns its pid. `still_wanted` is asked after a new one
     /// started: another task may have begun an upgrade or a stop meanwhile, and then it is let
     /// go.
     pub(crate) fn refresh(
         &self,
         launch: &Launch,
-        held: &[(Key, FileId)],
+        fds: &Fds,
         pid_file: Option<&Path>,
         start: impl FnOnce() -> Result<Pending, Error>,
         still_wanted: impl FnOnce() -> bool,
     ) -> Result<Option<u32>, Error> {
         let mut slot = crate::lock(&self.slot);
         if let Some(standby) = slot.as_mut() {
-            match staleness(standby, launch, held) {
+            match staleness(standby, launch, fds) {
                 None => return Ok(Some(standby.pid())),
                 Some(why) => {
                     tracing::debug!(pid = standby.pid(), %why, "replacing the stale standby process");
@@ -140,7 +139,7 @@ impl Standby {
 }
 
 /// Why `standby` may not take over, if it may not.
-fn staleness(standby: &mut Pending, launch: &Launch, held: &[(Key, FileId)]) -> Option<FreshStart> {
+fn staleness(standby: &mut Pending, launch: &Launch, fds: &Fds) -> Option<FreshStart> {
     if standby.has_ended() {
         return Some(FreshStart::StandbyExited);
     }
@@ -151,7 +150,7 @@ fn staleness(standby: &mut Pending, launch: &Launch, held: &[(Key, FileId)]) -> 
     if !same_binary {
         return Some(FreshStart::NewBinary);
     }
-    (!standby.holds(held)).then_some(FreshStart::SocketsChanged)
+    (!fds.holds_exactly(standby.handed())).then_some(FreshStart::SocketsChanged)
 }
 
 /// Kills a standby that will not be used and removes the pid file it prepared. It is reaped in

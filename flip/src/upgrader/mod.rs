@@ -268,7 +268,7 @@ impl Upgrader {
         self.make_room(deadline).await?;
         let standby = self.shared.standby.take_current(
             &self.shared.launch,
-            &self.shared.fds.inventory(),
+            &self.shared.fds,
             self.pid_file(),
         );
         let (mut child, mut start) = match standby {
@@ -449,7 +449,7 @@ impl Upgrader {
         };
         self.shared.standby.refresh(
             &self.shared.launch,
-            &self.shared.fds.inventory(),
+            &self.shared.fds,
             self.pid_file(),
             start,
             || matches!(*lock(&self.shared.phase), Phase::Ready),
