@@ -231,7 +231,14 @@ fn status_text(s: &Status) -> String {
         out.push_str(&format!("standby: pid {p}\n"));
     }
     for l in &s.listeners {
-        out.push_str(&format!("listening: {l}\n"));
+        // The registry's files (`file <name>`, flip's own `flip.binary-watch` among them) are
+        // handed over too, but nothing listens on them.
+        let verb = if l.starts_with("file ") {
+            "holding"
+        } else {
+            "listening"
+        };
+        out.push_str(&format!("{verb}: {l}\n"));
     }
     out
 }

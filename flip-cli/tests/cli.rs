@@ -78,6 +78,10 @@ fn upgrade_reports_the_new_pid_and_status_the_generation_and_listeners() {
         "{status}"
     );
     assert!(
+        status.contains("holding: file flip.binary-watch"),
+        "the watch's inotify instance passed on with the sockets: {status}"
+    );
+    assert!(
         status.contains(&format!("listening: listener tcp {addr}")),
         "{status}"
     );

@@ -83,14 +83,12 @@ impl Key {
     }
 }
 
+/// `listener tcp 127.0.0.1:8080`, `packet udp [::1]:53`; a file by its name alone, `file state`.
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} {}",
-            self.kind.as_str(),
-            self.network,
-            self.address
-        )
+        match self.kind {
+            Kind::File => write!(f, "file {}", self.address),
+            kind => write!(f, "{} {} {}", kind.as_str(), self.network, self.address),
+        }
     }
 }
