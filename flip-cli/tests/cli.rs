@@ -228,6 +228,20 @@ fn check_reports_the_http_example_lossless_in_both_modes() {
             said.starts_with("LOSSLESS: 5 upgrades (0 failed)"),
             "{said}"
         );
+        // How each new process was started, as the server said: 5 in all.
+        let starts = said
+            .lines()
+            .find_map(|l| l.strip_prefix("new processes started: "))
+            .unwrap_or_else(|| panic!("no starts line: {said}"));
+        let counted: usize = starts
+            .split(", ")
+            .map(|part| {
+                let (n, how) = part.split_once(' ').expect("<count> <how>");
+                assert!(how == "standby" || how.starts_with("fresh: "), "{part}");
+                n.parse::<usize>().expect("a count")
+            })
+            .sum();
+        assert_eq!(counted, 5, "{said}");
         let svg = std::fs::read_to_string(&plot).unwrap();
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"), "{svg}");
     }

@@ -49,6 +49,9 @@ pub struct UpgradeTiming {
     pub error: Option<String>,
     /// When it was asked for, from the start of the check.
     pub at: Duration,
+    /// How the server started the new process (`standby`, or `fresh: ` and why), as it said
+    /// through the control socket; `None` with [`Via::Signal`].
+    pub started: Option<String>,
 }
 
 /// The check to run. Defaults: 20 upgrades 200 ms apart, 16 clients, a new connection per
@@ -226,6 +229,7 @@ impl Check {
             to_old_exit: None,
             error: None,
             at: t0 - started,
+            started: None,
         };
         match self.via {
             Via::Control => {
@@ -238,6 +242,7 @@ impl Check {
                         timing.old_pid = done.old_pid;
                         timing.new_pid = Some(done.new_pid);
                         timing.to_ready = Some(done.ready_after);
+                        timing.started = done.started;
                     }
                     Err(e) => timing.error = Some(crate::error::Chain(&e).to_string()),
                 }
@@ -360,6 +365,20 @@ impl CheckReport {
         (percentiles(&mut ready), percentiles(&mut exit))
     }
 
+    /// How the new processes were started, with how many upgrades each (`standby`, `fresh:
+    /// <why>`), most first; empty when the server did not say (upgrades by signal).
+    pub fn starts(&self) -> Vec<(String, usize)> {
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for start in self.upgrades.iter().filter_map(|u| u.started.as_deref()) {
+            match counts.iter_mut().find(|(s, _)| s == start) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((start.to_owned(), 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        counts
+    }
+
     /// The report as one JSON object.
     pub fn to_json(&self) -> String {
         let f = &self.load.failures;
@@ -371,11 +390,12 @@ impl CheckReport {
             .iter()
             .map(|u| {
                 format!(
-                    "{{\"old_pid\":{},\"new_pid\":{},\"to_ready_ms\":{},\"to_old_exit_ms\":{},\"error\":{}}}",
+                    "{{\"old_pid\":{},\"new_pid\":{},\"to_ready_ms\":{},\"to_old_exit_ms\":{},\"started\":{},\"error\":{}}}",
                     u.old_pid,
                     u.new_pid.map_or("null".into(), |p| p.to_string()),
                     u.to_ready.map_or("null".into(), ms),
                     u.to_old_exit.map_or("null".into(), ms),
+                    u.started.as_deref().map_or("null".into(), json_string),
                     u.error.as_deref().map_or("null".into(), json_string),
                 )
             })
@@ -499,6 +519,11 @@ impl fmt::Display for CheckReport {
             ms(e50),
             ms(e99)
         )?;
+        let starts = self.starts();
+        if !starts.is_empty() {
+            let list: Vec<String> = starts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            writeln!(f, "new processes started: {}", list.join(", "))?;
+        }
         write!(
             f,
             "latency: outside upgrades p50 {} p99 {}; during upgrades p50 {} p99 {}",
