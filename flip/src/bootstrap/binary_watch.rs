@@ -26,11 +26,13 @@ use crate::sys::watch::{Change, DirId, Watch};
 /// The name of the watch's inotify instance in the registry ([`Fds::file`]).
 pub(crate) const REGISTRY_NAME: &str = "flip.binary-watch";
 
+/// The entries that lead to the binary (directory, name), by the watch on the directory.
+type Entries = HashMap<DirId, Vec<(PathBuf, OsString)>>;
+
 pub(super) struct BinaryWatch {
     path: PathBuf,
     watch: AsyncFd<Watch>,
-    /// The entries that lead to the binary (directory, name), by the watch on the directory.
-    entries: HashMap<DirId, Vec<(PathBuf, OsString)>>,
+    entries: Entries,
 }
 
 impl BinaryWatch {
@@ -118,8 +120,6 @@ impl BinaryWatch {
         })
     }
 }
-
-type Entries = HashMap<DirId, Vec<(PathBuf, OsString)>>;
 
 /// Watches every directory on the way to `path`; returns what to look for in each.
 fn arm(watch: &Watch, path: &Path) -> io::Result<Entries> {
