@@ -113,7 +113,11 @@ impl Options {
     /// The standby is used only while it is still what an upgrade would start: it runs the file
     /// the executable path names now (a binary replaced there, or a switched symlink, makes it
     /// stale) and it holds exactly the sockets and files of the registry. Otherwise it is
-    /// killed and the upgrade starts a fresh process, as without this option. A standby costs
+    /// killed and the upgrade starts a fresh process, as without this option. Under
+    /// [`Bootstrap`](crate::Bootstrap) a new binary gets its standby as soon as it lands (the
+    /// Bootstrap watches the executable path), so a reload sent a few milliseconds after a
+    /// deploy still takes the fast path; [`Upgrader::last_successor_start`] says which path an
+    /// upgrade took. A standby costs
     /// one idle process (a few MiB resident for a tokio server, most of it code shared with the
     /// serving process; about 0.5 MiB of its own for the `http` example)
     /// and runs the new binary's code up to reading the handoff before anyone asked for an

@@ -430,8 +430,10 @@ impl Upgrader {
     /// its drain for the CPU), during an upgrade and once this process is exiting.
     ///
     /// [`Bootstrap`](crate::Bootstrap) calls this when its parent has exited, after a failed
-    /// upgrade, and every second (a binary replaced on disk makes the standby stale; this
-    /// starts one of the new binary). Needs a tokio runtime with I/O enabled.
+    /// upgrade, as soon as a new binary lands at the executable path (it watches the path's
+    /// directories), and every second (a binary replaced on disk makes the standby stale; this
+    /// starts one of the new binary). A program using the upgrader alone should call it when
+    /// it deploys, too. Needs a tokio runtime with I/O enabled.
     pub fn refresh_standby(&self) -> Result<Option<u32>> {
         if !self.shared.options.standby || !matches!(*lock(&self.shared.phase), Phase::Ready) {
             return Ok(None);
