@@ -20,7 +20,7 @@ pub(crate) enum Stage {
 ///
 /// The one way to wire a server's drain: take the token from
 /// [`StartContext::shutdown`](crate::StartContext::shutdown), hand it to the server
-/// ([`HttpServer::serve`](crate::http::HttpServer::serve), or your own accept loop), and run
+/// (`flip::http::HttpServer::serve` with the `hyper` feature, or your own accept loop), and run
 /// the server with [`StartContext::serve`](crate::StartContext::serve). The Bootstrap then
 /// starts the drain when a new process took over and waits for the server to finish. For a
 /// server with a graceful-shutdown future of its own (axum's `with_graceful_shutdown`, tonic's
