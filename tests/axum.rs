@@ -221,7 +221,17 @@ fn the_event_stream_says_reconnect_and_the_probe_turns_unready_when_the_drain_be
 }
 
 /// Processes now running `exe` for the server on `addr` (the other tests run it too).
-fn running(exe: &std::path::Path, addr: &str) -> Vec<u32> {
+/// The generations of the server at `addr` alive now: processes of `exe` serving or draining
+/// there. The serving process's standby (its child, not serving yet: with `FLIP_MAX_DRAINING`
+/// it is started at once) is not a generation.
+fn running(exe: &std::path::Path, addr: &str, pid_file: &std::path::Path) -> Vec<u32> {
+    let all = processes_of(exe, addr);
+    // Read after the processes, so that a standby among them is a child by now.
+    let standby = pid_in(pid_file).map(children_of).unwrap_or_default();
+    all.into_iter().filter(|p| !standby.contains(p)).collect()
+}
+
+fn processes_of(exe: &std::path::Path, addr: &str) -> Vec<u32> {
     let mine = format!("HTTP_ADDR={addr}");
     std::fs::read_dir("/proc")
         .into_iter()
@@ -252,12 +262,14 @@ async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_oldest_i
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let most = std::thread::spawn({
         let (stop, exe, addr) = (stop.clone(), exe.clone(), addr.clone());
+        let pid_file = server.pid_file.clone();
         move || {
             let mut most = 0;
             let end = std::time::Instant::now() + DEADLINE;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < end
             {
-                most = most.max(running(&exe, &addr).len());
+                let r = running(&exe, &addr, &pid_file);
+                most = most.max(r.len());
                 std::thread::park_timeout(std::time::Duration::from_millis(1));
             }
             most

@@ -221,6 +221,62 @@ fn a_switched_release_link_is_noticed_when_it_happens_and_the_next_upgrade_uses_
 }
 
 #[test]
+fn with_max_draining_the_standby_is_started_while_the_parent_drains_and_the_next_upgrade_uses_it() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        "standby-draining",
+        &example_path("http"),
+        &[
+            ("HTTP_ADDR", addr.clone()),
+            ("FLIP_STANDBY", "1".into()),
+            ("FLIP_MAX_DRAINING", "2".into()),
+        ],
+    );
+    let first = server.first_pid;
+    // A connection of the first process (its answer says so), then a request on it that keeps
+    // that process draining for far longer than this test.
+    let mut slow = std::net::TcpStream::connect(&addr).expect("connect");
+    std::io::Write::write_all(&mut slow, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains(&format!("hello from {first}")) {
+        let n = std::io::Read::read(&mut slow, &mut buf).expect("the first answer");
+        assert!(
+            n > 0,
+            "closed before answering: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    std::io::Write::write_all(&mut slow, b"GET /sleep/60000 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .expect("send the slow request");
+    let second = server.upgrade().expect("the first upgrade");
+    let standby = standby_of(&server, second);
+    assert!(
+        alive(first),
+        "the standby of {second} started while its parent {first} still drains"
+    );
+    let third = server
+        .upgrade()
+        .expect("an upgrade while the first process drains");
+    assert_eq!(
+        third, standby,
+        "the upgrade during the drain used the standby"
+    );
+    assert!(alive(first), "the first process still drains its request");
+    wait_for("both upgrades logged", DEADLINE, || {
+        (server.log().matches("upgrade succeeded").count() == 2).then_some(())
+    });
+    assert_eq!(
+        server.log().matches("started=standby").count(),
+        2,
+        "both upgrades went through a standby; log:\n{}",
+        server.log()
+    );
+    drop(slow);
+}
+
+#[test]
 fn a_dead_standby_is_replaced_by_a_fresh_start_at_upgrade() {
     let (server, _addr) = server_with_standby(Scratch::new("standby-dead"), &example_path("http"));
     let old = server.first_pid;

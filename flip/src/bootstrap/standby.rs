@@ -1,5 +1,6 @@
 //! When the Bootstrap starts or checks its standby process (see
-//! [`Options::standby`](crate::Options::standby)): once the parent has exited, as soon as a new
+//! [`Options::standby`](crate::Options::standby)): once the parent has exited (at once, with
+//! [`Options::max_draining`](crate::Options::max_draining)), as soon as a new
 //! binary is in place at the path an upgrade starts, and every second after that, since a
 //! binary replaced on disk makes the standby stale.
 

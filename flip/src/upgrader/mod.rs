@@ -426,8 +426,9 @@ impl Upgrader {
     /// Starts a standby process if [`Options::standby`] is set and there is none that is still
     /// current (see there); returns its pid. Does nothing (and returns `None`) without the
     /// option, before [`ready`](Upgrader::ready), while the process that started this one still
-    /// runs (upgrades are refused until it exits, and the new process should not compete with
-    /// its drain for the CPU), during an upgrade and once this process is exiting.
+    /// runs unless [`Options::max_draining`] allows upgrades then (without it, upgrades are
+    /// refused until that process exits, and a standby should not compete with its drain for
+    /// the CPU), during an upgrade and once this process is exiting.
     ///
     /// [`Bootstrap`](crate::Bootstrap) calls this when its parent has exited, after a failed
     /// upgrade, as soon as a new binary lands at the executable path (it watches the path's
@@ -438,7 +439,9 @@ impl Upgrader {
         if !self.shared.options.standby || !matches!(*lock(&self.shared.phase), Phase::Ready) {
             return Ok(None);
         }
-        if self.living_parent()?.is_some() {
+        // With upgrades allowed during drains (long-lived connections), the next one, a fix
+        // or a rollback say, should not have to start afresh because the last drain is long.
+        if self.shared.options.max_draining.is_none() && self.living_parent()?.is_some() {
             return Ok(None);
         }
         let start = || {
