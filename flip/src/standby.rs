@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use crate::child::Pending;
 use crate::error::Error;
 use crate::fds::Fds;
-
 use crate::pidfile;
 use crate::process::Launch;
 
@@ -70,7 +69,8 @@ pub(crate) struct Standby {
 
 impl Standby {
     /// Takes the standby if it may take over: it is alive, it runs the file the launch path
-    /// names now, and it holds exactly what `fds` would hand over. A stale one is let go, and why is returned.
+    /// names now, and it holds exactly what `fds` would hand over. A stale one is let go, and
+    /// why is returned.
     pub(crate) fn take_current(
         &self,
         launch: &Launch,
