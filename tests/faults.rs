@@ -408,6 +408,12 @@ impl TinyFs {
 impl Drop for TinyFs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // The scratch directory that holds the mount point was removed while it was mounted,
+        // which stops at the busy mount point: remove what is left, now that it is not.
+        let _ = std::fs::remove_dir(&self.0);
+        if let Some(scratch) = self.0.parent() {
+            let _ = std::fs::remove_dir(scratch);
+        }
     }
 }
 
