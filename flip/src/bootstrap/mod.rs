@@ -258,7 +258,8 @@ impl Bootstrap {
             Ok(signals) => signals,
             Err(e) => return Outcome::Failed(format!("cannot subscribe to signals: {e}").into()),
         };
-        let inherited_watch = standby::Schedule::claim_inherited_watch(&self.upgrader);
+        // Before readiness closes what nobody claimed.
+        let inherited_watch = binary_watch::BinaryWatch::inherited(self.upgrader.fds());
         if let Err(e) = self.upgrader.ready() {
             // The servers may have accepted connections already: serve those (the parent, still
             // serving, takes every new one) before giving up.

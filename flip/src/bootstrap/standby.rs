@@ -66,12 +66,6 @@ impl Schedule {
         }
     }
 
-    /// Claims the watch on the binary that the previous process handed over, before readiness
-    /// closes what nobody claimed.
-    pub(super) fn claim_inherited_watch(upgrader: &Upgrader) -> Option<OwnedFd> {
-        BinaryWatch::inherited(upgrader.fds())
-    }
-
     /// Resolves when the standby should be started or checked; never without a standby.
     pub(super) async fn due(&mut self) {
         let Some(armed) = self.armed.as_mut() else {

@@ -6,7 +6,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
-use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 /// One watched directory, as [`Watch::add_dir`] returned it.
@@ -85,19 +84,14 @@ impl Watch {
 
     /// The changes that wait; fails with `WouldBlock` when there are none.
     pub(crate) fn read(&self) -> io::Result<Vec<Change>> {
-        let events = match self.inotify.read_events() {
-            Ok(events) => events,
-            Err(Errno::EINTR) => return Err(io::ErrorKind::Interrupted.into()),
-            Err(e) => return Err(e.into()),
-        };
-        let lost = AddWatchFlags::IN_Q_OVERFLOW
-            | AddWatchFlags::IN_MOVE_SELF
-            | AddWatchFlags::IN_DELETE_SELF
-            | AddWatchFlags::IN_IGNORED;
+        // An errno becomes the matching kind: `WouldBlock`, `Interrupted`.
+        let events = self.inotify.read_events()?;
+        // Only an event about an entry of a watched directory has a name; the rest are about a
+        // directory itself (moved, removed, its watch gone) or the queue (overflowed).
         Ok(events
             .into_iter()
             .map(|event| match event.name {
-                Some(name) if !event.mask.intersects(lost) => Change::Entry {
+                Some(name) => Change::Entry {
                     dir: event.wd,
                     name,
                     created: event.mask == AddWatchFlags::IN_CREATE,
