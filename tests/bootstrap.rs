@@ -236,6 +236,84 @@ fn bad_environment_values_exit_with_code_2_naming_the_variable() {
     }
 }
 
+/// How `child` ended, waiting at most `deadline`; `None` (and the child killed) when it still
+/// runs by then.
+fn wait_for_exit(
+    child: &mut std::process::Child,
+    deadline: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_pid_file_path_that_is_a_device_fifo_or_socket_is_refused_and_left_as_it_was() {
+    use std::os::unix::fs::FileTypeExt;
+    init();
+    let scratch = Scratch::new("pidfile-special");
+    // A copy of /dev/full (char 1:7) in the scratch directory, so that a regression replaces
+    // this node and not the machine's own device.
+    let device = scratch.path("full");
+    let made = std::process::Command::new("mknod")
+        .arg(&device)
+        .args(["c", "1", "7"])
+        .status()
+        .expect("run mknod");
+    assert!(made.success(), "mknod needs root (CI runs as root)");
+    let fifo = scratch.path("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let socket = scratch.path("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    type Check = fn(&std::fs::FileType) -> bool;
+    let cases: [(&std::path::Path, &str, Check); 3] = [
+        (&device, "a character device", |t| t.is_char_device()),
+        (&fifo, "a FIFO", |t| t.is_fifo()),
+        (&socket, "a socket", |t| t.is_socket()),
+    ];
+    for (path, what, still) in cases {
+        let log = scratch.path("log");
+        let mut child = std::process::Command::new(bootserver())
+            .env("BOOT_PID_FILE", path)
+            .env_remove("TS_EVENTS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("run bootserver");
+        // A server that takes the path serves on: bounded, then killed.
+        let status = wait_for_exit(&mut child, std::time::Duration::from_secs(10));
+        let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(2),
+            "{}: {stderr}",
+            path.display()
+        );
+        assert!(
+            stderr.contains(&path.display().to_string()) && stderr.contains(what),
+            "the error names the path and what it is: {stderr}"
+        );
+        assert!(stderr.contains("not a regular file"), "{stderr}");
+        let kind = std::fs::symlink_metadata(path).unwrap().file_type();
+        assert!(still(&kind), "{} was replaced: {kind:?}", path.display());
+    }
+}
+
 #[test]
 fn the_macro_built_example_upgrades_under_load_without_losing_a_request() {
     let scratch = Scratch::new("example-load");

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::load::{Load, Mode};
+use support::load::{AssertLossless, Load, Mode};
 use support::*;
 
 fn testserver() -> std::path::PathBuf {
@@ -463,4 +463,119 @@ fn a_full_pid_file_directory_is_reported_at_start_and_fails_an_upgrade() {
     assert_eq!(report.failed, 0, "{report:?}");
     drop(server);
     drop(fs);
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks after boot.
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_forged_lineage_on_a_first_start_gets_nobody_signalled() {
+    let scratch = Scratch::new("forged-ancestors");
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Two unrelated processes, named as "older generations" the way an old flip wrote them
+    // (a bare pid) and the way this one does (pid and start time, which anyone can read).
+    let mut victims: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            std::process::Command::new("sleep")
+                .arg("120")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let forged = format!(
+        "{},{}:{}",
+        victims[0].id(),
+        victims[1].id(),
+        start_time(victims[1].id())
+    );
+    let server = Server::start_in(
+        scratch,
+        &example_path("http"),
+        &[
+            ("HTTP_ADDR", addr.clone()),
+            ("FLIP_ANCESTORS", forged),
+            // An upgrade tells every older generation past one to finish now.
+            ("FLIP_MAX_DRAINING", "1".into()),
+        ],
+    );
+    let load = Load::start(&addr, CLIENTS, Mode::Close);
+    load.wait_for_more(20);
+    let new = server.upgrade_ok();
+    load.wait_for_more(20);
+    load.finish()
+        .assert_lossless_across(&[server.first_pid, new]);
+    for victim in &mut victims {
+        assert!(
+            victim.try_wait().unwrap().is_none(),
+            "pid {} was signalled; log:\n{}",
+            victim.id(),
+            server.log()
+        );
+    }
+    assert!(
+        server.log().contains("FLIP_ANCESTORS"),
+        "the ignored variable is reported: {}",
+        server.log()
+    );
+    for victim in &mut victims {
+        let _ = victim.kill();
+        let _ = victim.wait();
+    }
+}
+
+/// Starts the `http` example with a request that takes `ms` in flight on its first process
+/// (accepted there, which is checked), so that its drain after an upgrade lasts that long.
+fn http_with_a_slow_request(
+    name: &str,
+    ms: u64,
+    env: &[(&str, String)],
+) -> (Server, std::net::TcpStream) {
+    use std::io::Write;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut all = vec![("HTTP_ADDR", addr.clone())];
+    all.extend(env.iter().cloned());
+    let server = Server::start(name, &example_path("http"), &all);
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(format!("GET /sleep/{ms} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let server_port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let client_port = slow.local_addr().unwrap().port();
+    wait_for(
+        "the first process to accept the slow request",
+        DEADLINE,
+        || {
+            tcp_server_socket_inode(server_port, client_port)
+                .filter(|&inode| holds_socket(server.first_pid, inode))
+        },
+    );
+    (server, slow)
+}
+
+#[test]
+fn sigterm_to_the_new_process_while_the_old_one_drains_stops_both() {
+    // The old process drains a request longer than the test's deadline: only a stop ends it.
+    let (server, _slow) = http_with_a_slow_request("stop-during-drain", 120_000, &[]);
+    let first = server.first_pid;
+    let new = server.upgrade().expect("the upgrade succeeds");
+    server.wait_pid_file(new);
+    assert!(alive(first), "the old process drains");
+    signal(new, Signal::SIGTERM);
+    wait_exit(new, DEADLINE);
+    wait_for("the old process to stop too", DEADLINE, || {
+        assert!(
+            !server.log().contains("taking service back"),
+            "a stop was taken for a crash:\n{}",
+            server.log()
+        );
+        (!alive(first)).then_some(())
+    });
+    let log = server.log();
+    assert!(
+        !log.contains("taking service back"),
+        "a stop was taken for a crash:\n{log}"
+    );
 }

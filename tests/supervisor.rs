@@ -249,3 +249,63 @@ fn as_pid_1_a_crash_of_the_serving_process_ends_the_namespace_with_its_status() 
         s.log()
     );
 }
+
+/// The abstract name of `supervisor`'s notification socket, as anyone on the host finds it:
+/// in `/proc/net/unix`.
+fn notify_socket_of(supervisor: u32) -> String {
+    let prefix = format!("@flip-supervisor-{supervisor}-");
+    wait_for("the supervisor's notification socket", DEADLINE, || {
+        std::fs::read_to_string("/proc/net/unix")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| line.split_whitespace().last())
+            .find(|name| name.starts_with(&prefix))
+            .map(str::to_owned)
+    })
+}
+
+#[test]
+fn a_notification_from_a_process_the_supervisor_did_not_start_steers_nothing() {
+    use std::os::unix::process::CommandExt;
+    let mut s = Supervised::start(
+        "forged-notify",
+        Command::new(bootserver()).env("BOOT_SUPERVISE", "1"),
+    );
+    let supervisor = s.child.id();
+    let first = pid_in(&s.pid_file).unwrap();
+    // An unrelated process of the supervisor's own user (root in CI).
+    let mut victim = Command::new("sleep").arg("120").spawn().unwrap();
+    let name = notify_socket_of(supervisor);
+    let forged = format!("MAINPID={}\nREADY=1\nSTATUS=forged", victim.id());
+    // From user nobody, and from a root process that is not a descendant of the supervisor.
+    for uid in [Some(65534), None] {
+        let mut send = Command::new(env!("CARGO_BIN_EXE_flip-notify-send"));
+        send.arg(&name).arg(&forged);
+        if let Some(uid) = uid {
+            send.uid(uid).gid(uid);
+        }
+        assert!(send.status().unwrap().success(), "the datagram was sent");
+    }
+    wait_for("the supervisor to refuse both messages", DEADLINE, || {
+        (s.log().matches("refused a notification").count() >= 2).then_some(())
+    });
+
+    // SIGHUP still upgrades the real server, and reaches nobody else.
+    let new = s.upgrade(supervisor);
+    assert_ne!(new, first);
+    assert!(
+        alive(victim.id()),
+        "the victim got a signal; log:\n{}",
+        s.log()
+    );
+    // `sv down`: the real server stops, and the supervisor follows with 0.
+    signal(supervisor, Signal::SIGTERM);
+    let status = wait_for("the supervisor to exit", DEADLINE, || {
+        s.child.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0), "log:\n{}", s.log());
+    assert!(!alive(new), "the serving process was stopped");
+    assert!(alive(victim.id()), "the victim got a signal");
+    let _ = victim.kill();
+    let _ = victim.wait();
+}

@@ -327,3 +327,33 @@ fn check_reports_the_grpc_example_lossless() {
     );
     assert!(said.contains(" 0 failed, "), "{said}");
 }
+
+#[test]
+fn another_user_is_refused_even_when_the_socket_is_opened_to_everyone() {
+    use std::os::unix::process::CommandExt;
+    let (server, _) = http_server("cli-peer", &[]);
+    let socket = server.pid_file.with_extension("ctl");
+    // An operator loosens the permissions (chmod, an ACL, a volume shared with a container
+    // of another user): the server still checks who connects.
+    for dir in [server.scratch.0.as_path(), socket.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    for request in ["upgrade", "status"] {
+        let out = Command::new(flip())
+            .args([request, "--socket", &socket.display().to_string()])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("run flip as nobody");
+        assert!(!out.status.success(), "{request}: {}", text(&out));
+        assert!(
+            text(&out).contains("permission denied: uid 65534"),
+            "{request}: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(server.pid(), Some(server.first_pid), "nothing was upgraded");
+    // The server's own user still may.
+    let out = run(&["status", "--socket", &socket.display().to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -188,10 +188,9 @@ pub(crate) fn spawn(
     launch: &Launch,
     fds: Vec<Registered>,
     generation: u64,
-    ancestors: &[u32],
+    ancestors: &[handoff::ProcessName],
 ) -> Result<Pending, Error> {
-    let ancestors: Vec<String> = ancestors.iter().map(u32::to_string).collect();
-    let ancestors = ancestors.join(",");
+    let ancestors = handoff::encode_ancestors(ancestors);
     let token = Token::generate().map_err(Error::io("generating the handoff token"))?;
     let (control_r, control_w) = sys::fd::pipe().map_err(Error::io("creating the handoff pipe"))?;
     let (ready_r, ready_w) = sys::fd::pipe().map_err(Error::io("creating the ready pipe"))?;

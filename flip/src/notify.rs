@@ -103,10 +103,14 @@ mod tests {
             .send(&["READY=1".into(), status("serving")])
             .unwrap();
         let mut buf = [0u8; 256];
-        let n = sys::fd::wait_readable(std::os::fd::AsFd::as_fd(&server))
-            .and_then(|()| sys::socket::recv_nonblocking(&server, &mut buf))
+        let (n, sender) = sys::fd::wait_readable(std::os::fd::AsFd::as_fd(&server))
+            .and_then(|()| sys::socket::recv_with_sender(&server, &mut buf))
             .unwrap()
             .unwrap();
         assert_eq!(&buf[..n], b"READY=1\nSTATUS=serving");
+        // The kernel says who sent it.
+        let sender = sender.expect("credentials on the datagram");
+        assert_eq!(sender.pid, std::process::id() as i32);
+        assert_eq!(sender.uid, sys::process::own_uid());
     }
 }

@@ -54,11 +54,13 @@ fn take_stashed(name: &'static str) -> Option<OsString> {
     }
 }
 
-/// The older generations the process that started this one listed, oldest first.
-pub(crate) fn take_ancestors() -> Vec<u32> {
+/// The older generations the process that started this one listed, oldest first, as pid and
+/// start time. Taken in every case (the variable must not reach the server's children), but
+/// only a caller that verified the handoff may use it.
+pub(crate) fn take_ancestors() -> Vec<handoff::ProcessName> {
     take_stashed(ANCESTORS_VAR)
         .and_then(|v| v.into_string().ok())
-        .map(|v| v.split(',').filter_map(|p| p.parse().ok()).collect())
+        .map(|v| handoff::decode_ancestors(&v))
         .unwrap_or_default()
 }
 

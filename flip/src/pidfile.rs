@@ -119,11 +119,33 @@ fn file_name(path: &Path) -> io::Result<&std::ffi::OsStr> {
             "the path is a symbolic link; give the path it points to",
         ));
     }
-    if path.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            "the path is a directory",
-        ));
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        let what = if kind.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::IsADirectory,
+                "the path is a directory",
+            ));
+        } else if kind.is_char_device() {
+            "a character device"
+        } else if kind.is_block_device() {
+            "a block device"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            ""
+        };
+        if !what.is_empty() {
+            // The write renames a new file over the path: the device (or pipe, or socket)
+            // would be gone, replaced by a regular file.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the path is {what}, not a regular file; refusing to replace it"),
+            ));
+        }
     }
     path.file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))

@@ -222,14 +222,3 @@ pub(crate) fn kill_and_reap_later(pid: i32) {
         }
     }
 }
-
-/// Whether process `pid` runs (a zombie does not), whoever its parent is.
-pub(crate) fn runs(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| matches!(r.trim_start().chars().next(), Some('Z' | 'X'))),
-        Err(_) => false,
-    }
-}

@@ -11,6 +11,13 @@
 //! (exit code or signal), after killing what is left. No runtime, no threads, no server
 //! state: it sleeps in `poll` until a signal or a message arrives.
 //!
+//! Who may steer it: the notification socket is an abstract name, which any process of the
+//! network namespace can send to. A message counts only when its sender (the kernel's
+//! `SCM_CREDENTIALS`, not the message) is a descendant of the supervisor, or is already gone
+//! and ran as the supervisor's user (a generation that sent `MAINPID=` and exited before the
+//! message was read). `MAINPID=` must name a running descendant, which is then pinned by a
+//! pidfd: signals reach that process or nobody. Everything else is dropped with a warning.
+//!
 //! It never runs new code: it is the binary as it was at the first start, until the whole
 //! service restarts. What it runs is this file and the few syscalls below it.
 
@@ -22,7 +29,9 @@ use crate::handoff::Token;
 use crate::notify::{self, NOTIFY_SOCKET_VAR, Notifier};
 use crate::process::Launch;
 use crate::sys;
+use crate::sys::pidref::{self, ProcessRef};
 use crate::sys::process::Ended;
+use crate::sys::socket::Sender;
 
 /// Set in the first generation's environment: it is supervised and must not supervise again.
 pub(crate) const SUPERVISED_VAR: &str = "FLIP_SUPERVISED";
@@ -66,26 +75,39 @@ fn supervise(executable: Option<std::path::PathBuf>) -> std::io::Result<Ended> {
         &[],
         None,
     )?;
-    let mut serving = first.pid;
-    tracing::info!(supervisor = me, pid = serving, "supervising");
+    // Our own child, not reaped yet: its pid cannot be recycled before we reap it.
+    let mut serving = Serving {
+        pid: first.pid,
+        process: ProcessRef::open(first.pid, None)?,
+    };
+    let mut inbox = Inbox {
+        socket: inbox,
+        me,
+        uid: sys::process::own_uid(),
+        refused: 0,
+    };
+    tracing::info!(supervisor = me, pid = serving.pid, "supervising");
     loop {
-        sys::fd::wait_any_readable(&[signals.as_fd(), inbox.as_fd()])?;
+        sys::fd::wait_any_readable(&[signals.as_fd(), inbox.socket.as_fd()])?;
         // Messages first: the MAINPID an old generation sent before it exited must be known
         // before its exit is.
-        read_messages(&inbox, &mut serving, upstream.as_ref())?;
+        inbox.read(&mut serving, upstream.as_ref())?;
         for sig in sys::process::read_signals(&signals)? {
             if sig == sys::process::SIGCHLD {
                 continue;
             }
-            tracing::debug!(sig, pid = serving, "forwarding a signal");
-            sys::process::send_signal(serving, sig)?;
+            tracing::debug!(sig, pid = serving.pid, "forwarding a signal");
+            match &serving.process {
+                Some(process) => process.signal(sig)?,
+                None => tracing::debug!(sig, "the serving process already ended"),
+            }
         }
         while let Some((pid, ended)) = sys::process::reap_any()? {
-            if pid != serving {
+            if pid != serving.pid {
                 continue; // an old generation, or an orphan of one
             }
-            read_messages(&inbox, &mut serving, upstream.as_ref())?;
-            if pid == serving {
+            inbox.read(&mut serving, upstream.as_ref())?;
+            if pid == serving.pid {
                 end_the_rest();
                 return Ok(ended);
             }
@@ -93,35 +115,114 @@ fn supervise(executable: Option<std::path::PathBuf>) -> std::io::Result<Ended> {
     }
 }
 
-/// Applies every queued message: `MAINPID=` names the serving generation.
-fn read_messages(
-    inbox: &OwnedFd,
-    serving: &mut i32,
-    upstream: Option<&Notifier>,
-) -> std::io::Result<()> {
-    let mut buf = [0u8; 4096];
-    while let Some(n) = sys::socket::recv_nonblocking(inbox, &mut buf)? {
-        let mut forward = Vec::new();
-        for (key, value) in notify::parse(&buf[..n]) {
-            match key {
-                "MAINPID" => match value.parse::<i32>() {
-                    Ok(pid) if pid > 0 => {
-                        tracing::info!(from = *serving, to = pid, "serving process changed");
-                        *serving = pid;
-                    }
-                    _ => tracing::warn!(value, "ignored a bad MAINPID"),
-                },
-                _ => forward.push(format!("{key}={value}")),
+/// The generation that serves: its pid, and the process pinned when it was named (`None`
+/// once it ended before it could be pinned).
+struct Serving {
+    pid: i32,
+    process: Option<ProcessRef>,
+}
+
+/// The notification socket, and what the supervisor needs to judge who writes to it.
+struct Inbox {
+    socket: OwnedFd,
+    me: i32,
+    uid: u32,
+    /// Messages dropped so far, to warn about the first few and then only now and then.
+    refused: u64,
+}
+
+impl Inbox {
+    /// Applies every queued message from a trusted sender: `MAINPID=` names the serving
+    /// generation; the rest goes to the supervisor's own supervisor, if any.
+    fn read(&mut self, serving: &mut Serving, upstream: Option<&Notifier>) -> std::io::Result<()> {
+        let mut buf = [0u8; 4096];
+        while let Some((n, sender)) = sys::socket::recv_with_sender(&self.socket, &mut buf)? {
+            if let Err(why) = self.trusted(sender) {
+                self.refuse(sender, why);
+                continue;
+            }
+            let mut forward = Vec::new();
+            for (key, value) in notify::parse(&buf[..n]) {
+                match key {
+                    "MAINPID" => match self.descendant(value) {
+                        Ok(process) => {
+                            tracing::info!(
+                                from = serving.pid,
+                                to = process.pid(),
+                                "serving process changed"
+                            );
+                            *serving = Serving {
+                                pid: process.pid(),
+                                process: Some(process),
+                            };
+                        }
+                        Err(why) => self.refuse(sender, why),
+                    },
+                    _ => forward.push(format!("{key}={value}")),
+                }
+            }
+            if let Some(up) = upstream
+                && !forward.is_empty()
+                && let Err(e) = up.send(&forward)
+            {
+                tracing::warn!(error = %e, "could not notify the supervisor's own supervisor");
             }
         }
-        if let Some(up) = upstream
-            && !forward.is_empty()
-            && let Err(e) = up.send(&forward)
-        {
-            tracing::warn!(error = %e, "could not notify the supervisor's own supervisor");
+        Ok(())
+    }
+
+    /// Whether a message from `sender` may steer the supervisor.
+    fn trusted(&self, sender: Option<Sender>) -> Result<(), &'static str> {
+        let Some(sender) = sender else {
+            return Err("the message carries no credentials");
+        };
+        if sender.pid <= 0 {
+            return Err("the sender is outside this pid namespace");
+        }
+        if pidref::descends_from(sender.pid, self.me) {
+            return Ok(());
+        }
+        // A generation that sent its last message and exited (and was reaped by its parent)
+        // before the message was read: no longer in /proc, but of our user.
+        if pidref::Stat::read(sender.pid).is_none() && sender.uid == self.uid {
+            return Ok(());
+        }
+        Err("the sender is not a process this supervisor started")
+    }
+
+    /// The running descendant `value` names, pinned.
+    fn descendant(&self, value: &str) -> Result<ProcessRef, &'static str> {
+        let pid = value
+            .parse::<i32>()
+            .ok()
+            .filter(|&p| p > 0)
+            .ok_or("MAINPID is not a pid")?;
+        if !pidref::descends_from(pid, self.me) {
+            return Err("MAINPID names a process this supervisor did not start");
+        }
+        let process = ProcessRef::open(pid, None)
+            .ok()
+            .flatten()
+            .ok_or("MAINPID names a process that does not run")?;
+        // Pinned now: checked again, so that the pid was not recycled in between.
+        if !pidref::descends_from(pid, self.me) {
+            return Err("MAINPID names a process this supervisor did not start");
+        }
+        Ok(process)
+    }
+
+    fn refuse(&mut self, sender: Option<Sender>, why: &str) {
+        self.refused += 1;
+        // A flood of forged messages must not flood the log too.
+        if self.refused <= 10 || self.refused.is_power_of_two() {
+            tracing::warn!(
+                sender_pid = sender.map(|s| s.pid),
+                sender_uid = sender.map(|s| s.uid),
+                refused = self.refused,
+                "supervisor: refused a notification: {why}"
+            );
         }
     }
-    Ok(())
 }
 
 /// Kills and reaps what is left (old generations still draining, orphans): nothing outlives

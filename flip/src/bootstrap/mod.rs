@@ -311,8 +311,14 @@ impl Bootstrap {
         let mut new_pid = None;
         loop {
             tokio::select! {
-                _ = signals.term.recv() => return Err(self.stop_now(in_flight, Outcome::Signaled("SIGTERM")).await),
-                _ = signals.int.recv() => return Err(self.stop_now(in_flight, Outcome::Signaled("SIGINT")).await),
+                _ = signals.term.recv() => {
+                    self.upgrader.stop_elders();
+                    return Err(self.stop_now(in_flight, Outcome::Signaled("SIGTERM")).await);
+                }
+                _ = signals.int.recv() => {
+                    self.upgrader.stop_elders();
+                    return Err(self.stop_now(in_flight, Outcome::Signaled("SIGINT")).await);
+                }
                 Some(e) = self.errors_rx.recv() => return Err(self.stop_now(in_flight, Outcome::Failed(e)).await),
                 _ = signals.hup.recv() => {
                     if !self.upgrades_enabled {
@@ -395,11 +401,17 @@ impl Bootstrap {
                     watching_successor = false;
                     // With several generations draining, the new process may have upgraded in
                     // turn and drained: someone else serves.
-                    let handed_on = self.upgrader.options().max_draining.is_some()
-                        && matches!(status, crate::ExitStatus::Code(0 | 3));
-                    if handed_on {
-                        tracing::info!(%status, "the new process upgraded in turn and exited; still draining");
+                    let clean = matches!(status, crate::ExitStatus::Code(0 | 3));
+                    if clean && self.upgrader.options().max_draining.is_some() {
+                        // It may have been stopped too: then it told us (SIGTERM) as it went.
+                        tracing::info!(%status, "the new process upgraded in turn or was stopped, and exited; still draining");
                         continue;
+                    }
+                    if clean {
+                        // It cannot have upgraded while we run: it was stopped, and a stop
+                        // stops every generation. Only an abnormal end hands service back.
+                        tracing::info!(%status, "the new process was stopped; stopping too");
+                        return DrainEnd::Ended(Drain::Forced("the new process's stop"));
                     }
                     // Nobody serves now but us: take service back on the same sockets.
                     tracing::error!(%status, "the new process died; taking service back");

@@ -4,7 +4,17 @@
 //!
 //! The socket is opened through the registry, so it is handed to every generation like any
 //! other socket and its path keeps working across upgrades; a new process answers on it once
-//! it is ready. Its path gets mode `0600` (owner only). A request is one line of at most 512
+//! it is ready.
+//!
+//! Who may use it: its path gets mode `0600`, so only the server's user (and root) can
+//! connect. The server checks the peer too (`SO_PEERCRED`), so that loosened permissions (a
+//! `chmod`, an ACL, a bind mount into another container) give nobody else a say: a client
+//! whose user is neither root nor the server's effective user gets `error` with the reason, for
+//! `status` as for `upgrade`. Both requests are equally privileged: `status` tells pids and
+//! binary paths, `upgrade` starts the binary at the launch path, which the server's user could
+//! start anyway. Under user namespaces the uids compared are those of the server's namespace.
+//!
+//! A request is one line of at most 512
 //! bytes, read within 5 s: anything else gets an error answer, and a client that says nothing
 //! holds up nobody but itself. It sits beside the Bootstrap: it asks for upgrades with an
 //! [`UpgradeRequester`] and follows them as an [`Observer`].
@@ -197,6 +207,9 @@ impl Server {
     }
 
     async fn answer(self, stream: UnixStream) {
+        // Judged at once, answered once the request is read (an answer before that would
+        // reach the client as a reset).
+        let allowed = permitted(&stream);
         let (read, mut write) = stream.into_split();
         let mut line = String::new();
         let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
@@ -206,6 +219,11 @@ impl Server {
             Ok(Err(e)) => error(&format!("reading the request: {e}")),
             Ok(Ok(_)) if line.len() > MAX_REQUEST || !line.ends_with('\n') => {
                 error("the request is not one line of at most 512 bytes")
+            }
+            Ok(Ok(_)) if allowed.is_err() => {
+                let reason = allowed.err().unwrap_or_default();
+                tracing::warn!(%reason, "control socket: refused a client");
+                error(&reason)
             }
             Ok(Ok(_)) => match Request::decode(&line) {
                 Err(reason) => error(&reason),
@@ -275,6 +293,23 @@ impl Server {
                 w.finish()
             }
         }
+    }
+}
+
+/// Whether the peer may use the control socket: root, or the server's own effective user.
+fn permitted(stream: &UnixStream) -> Result<(), String> {
+    let own = crate::sys::process::own_uid();
+    let peer = stream
+        .peer_cred()
+        .map_err(|e| format!("permission denied: the client's credentials are unknown ({e})"))?;
+    match peer.uid() {
+        0 => Ok(()),
+        uid if uid == own => Ok(()),
+        uid => Err(format!(
+            "permission denied: uid {uid} (pid {}) is neither root nor the server's user (uid {own})",
+            peer.pid()
+                .map_or_else(|| "?".to_string(), |p| p.to_string())
+        )),
     }
 }
 

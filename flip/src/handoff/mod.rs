@@ -54,9 +54,38 @@ pub const MARKER_VAR: &str = "FLIP_HANDOFF";
 pub(crate) const GENERATION_VAR: &str = "FLIP_GENERATION";
 
 /// The environment variable that lists the older generations still running when the new
-/// process was started (pids, oldest first, its parent last), for
-/// [`Options::max_draining`](crate::Options::max_draining).
+/// process was started (oldest first, its parent last), for
+/// [`Options::max_draining`](crate::Options::max_draining): `pid:start,pid:start`, each the
+/// pid and the start time (clock ticks after boot, `/proc/<pid>/stat`), so that a recycled pid
+/// is never taken for a generation. Read only beside a verified marker: on its own it is
+/// anyone's text.
 pub(crate) const ANCESTORS_VAR: &str = "FLIP_ANCESTORS";
+
+/// A process as [`ANCESTORS_VAR`] names it: pid and start time.
+pub(crate) type ProcessName = (i32, u64);
+
+/// [`ANCESTORS_VAR`]'s value for `list`.
+pub(crate) fn encode_ancestors(list: &[ProcessName]) -> String {
+    let items: Vec<String> = list
+        .iter()
+        .map(|(pid, start)| format!("{pid}:{start}"))
+        .collect();
+    items.join(",")
+}
+
+/// The processes [`ANCESTORS_VAR`]'s value names; an item that is not `pid:start` with a
+/// positive pid is skipped (an older flip wrote bare pids, which cannot be told from a
+/// recycled one).
+pub(crate) fn decode_ancestors(value: &str) -> Vec<ProcessName> {
+    value
+        .split(',')
+        .filter_map(|item| {
+            let (pid, start) = item.split_once(':')?;
+            let pid: i32 = pid.parse().ok().filter(|&p| p > 0)?;
+            Some((pid, start.parse().ok()?))
+        })
+        .collect()
+}
 
 /// The environment variable that names the descriptor of the new process's real standard
 /// error. Until it is ready, the new process's standard error is a pipe the old process reads:

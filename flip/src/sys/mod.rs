@@ -7,6 +7,7 @@
 pub(crate) mod env;
 pub(crate) mod fd;
 pub(crate) mod fs;
+pub(crate) mod pidref;
 pub(crate) mod process;
 pub(crate) mod socket;
 pub(crate) mod spawn;

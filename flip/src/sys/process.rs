@@ -134,6 +134,10 @@ pub(crate) fn read_signals(fd: &nix::sys::signalfd::SignalFd) -> io::Result<Vec<
 }
 
 /// Sends signal number `sig` to `pid`. A process that is already gone is not an error.
+///
+/// For the testing helpers only, which signal the pid a pid file names on the user's behalf;
+/// flip itself signals processes through [`super::pidref::ProcessRef`].
+#[cfg(feature = "testing")]
 pub(crate) fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
     let sig = Signal::try_from(sig)?;
     match kill(Pid::from_raw(pid), sig) {
@@ -158,6 +162,11 @@ pub(crate) fn reap_any() -> io::Result<Option<(i32, Ended)>> {
 /// generation whose parent exited becomes its child.
 pub(crate) fn become_subreaper() -> io::Result<()> {
     Ok(nix::sys::prctl::set_child_subreaper(true)?)
+}
+
+/// This process's effective user id.
+pub(crate) fn own_uid() -> u32 {
+    nix::unistd::geteuid().as_raw()
 }
 
 /// This process's pid.

@@ -167,6 +167,10 @@ pub(crate) fn datagram_sender() -> io::Result<OwnedFd> {
 
 /// A unix datagram socket bound to the abstract name `name` (Linux), close-on-exec: nothing
 /// on the file system to clean up, and gone with the last descriptor.
+///
+/// Abstract names have no permissions: any process of the network namespace may send here.
+/// The kernel attaches each sender's credentials to its datagrams (`SO_PASSCRED`, set before
+/// the bind, so that no datagram arrives without them); read them with [`recv_with_sender`].
 pub(crate) fn abstract_datagram(name: &[u8]) -> io::Result<OwnedFd> {
     let fd = socket(
         AddressFamily::Unix,
@@ -174,8 +178,59 @@ pub(crate) fn abstract_datagram(name: &[u8]) -> io::Result<OwnedFd> {
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )?;
+    setsockopt(&fd, sockopt::PassCred, &true)?;
     bind(fd.as_raw_fd(), &UnixAddr::new_abstract(name)?)?;
     Ok(fd)
+}
+
+/// Who sent a datagram, as the kernel saw it (`SCM_CREDENTIALS`): only a process with
+/// `CAP_SYS_ADMIN` (pid) or `CAP_SETUID` (uid) can make these claim someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sender {
+    /// The sender's pid in the receiver's pid namespace; 0 when it is not visible there.
+    pub(crate) pid: i32,
+    pub(crate) uid: u32,
+}
+
+/// Receives one datagram without blocking, with its sender's credentials (see
+/// [`abstract_datagram`]): `None` when none is queued. A datagram without credentials has
+/// sender `None`.
+pub(crate) fn recv_with_sender(
+    fd: &OwnedFd,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Option<Sender>)>> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let msg = match recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    ) {
+        Ok(msg) => msg,
+        Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut sender = None;
+    for cmsg in msg.cmsgs()? {
+        match cmsg {
+            ControlMessageOwned::ScmCredentials(creds) => {
+                sender = Some(Sender {
+                    pid: creds.pid(),
+                    uid: creds.uid(),
+                })
+            }
+            // Descriptors nobody asked for (a sender may attach some): closed, not leaked.
+            ControlMessageOwned::ScmRights(fds) => {
+                for fd in fds {
+                    let _ = nix::unistd::close(fd);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(Some((msg.bytes, sender)))
 }
 
 /// Where a datagram goes: a socket path, or an abstract name (written `@name`).
@@ -194,14 +249,4 @@ pub(crate) fn send_to(fd: &OwnedFd, target: &UnixTarget, bytes: &[u8]) -> io::Re
     };
     sendto(fd.as_raw_fd(), bytes, &addr, MsgFlags::MSG_NOSIGNAL)?;
     Ok(())
-}
-
-/// Receives one datagram without blocking: `None` when none is queued.
-pub(crate) fn recv_nonblocking(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    use nix::sys::socket::{MsgFlags, recv};
-    match recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
-        Ok(n) => Ok(Some(n)),
-        Err(nix::errno::Errno::EAGAIN) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }

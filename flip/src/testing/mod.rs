@@ -32,7 +32,10 @@ pub use server::{TestServer, TestServerBuilder};
 
 /// Whether process `pid` runs (a zombie does not), whoever its parent is.
 pub(crate) fn alive(pid: u32) -> bool {
-    crate::process::runs(pid)
+    i32::try_from(pid)
+        .ok()
+        .and_then(crate::sys::pidref::Stat::read)
+        .is_some_and(|s| !s.zombie)
 }
 
 /// The pid a pid file names.

@@ -16,6 +16,7 @@ use crate::parent::{self, ParentLink};
 use crate::pidfile;
 use crate::process::Launch;
 use crate::standby::{FreshStart, Standby, SuccessorStart};
+use crate::sys::pidref::ProcessRef;
 
 mod generations;
 
@@ -47,8 +48,9 @@ struct Shared {
     /// How the last successful upgrade started its new process.
     last_start: Mutex<Option<SuccessorStart>>,
     generation: u64,
-    /// Older generations that ran when this one started, oldest first.
-    ancestors: Vec<u32>,
+    /// Older generations that ran when this one started, oldest first, pinned (never a
+    /// recycled pid); empty without a verified handoff.
+    ancestors: Vec<ProcessRef>,
     /// Write end of the pipe the successor watches; held open until this process exits.
     successor_link: Mutex<Option<OwnedFd>>,
     /// How the successor ended, should it end while this process still runs.
@@ -148,6 +150,20 @@ impl Upgrader {
                 "started by an upgrade"
             );
         }
+        // The lineage is believed only beside a handoff that checked out: on a first start
+        // the variable is whatever the environment says (leaked from elsewhere, or forged).
+        let listed = parent::take_ancestors();
+        let ancestors = if parent.is_some() {
+            pin_ancestors(&listed)
+        } else {
+            if !listed.is_empty() {
+                tracing::warn!(
+                    variable = crate::handoff::ANCESTORS_VAR,
+                    "ignored: this process was not started by an upgrade"
+                );
+            }
+            Vec::new()
+        };
         let (exit, _) = watch::channel(false);
         let (successor_exit, _) = watch::channel(None);
         Ok(Upgrader {
@@ -161,7 +177,7 @@ impl Upgrader {
                 standby: Standby::default(),
                 last_start: Mutex::new(None),
                 generation,
-                ancestors: parent::take_ancestors(),
+                ancestors,
                 successor_link: Mutex::new(None),
                 successor_exit,
                 exit,
@@ -359,20 +375,41 @@ impl Upgrader {
         .hand_over()
     }
 
+    /// Tells every older generation still draining to stop now (SIGTERM): a stop of the
+    /// serving process stops the whole service, not only its newest generation. Reaches only
+    /// the processes a verified handoff named, pinned (never a recycled pid).
+    pub(crate) fn stop_elders(&self) {
+        for process in self.draining_ancestors() {
+            tracing::info!(
+                pid = process.pid(),
+                "stopping an older generation that still drains"
+            );
+            if let Err(e) = process.signal(crate::sys::process::SIGTERM) {
+                tracing::warn!(pid = process.pid(), error = %e, "cannot stop an older generation");
+            }
+        }
+    }
+
     /// Older generations still running, oldest first.
-    fn draining_ancestors(&self) -> Vec<u32> {
+    fn draining_ancestors(&self) -> Vec<&ProcessRef> {
         self.shared
             .ancestors
             .iter()
-            .copied()
-            .filter(|&pid| crate::process::runs(pid))
+            .filter(|process| process.runs())
             .collect()
     }
 
     /// What a new process is told of its elders: those still running, and this process.
-    fn lineage_for_child(&self) -> Vec<u32> {
-        let mut lineage = self.draining_ancestors();
-        lineage.push(std::process::id());
+    fn lineage_for_child(&self) -> Vec<crate::handoff::ProcessName> {
+        let mut lineage: Vec<_> = self
+            .draining_ancestors()
+            .iter()
+            .map(|p| (p.pid(), p.start_time()))
+            .collect();
+        let me = crate::sys::process::own_pid();
+        if let Some(stat) = crate::sys::pidref::Stat::read(me) {
+            lineage.push((me, stat.start));
+        }
         lineage
     }
 
@@ -386,22 +423,23 @@ impl Upgrader {
         // After this upgrade, this process drains too.
         let draining = self.draining_ancestors();
         let excess = (draining.len() + 1).saturating_sub(max);
-        for &pid in draining.iter().take(excess) {
+        for process in draining.iter().take(excess) {
             tracing::info!(
-                pid,
+                pid = process.pid(),
                 max_draining = max,
                 "telling the oldest draining generation to finish now"
             );
-            crate::sys::process::send_signal(pid as i32, crate::sys::process::SIGTERM)
+            process
+                .signal(crate::sys::process::SIGTERM)
                 .map_err(Error::io("ending an old generation's drain"))?;
         }
-        for &pid in draining.iter().take(excess) {
-            while crate::process::runs(pid) {
+        for process in draining.iter().take(excess) {
+            while process.runs() {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(Error::io("waiting for an old generation to exit")(
                         std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
-                            format!("pid {pid} still runs"),
+                            format!("pid {} still runs", process.pid()),
                         ),
                     ));
                 }
@@ -537,4 +575,13 @@ impl Drop for PhaseReset<'_> {
             }
         }
     }
+}
+
+/// Pins each listed generation that still runs as the same process (same start time); the
+/// others ended, and their pids may name someone else by now.
+fn pin_ancestors(listed: &[crate::handoff::ProcessName]) -> Vec<ProcessRef> {
+    listed
+        .iter()
+        .filter_map(|&(pid, start)| ProcessRef::open(pid, Some(start)).ok().flatten())
+        .collect()
 }
