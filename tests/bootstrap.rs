@@ -223,6 +223,11 @@ fn bad_environment_values_exit_with_code_2_naming_the_variable() {
             "/nonexistent-dir/x.pid",
         ),
         ("BOOT_PID_FILE", "/", "the path is a directory"),
+        (
+            "BOOT_UPGRADE_TIMEOUT",
+            "soon",
+            "BOOT_UPGRADE_TIMEOUT=\"soon\": expected a duration",
+        ),
     ] {
         let out = std::process::Command::new(bootserver())
             .env(name, value)
@@ -311,6 +316,49 @@ fn a_pid_file_path_that_is_a_device_fifo_or_socket_is_refused_and_left_as_it_was
         assert!(stderr.contains("not a regular file"), "{stderr}");
         let kind = std::fs::symlink_metadata(path).unwrap().file_type();
         assert!(still(&kind), "{} was replaced: {kind:?}", path.display());
+    }
+}
+
+#[test]
+fn a_clean_stop_removes_the_pid_file_and_control_socket_only_while_they_are_its_own() {
+    for foreign in [false, true] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let server = Server::start(
+            "stop-cleans",
+            &example_path("http"),
+            &[("HTTP_ADDR", addr.clone())],
+        );
+        let control = server.pid_file.with_extension("ctl");
+        wait_for("the control socket", DEADLINE, || {
+            control.exists().then_some(())
+        });
+        let mut other = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let other_pid = format!("{}\n", other.id());
+        if foreign {
+            // Someone else serves now, as far as the pid file says: nothing is ours to remove.
+            std::fs::write(&server.pid_file, &other_pid).unwrap();
+        }
+        signal(server.first_pid, Signal::SIGTERM);
+        wait_exit(server.first_pid, DEADLINE);
+        if foreign {
+            assert_eq!(
+                std::fs::read_to_string(&server.pid_file).unwrap(),
+                other_pid
+            );
+            assert!(control.exists(), "another's control socket was removed");
+        } else {
+            assert!(
+                !server.pid_file.exists(),
+                "the pid file names a dead pid:\n{}",
+                server.log()
+            );
+            assert!(!control.exists(), "the control socket path stayed behind");
+        }
+        let _ = other.kill();
+        let _ = other.wait();
     }
 }
 

@@ -579,3 +579,57 @@ fn sigterm_to_the_new_process_while_the_old_one_drains_stops_both() {
         "a stop was taken for a crash:\n{log}"
     );
 }
+
+#[test]
+fn one_sighup_to_the_whole_process_group_makes_one_upgrade() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new("group-hup");
+    // In a process group of its own, as under dumb-init, which forwards a signal to the whole
+    // group: the serving process and its standby both get it.
+    let wrapper = scratch.path("run.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setsid {}\n",
+            example_path("http").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_in(scratch, &wrapper, &[("HTTP_ADDR", addr.clone())]);
+    let first = server.first_pid;
+    let standby = wait_for("the standby", DEADLINE, || {
+        children_of(first).first().copied()
+    });
+    let load = Load::start(&addr, CLIENTS, Mode::Close);
+    load.wait_for_more(20);
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(first as i32), Signal::SIGHUP).unwrap();
+    server.wait_pid_file(standby);
+    wait_exit(first, DEADLINE);
+    // The standby had the group's signal pending: it says it dropped it, and serves on.
+    wait_for(
+        "the new process to drop the group's SIGHUP",
+        DEADLINE,
+        || {
+            server
+                .log()
+                .contains("ignored a SIGHUP sent before this process served")
+                .then_some(())
+        },
+    );
+    load.wait_for_more(20);
+    assert_eq!(
+        server.pid(),
+        Some(standby),
+        "a second upgrade ran:\n{}",
+        server.log()
+    );
+    assert_eq!(
+        server.log().matches("upgrade succeeded").count(),
+        1,
+        "{}",
+        server.log()
+    );
+    load.finish().assert_lossless_across(&[first, standby]);
+}

@@ -357,3 +357,64 @@ fn another_user_is_refused_even_when_the_socket_is_opened_to_everyone() {
     let out = run(&["status", "--socket", &socket.display().to_string()]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn a_new_process_that_exits_at_once_is_reported_even_while_a_helper_holds_its_pipes() {
+    let scratch = Scratch::new("cli-helper");
+    let app = scratch.path("app");
+    std::fs::copy(example_path("http"), &app).unwrap();
+    let server = Server::start_in(
+        scratch,
+        &app,
+        &[("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))],
+    );
+    // A wrapper that leaves a background job behind: it inherits every descriptor, the ready
+    // pipe among them, and keeps it open long after the wrapper exited.
+    let good = server.scratch.path("app.good");
+    std::fs::copy(&app, &good).unwrap();
+    let broken = server.scratch.path("app.new");
+    std::fs::write(&broken, "#!/bin/sh\nsleep 120 &\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &app).unwrap();
+
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("exit code 3"),
+        "the exit is what is reported, not a timeout: {}",
+        text(&out)
+    );
+    assert_eq!(server.pid(), Some(server.first_pid));
+    // Upgrades are not held up by the helper.
+    std::fs::rename(&good, &app).unwrap();
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn the_upgrade_timeout_is_read_from_the_environment() {
+    let scratch = Scratch::new("cli-timeout");
+    let app = scratch.path("app");
+    std::fs::copy(example_path("http"), &app).unwrap();
+    let server = Server::start_in(
+        scratch,
+        &app,
+        &[
+            ("HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("FLIP_UPGRADE_TIMEOUT", "1s".into()),
+        ],
+    );
+    // A new build that never becomes ready.
+    let hung = server.scratch.path("app.new");
+    std::fs::write(&hung, "#!/bin/sh\nexec sleep 120\n").unwrap();
+    std::fs::set_permissions(&hung, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&hung, &app).unwrap();
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("was not ready within 1s"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(server.pid(), Some(server.first_pid));
+}

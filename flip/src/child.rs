@@ -56,25 +56,43 @@ impl Child {
     }
 
     /// Resolves when the child says it is ready, or with its exit status when it ended first.
+    ///
+    /// Both the ready pipe and the process itself are watched: a process that exits at once
+    /// may leave a helper behind that holds the pipe open (a wrapper script's background job),
+    /// and its end must not wait for that helper.
     pub(crate) async fn wait_ready(&mut self) -> Result<(), ExitStatus> {
+        let said_ready = tokio::select! {
+            said = Self::read_ready(&self.ready) => said,
+            () = self.exit.exited() => {
+                // It said ready and then died: that is the successor's death, handled as such
+                // by whoever follows it once it serves.
+                matches!(handoff::read_ready(self.ready.get_ref().as_fd()), ReadyPipe::Ready)
+            }
+        };
+        if said_ready {
+            return Ok(());
+        }
+        let status = self.exit.reap().await;
+        self.done = true;
+        Err(status)
+    }
+
+    /// Whether the ready pipe said ready (`false`: EOF, the write end is closed everywhere).
+    async fn read_ready(ready: &AsyncFd<OwnedFd>) -> bool {
         loop {
-            let Ok(mut guard) = self.ready.readable().await else {
-                break;
+            let Ok(mut guard) = ready.readable().await else {
+                return false;
             };
             let read = guard.try_io(|fd| match handoff::read_ready(fd.get_ref().as_fd()) {
                 ReadyPipe::Pending => Err(io::ErrorKind::WouldBlock.into()),
                 other => Ok(other),
             });
             match read {
-                Ok(Ok(ReadyPipe::Ready)) => return Ok(()),
-                // EOF: the child closed its end, which only happens when it exits.
-                Ok(_) => break,
+                Ok(Ok(ReadyPipe::Ready)) => return true,
+                Ok(_) => return false,
                 Err(_would_block) => {}
             }
         }
-        let status = self.exit.reap().await;
-        self.done = true;
-        Err(status)
     }
 
     /// Kills the child and waits until it is reaped.

@@ -182,6 +182,19 @@ impl ExitWatch {
         }
     }
 
+    /// Waits until the process ended, without reaping it.
+    pub(crate) async fn exited(&self) {
+        // Readable from the moment it ends, and stays so: nothing to clear.
+        if let Some(fd) = &self.pidfd
+            && fd.readable().await.is_ok()
+        {
+            return;
+        }
+        while sys::pidref::Stat::read(self.pid).is_some_and(|s| !s.zombie) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Kills the process and waits until it is reaped.
     pub(crate) async fn kill(&self) -> ExitStatus {
         let _ = sys::process::kill_hard(self.pid);

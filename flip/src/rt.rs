@@ -116,6 +116,26 @@ pub struct Environment {
     /// The control socket: `<PREFIX>_CONTROL_SOCKET`, the attribute's `control`, or the pid
     /// file's path with the extension `ctl`; `None` when turned off or without a pid file.
     pub control_socket: Option<std::path::PathBuf>,
+    /// `<PREFIX>_UPGRADE_TIMEOUT` (`"30s"`, `"1500ms"`, `"2m"`, `"1h"`); `None` when unset,
+    /// and then the attribute's `upgrade_timeout` or [`Options::upgrade_timeout`]'s default.
+    pub upgrade_timeout: Option<Duration>,
+}
+
+/// A duration as flip's variables and attributes write it: a whole number and a unit, `ms`,
+/// `s`, `m` or `h` (`"1500ms"`, `"30s"`, `"2m"`, `"1h"`).
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let digits_end = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(digits_end);
+    let n: u64 = number.parse().ok()?;
+    let factor = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return None,
+    };
+    n.checked_mul(factor).map(Duration::from_millis)
 }
 
 /// A bad environment variable.
@@ -172,6 +192,21 @@ pub fn read_environment(
             }
         },
     };
+    let timeout_var = format!("{}_UPGRADE_TIMEOUT", config.env_prefix);
+    let upgrade_timeout = match get(&timeout_var) {
+        None => None,
+        Some(v) if v.is_empty() => None,
+        Some(v) => match parse_duration(&v.to_string_lossy()) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                return Err(EnvError {
+                    name: timeout_var,
+                    value: v.to_string_lossy().into_owned(),
+                    reason: "expected a duration above 0 such as 1500ms, 30s, 2m or 1h",
+                });
+            }
+        },
+    };
     let flag = |name: String, default: Option<bool>| match get(&name) {
         None => Ok(default),
         Some(v) => {
@@ -202,6 +237,7 @@ pub fn read_environment(
         supervise: flag(format!("{}_SUPERVISE", config.env_prefix), config.supervise)?,
         control_socket,
         max_draining,
+        upgrade_timeout,
     })
 }
 
@@ -242,8 +278,9 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     if env.supervise.unwrap_or(pid1) && !supervised && !upgraded {
         return crate::supervisor::run(None);
     }
-    let upgrade_timeout = config
+    let upgrade_timeout = env
         .upgrade_timeout
+        .or(config.upgrade_timeout)
         .unwrap_or(crate::options::DEFAULT_UPGRADE_TIMEOUT);
     let notify = match crate::systemd::Notify::from_env(upgrade_timeout) {
         Ok(n) => n,
@@ -450,6 +487,28 @@ mod tests {
         assert_eq!(e.pid_file, Some("/tmp/x.pid".into()));
         let e = read_environment(&config("FLIP"), env(&[("FLIP_PID_FILE", "")])).unwrap();
         assert_eq!(e.pid_file, None);
+    }
+
+    #[test]
+    fn the_upgrade_timeout_is_a_duration() {
+        for (v, ms) in [
+            ("1500ms", 1500),
+            ("30s", 30_000),
+            ("2m", 120_000),
+            (" 1h ", 3_600_000),
+        ] {
+            let e = read_environment(&config("FLIP"), env(&[("FLIP_UPGRADE_TIMEOUT", v)])).unwrap();
+            assert_eq!(e.upgrade_timeout, Some(Duration::from_millis(ms)), "{v}");
+        }
+        let e = read_environment(&config("FLIP"), env(&[])).unwrap();
+        assert_eq!(e.upgrade_timeout, None);
+        for v in ["0s", "30", "soon", "-1s", "1.5s", "99999999999999999h"] {
+            let err = read_environment(&config("FLIP"), env(&[("FLIP_UPGRADE_TIMEOUT", v)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("FLIP_UPGRADE_TIMEOUT="), "{err}");
+            assert!(err.contains("duration"), "{err}");
+        }
     }
 
     #[test]

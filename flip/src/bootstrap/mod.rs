@@ -275,6 +275,7 @@ impl Bootstrap {
             upgrades = self.upgrades_enabled,
             "ready"
         );
+        signals.discard_early_hups();
         let first = !self.upgrader.has_parent();
         self.observers.each(|o| o.ready(first));
         startup::StartupCost::log();
@@ -502,6 +503,21 @@ impl Signals {
 }
 
 /// How a drain ended.
+impl Signals {
+    /// Drops the SIGHUPs received before this process served: they were meant for the process
+    /// serving then (see [`crate::signal::upgrade_signal`]), and upgrades wait for readiness.
+    fn discard_early_hups(&mut self) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut discarded = 0;
+        while let std::task::Poll::Ready(Some(())) = self.hup.poll_recv(&mut cx) {
+            discarded += 1;
+        }
+        if discarded > 0 {
+            tracing::info!("ignored a SIGHUP sent before this process served");
+        }
+    }
+}
+
 enum DrainEnd {
     /// The old process exits.
     Ended(Drain),

@@ -77,6 +77,34 @@ pub(crate) fn unblock_sighup() -> io::Result<()> {
     Ok(())
 }
 
+/// Discards every SIGHUP pending for the calling thread or the process while SIGHUP is
+/// blocked; returns how many there were. A signal meant for the process that started this one
+/// (a SIGHUP to the whole process group) must not upgrade this one once it serves.
+pub(crate) fn discard_pending_sighup() -> io::Result<usize> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGHUP);
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let mut discarded = 0;
+    loop {
+        // SAFETY: `set` is a valid sigset_t for the duration of the call, the siginfo pointer
+        // may be null, and `zero` is a live timespec: sigtimedwait only reads the two.
+        let rc = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) };
+        if rc >= 0 {
+            discarded += 1;
+            continue;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EAGAIN) => return Ok(discarded),
+            Some(libc::EINTR) => {}
+            _ => return Err(err),
+        }
+    }
+}
+
 /// Whether SIGHUP is blocked in the calling thread.
 pub(crate) fn sighup_blocked() -> bool {
     SigSet::thread_get_mask()

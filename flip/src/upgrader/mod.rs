@@ -390,6 +390,30 @@ impl Upgrader {
         }
     }
 
+    /// At a stop: removes the pid file, and the control socket's path, while the pid file
+    /// still names this process (a pid file left behind names a dead pid that may be reused).
+    /// When it names another process, someone else serves and both are theirs.
+    fn remove_own_files(&self) {
+        let ours = match self.pid_file() {
+            Some(path) => {
+                let ours = pidfile::read(path) == Some(std::process::id());
+                if ours && let Err(e) = std::fs::remove_file(path) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove the pid file");
+                }
+                ours
+            }
+            None => true,
+        };
+        if let (true, Some(control)) = (ours, &self.shared.options.control_socket) {
+            use std::os::unix::fs::FileTypeExt;
+            let is_socket =
+                std::fs::symlink_metadata(control).is_ok_and(|m| m.file_type().is_socket());
+            if is_socket {
+                let _ = std::fs::remove_file(control);
+            }
+        }
+    }
+
     /// Older generations still running, oldest first.
     fn draining_ancestors(&self) -> Vec<&ProcessRef> {
         self.shared
@@ -553,8 +577,12 @@ impl Upgrader {
         if let Phase::Upgrading(cancel) = &*phase {
             cancel.notify_one();
         }
+        let serving = matches!(*phase, Phase::Ready | Phase::Upgrading(_));
         *phase = Phase::Stopped;
         drop(phase);
+        if serving {
+            self.remove_own_files();
+        }
         self.shared.standby.stop(self.pid_file());
         self.shared.exit.send_replace(true);
     }

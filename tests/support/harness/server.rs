@@ -228,7 +228,8 @@ impl Drop for Server {
                     .into_iter()
                     .filter(|&p| ours(p)),
             );
-            pids.retain(|&p| alive(p));
+            // Only our family: a pid file may name anyone (a test writes a foreign pid there).
+            pids.retain(|&p| alive(p) && ours(p));
             if pids.is_empty() || Instant::now() > end {
                 break;
             }
