@@ -292,11 +292,15 @@ fn five_hundred_upgrades_under_load_leak_nothing() {
     assert_eq!(fds_500, fds_1, "descriptors: {:?}", fd_links(last));
     assert_eq!(threads_500, threads_1, "threads");
     assert!(rss_500 <= rss_1 + 1024, "memory: {rss_1} -> {rss_500} KiB");
-    assert!(
-        zombies_of(std::process::id()).is_empty(),
-        "zombies: {:?}",
-        zombies_of(std::process::id())
-    );
+    // Zombies of this test process that were generations of this server (other tests of this
+    // binary run at the same time, and their processes come back to us too, briefly zombies
+    // until their test reaps them).
+    let generations = server.all_pids();
+    let zombies: Vec<u32> = zombies_of(std::process::id())
+        .into_iter()
+        .filter(|pid| generations.contains(pid))
+        .collect();
+    assert!(zombies.is_empty(), "zombies: {zombies:?}");
     assert!(zombies_of(last).is_empty());
     assert_eq!(report.failed, 0, "{report:?}");
 }
