@@ -95,6 +95,8 @@ fn sigterm_and_sigint_stop_at_once() {
         let (tcp, mut env) = tcp_env();
         env.push(("TB_STUCK", "1".into()));
         env.push(("TB_GRACE_MS", "600000".into()));
+        // The stop Gitaly's bootstrap makes (the draining stop has tests of its own).
+        env.push(("BOOT_STOP", "immediate".into()));
         let server = Server::start("signals", &bootserver(), &env);
         assert_eq!(tcp_pid(&tcp), Some(server.first_pid));
         signal(server.first_pid, sig);
@@ -149,6 +151,7 @@ fn sigterm_during_the_grace_period_forces_the_exit() {
     let (tcp, mut env) = tcp_env();
     env.push(("TB_STUCK", "1".into()));
     env.push(("TB_GRACE_MS", "600000".into()));
+    env.push(("BOOT_STOP", "immediate".into()));
     let server = Server::start("forced", &bootserver(), &env);
     let old = server.first_pid;
     let new = server.upgrade().expect("upgrade");
@@ -228,6 +231,13 @@ fn bad_environment_values_exit_with_code_2_naming_the_variable() {
             "soon",
             "BOOT_UPGRADE_TIMEOUT=\"soon\": expected a duration",
         ),
+        (
+            "BOOT_STOP",
+            "gently",
+            "BOOT_STOP=\"gently\": expected drain or immediate",
+        ),
+        // A handoff marker no upgrade made: bad environment, as the README's table says.
+        ("FLIP_HANDOFF", "garbage", "malformed FLIP_HANDOFF marker"),
     ] {
         let out = std::process::Command::new(bootserver())
             .env(name, value)
@@ -420,4 +430,58 @@ fn a_new_process_accepts_only_once_ready_so_one_that_never_is_answers_nothing() 
         "only the old process answered: a new one accepts once it is ready"
     );
     assert!(alive(old));
+}
+
+#[test]
+fn a_storm_of_refused_sighups_logs_a_line_a_second_not_one_each() {
+    let (_, mut env) = tcp_env();
+    env.push(("BOOT_UPGRADES_ENABLED", "0".into()));
+    let server = Server::start("hup-storm", &bootserver(), &env);
+    let pid = server.first_pid;
+    let ignored = || -> Vec<String> {
+        server
+            .log()
+            .lines()
+            .filter(|l| l.contains("SIGHUP ignored"))
+            .map(str::to_owned)
+            .collect()
+    };
+    signal(pid, Signal::SIGHUP);
+    wait_for("the first SIGHUP to be logged", DEADLINE, || {
+        (!ignored().is_empty()).then_some(())
+    });
+    let started = std::time::Instant::now();
+    // A storm, paced so that the signals do not merge while pending.
+    let mut sent = 0u64;
+    while sent < 50 {
+        signal(pid, Signal::SIGHUP);
+        sent += 1;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // Once a second has passed, the next one is logged with the count of those in between.
+    wait_for("a second to pass", DEADLINE, || {
+        (started.elapsed() > std::time::Duration::from_millis(1100)).then_some(())
+    });
+    signal(pid, Signal::SIGHUP);
+    let more_of = |line: &str| -> u64 {
+        line.split("more_since_last=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_for("a line that counts the storm", DEADLINE, || {
+        ignored().iter().any(|l| more_of(l) >= 1).then_some(())
+    });
+    let lines = ignored();
+    assert!(
+        lines.len() <= 4,
+        "{} lines for {} signals:\n{}",
+        lines.len(),
+        sent + 2,
+        lines.join("\n")
+    );
+    let counted: u64 = lines.iter().map(|l| more_of(l)).sum();
+    assert!(counted >= 1 && counted <= sent + 1, "{counted}: {lines:?}");
+    assert!(alive(pid));
 }

@@ -560,9 +560,14 @@ fn http_with_a_slow_request(
 }
 
 #[test]
-fn sigterm_to_the_new_process_while_the_old_one_drains_stops_both() {
+fn sigterm_to_the_new_process_while_the_old_one_drains_stops_both_at_once_with_the_immediate_stop()
+{
     // The old process drains a request longer than the test's deadline: only a stop ends it.
-    let (server, _slow) = http_with_a_slow_request("stop-during-drain", 120_000, &[]);
+    let (server, _slow) = http_with_a_slow_request(
+        "stop-during-drain",
+        120_000,
+        &[("FLIP_STOP", "immediate".into())],
+    );
     let first = server.first_pid;
     let new = server.upgrade().expect("the upgrade succeeds");
     server.wait_pid_file(new);

@@ -48,6 +48,7 @@ struct Args {
     plot: Option<PathBuf>,
     signal: bool,
     json: bool,
+    help: bool,
 }
 
 fn parse(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
@@ -56,6 +57,7 @@ fn parse(mut words: impl Iterator<Item = String>) -> Result<Args, String> {
         match flag.as_str() {
             "--json" => a.json = true,
             "--signal" => a.signal = true,
+            "--help" | "-h" => a.help = true,
             _ => {
                 let value = words.next().ok_or(format!("{flag} needs a value"))?;
                 let number = |what: &str| -> Result<u64, String> {
@@ -114,12 +116,16 @@ fn main() -> ExitCode {
             return ExitCode::from(COULD_NOT_ASK);
         }
     };
+    if args.help {
+        say(&format!("{USAGE}\n"));
+        return ExitCode::SUCCESS;
+    }
     let result = match command.as_str() {
         "upgrade" => upgrade(&args),
         "status" => status(&args),
         "check" => check(&args),
         "help" | "--help" | "-h" => {
-            println!("{USAGE}");
+            say(&format!("{USAGE}\n"));
             Ok(())
         }
         other => Err((COULD_NOT_ASK, format!("unknown command {other:?}\n{USAGE}"))),
@@ -149,18 +155,18 @@ fn upgrade(a: &Args) -> Outcome {
     match client.upgrade(timeout) {
         Ok(done) => {
             if a.json {
-                println!(
-                    "{{\"old_pid\":{},\"new_pid\":{},\"ready_ms\":{:.3},\"started\":{},\"old_binary\":{},\"new_binary\":{}}}",
+                say(&format!(
+                    "{{\"old_pid\":{},\"new_pid\":{},\"ready_ms\":{:.3},\"started\":{},\"old_binary\":{},\"new_binary\":{}}}\n",
                     done.old_pid,
                     done.new_pid,
                     done.ready_after.as_secs_f64() * 1000.0,
                     done.started.as_deref().map_or("null".into(), json),
                     json(&done.old_binary),
                     json(&done.new_binary)
-                );
+                ));
             } else {
-                println!(
-                    "upgraded: pid {} -> {}, ready after {:.2} ms{}\n  old: {}\n  new: {}",
+                say(&format!(
+                    "upgraded: pid {} -> {}, ready after {:.2} ms{}\n  old: {}\n  new: {}\n",
                     done.old_pid,
                     done.new_pid,
                     done.ready_after.as_secs_f64() * 1000.0,
@@ -169,7 +175,7 @@ fn upgrade(a: &Args) -> Outcome {
                         .map_or(String::new(), |s| format!(" ({s})")),
                     done.old_binary,
                     done.new_binary
-                );
+                ));
             }
             Ok(())
         }
@@ -194,9 +200,9 @@ fn status(a: &Args) -> Outcome {
     let client = client(a).map_err(could_not_ask)?;
     let s = client.status().map_err(|e| could_not_ask(chain(&e)))?;
     if a.json {
-        println!("{}", status_json(&s));
+        say(&format!("{}\n", status_json(&s)));
     } else {
-        print!("{}", status_text(&s));
+        say(&status_text(&s));
     }
     Ok(())
 }
@@ -314,15 +320,23 @@ fn check(a: &Args) -> Outcome {
             .map_err(|e| could_not_ask(format!("writing {}: {e}", path.display())))?;
     }
     if a.json {
-        println!("{}", report.to_json());
+        say(&format!("{}\n", report.to_json()));
     } else {
-        println!("{report}");
+        say(&format!("{report}\n"));
     }
     if report.lossless() {
         Ok(())
     } else {
         Err((FAILED, "requests were lost across the upgrades".into()))
     }
+}
+
+/// Writes `text` to standard output. A reader that went away (`flip status | head -1`) is not
+/// an error worth a panic: what it did not read, it did not want.
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn json(s: &str) -> String {

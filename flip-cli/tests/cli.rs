@@ -418,3 +418,74 @@ fn the_upgrade_timeout_is_read_from_the_environment() {
     );
     assert_eq!(server.pid(), Some(server.first_pid));
 }
+
+#[test]
+fn every_command_answers_help_and_output_to_a_closed_pipe_is_no_panic() {
+    for command in ["upgrade", "status", "check"] {
+        let out = run(&[command, "--help"]);
+        assert!(out.status.success(), "{command} --help: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("usage:"),
+            "{command}: {}",
+            text(&out)
+        );
+    }
+    let (server, _) = http_server("cli-pipe", &[]);
+    // `flip status | head -0`: the reader is gone before anything is written.
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    let out = Command::new(flip())
+        .args(["status", "--pid-file", &pid_file(&server)])
+        .stdout(std::process::Stdio::from(write))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+#[test]
+fn a_client_timeout_says_what_it_waited_for_and_a_refusal_says_so_once() {
+    let scratch = Scratch::new("cli-client-timeout");
+    let app = scratch.path("app");
+    std::fs::copy(example_path("http"), &app).unwrap();
+    let server = Server::start_in(
+        scratch,
+        &app,
+        &[("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))],
+    );
+    let hung = server.scratch.path("app.new");
+    std::fs::write(&hung, "#!/bin/sh\nexec sleep 120\n").unwrap();
+    std::fs::set_permissions(&hung, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&hung, &app).unwrap();
+    let out = run(&[
+        "upgrade",
+        "--pid-file",
+        &pid_file(&server),
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "no answer from the control socket within 1s (waiting for the upgrade to end)"
+        ),
+        "{}",
+        text(&out)
+    );
+    // The upgrade still runs on the server: a second is refused, and says so once.
+    let out = run(&[
+        "upgrade",
+        "--pid-file",
+        &pid_file(&server),
+        "--timeout",
+        "5",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        text(&out).matches("upgrade refused").count(),
+        1,
+        "{}",
+        text(&out)
+    );
+}

@@ -15,8 +15,8 @@ use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, Meta, MetaNameValue, Path, 
 
 const ALLOWED_ARGS: &str = "the arguments of #[flip::main] are pidfile = \"/run/app.pid\", \
                             env_prefix = \"APP\", grace = \"30s\", upgrade_timeout = \"10s\", \
-                            standby = true, supervise = true, control = \"/run/app.ctl\" and \
-                            crate = \"path::to::flip\"";
+                            standby = true, supervise = true, control = \"/run/app.ctl\", \
+                            stop = \"drain\" and crate = \"path::to::flip\"";
 const ALLOWED_FORMS: &str = "#[flip::main] takes `fn main()` or `fn main(bootstrap: &mut flip::Bootstrap)`, \
                              each also as `async fn`, returning `()` or `Result<(), E>`";
 
@@ -50,6 +50,7 @@ struct Args {
     standby: Option<bool>,
     supervise: Option<bool>,
     control: Option<LitStr>,
+    stop: Option<bool>,
     krate: Option<Path>,
 }
 
@@ -180,6 +181,19 @@ fn control(value: &Expr) -> syn::Result<LitStr> {
     Ok(s)
 }
 
+/// `stop = "drain"` (true) or `"immediate"` (false).
+fn stop(value: &Expr) -> syn::Result<bool> {
+    let s = string_value(value, "stop")?;
+    match s.value().as_str() {
+        "drain" => Ok(true),
+        "immediate" => Ok(false),
+        other => Err(syn::Error::new_spanned(
+            &s,
+            format!("`stop` takes \"drain\" or \"immediate\", not {other:?}"),
+        )),
+    }
+}
+
 fn grace(value: &Expr) -> syn::Result<u64> {
     duration_ms(&string_value(value, "grace")?, "grace")
 }
@@ -241,6 +255,7 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
                 bool_value(v, "supervise")
             }),
             "control" => set_once(&mut out.control, nv, &name, control),
+            "stop" => set_once(&mut out.stop, nv, &name, stop),
             "crate" => set_once(&mut out.krate, nv, &name, parse_crate),
             _ => Err(syn::Error::new_spanned(
                 &nv.path,
@@ -367,6 +382,11 @@ fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
         Some(b) => quote!(::core::option::Option::Some(#b)),
         None => quote!(::core::option::Option::None),
     };
+    let stop = match args.stop {
+        Some(true) => quote!(::core::option::Option::Some(#flip::StopMode::Drain)),
+        Some(false) => quote!(::core::option::Option::Some(#flip::StopMode::Immediate)),
+        None => quote!(::core::option::Option::None),
+    };
     let (param, call) = if form.takes_bootstrap {
         (quote!(bootstrap), quote!(__flip_main(bootstrap)))
     } else {
@@ -394,6 +414,7 @@ fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
                     standby: #standby,
                     supervise: #supervise,
                     control: #control,
+                    stop: #stop,
                 },
                 |#param| ::std::boxed::Box::pin(async move { #convert }),
             )

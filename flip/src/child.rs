@@ -116,7 +116,13 @@ impl Child {
         if let Ok(watch) = ExitWatch::new(pid) {
             tokio::spawn(async move {
                 let status = watch.reap().await;
-                tracing::error!(pid, %status, "the new process exited while this one was draining");
+                // A clean end is a stop, or (with several generations draining) an upgrade
+                // in turn: an ordinary event. Anything else is a crash.
+                if matches!(status, ExitStatus::Code(0 | 3)) {
+                    tracing::info!(pid, %status, "the new process exited while this one was draining");
+                } else {
+                    tracing::error!(pid, %status, "the new process exited while this one was draining");
+                }
                 on_exit(status);
             });
         }

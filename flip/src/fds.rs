@@ -475,6 +475,52 @@ impl Fds {
         keys
     }
 
+    /// At a draining stop: makes every TCP listener of the registry drop new connections (see
+    /// [`sys::socket::drop_new_connections`]) and returns copies of them, to watch their
+    /// accept queues empty.
+    pub(crate) fn drop_new_connections(&self) -> Vec<OwnedFd> {
+        let registry = self.lock();
+        let held = registry
+            .used
+            .values()
+            .chain(registry.inherited.values())
+            .map(|h| &h.fd)
+            .chain(registry.activated.iter().map(|a| &a.fd));
+        let mut listeners = Vec::new();
+        for fd in held {
+            let tcp_listener = sys::socket::inspect(fd).is_ok_and(|info| {
+                info.listening
+                    && info.socket_type == SocketType::Stream
+                    && matches!(info.local, sys::socket::LocalAddr::Inet(_))
+            });
+            if !tcp_listener {
+                continue;
+            }
+            if let Err(e) = sys::socket::drop_new_connections(fd) {
+                tracing::warn!(error = %e, "cannot make a listener drop new connections; it resets those it queued at the stop");
+                continue;
+            }
+            if let Ok(copy) = sys::fd::dup(fd.as_fd()) {
+                listeners.push(copy);
+            }
+        }
+        listeners
+    }
+
+    /// Closes every descriptor the registry holds, at a draining stop: a listening socket
+    /// stops queueing connections (so that new ones are refused) only once every copy of it
+    /// is closed, and the servers close theirs as they stop accepting. Returns how many.
+    pub(crate) fn close_all(&self) -> usize {
+        let mut registry = self.lock();
+        let taken = (
+            std::mem::take(&mut registry.inherited),
+            std::mem::take(&mut registry.used),
+            std::mem::take(&mut registry.activated),
+        );
+        drop(registry);
+        taken.0.len() + taken.1.len() + taken.2.len()
+    }
+
     /// New descriptors for everything this process uses, for handing to a new process, in the
     /// order of their keys.
     pub(crate) fn snapshot(&self) -> io::Result<Vec<Registered>> {

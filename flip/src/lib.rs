@@ -81,7 +81,7 @@ pub use adapters::tls;
 
 pub use bootstrap::{
     Bootstrap, BoxError, BoxFuture, DEFAULT_GRACE_PERIOD, Drain, ErrorSender, Observer, Outcome,
-    Shutdown, ShutdownTrigger, StartContext, StartError, UpgradeRequester, UpgradeResult,
+    Shutdown, ShutdownTrigger, StartContext, StartError, StopMode, UpgradeRequester, UpgradeResult,
 };
 pub use error::{Chain, Error, ExitStatus, HandoffError, Result};
 pub use fds::{Fds, Listener, PacketSocket};

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 pub use inventory;
 
-use crate::bootstrap::{Bootstrap, BoxError, BoxFuture, Outcome, StartContext};
+use crate::bootstrap::{Bootstrap, BoxError, BoxFuture, Outcome, StartContext, StopMode};
 use crate::error::{Chain, Error, HandoffError};
 use crate::options::Options;
 
@@ -97,6 +97,8 @@ pub struct MainConfig {
     /// `control = "..."`: the control socket's path (`""` or `"off"`: none); the default of
     /// `<PREFIX>_CONTROL_SOCKET`. Without either, beside the pid file.
     pub control: Option<&'static str>,
+    /// `stop = "drain"|"immediate"`: the default of `<PREFIX>_STOP`; without either, drain.
+    pub stop: Option<StopMode>,
 }
 
 /// What the environment says, read once before any thread exists.
@@ -116,6 +118,9 @@ pub struct Environment {
     /// The control socket: `<PREFIX>_CONTROL_SOCKET`, the attribute's `control`, or the pid
     /// file's path with the extension `ctl`; `None` when turned off or without a pid file.
     pub control_socket: Option<std::path::PathBuf>,
+    /// `<PREFIX>_STOP` (`drain` or `immediate`), or the attribute's `stop`; drain unless
+    /// said: what SIGTERM and SIGINT do (see [`StopMode`]).
+    pub stop: StopMode,
     /// `<PREFIX>_UPGRADE_TIMEOUT` (`"30s"`, `"1500ms"`, `"2m"`, `"1h"`); `None` when unset,
     /// and then the attribute's `upgrade_timeout` or [`Options::upgrade_timeout`]'s default.
     pub upgrade_timeout: Option<Duration>,
@@ -207,6 +212,18 @@ pub fn read_environment(
             }
         },
     };
+    let stop_var = format!("{}_STOP", config.env_prefix);
+    let stop = match get(&stop_var) {
+        None => config.stop.unwrap_or(StopMode::Drain),
+        Some(v) => v
+            .to_string_lossy()
+            .parse::<StopMode>()
+            .map_err(|reason| EnvError {
+                name: stop_var,
+                value: v.to_string_lossy().into_owned(),
+                reason,
+            })?,
+    };
     let flag = |name: String, default: Option<bool>| match get(&name) {
         None => Ok(default),
         Some(v) => {
@@ -238,6 +255,7 @@ pub fn read_environment(
         control_socket,
         max_draining,
         upgrade_timeout,
+        stop,
     })
 }
 
@@ -276,7 +294,7 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     let supervised = crate::sys::env::take_var(crate::supervisor::SUPERVISED_VAR).is_some();
     let pid1 = std::process::id() == 1;
     if env.supervise.unwrap_or(pid1) && !supervised && !upgraded {
-        return crate::supervisor::run(None);
+        return crate::supervisor::run(None, env.stop);
     }
     let upgrade_timeout = env
         .upgrade_timeout
@@ -335,7 +353,8 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
             runtime.shutdown_background();
             return ExitCode::SUCCESS;
         }
-        Err(e @ Error::PidFile { .. }) => {
+        // A bad pid file, or a handoff marker this process cannot use: bad environment.
+        Err(e @ (Error::PidFile { .. } | Error::Handoff(_))) => {
             tracing::error!("{}", e.chain());
             eprintln!("error: {}", e.chain());
             return ExitCode::from(2);
@@ -355,6 +374,7 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     if let Some(g) = config.grace {
         bootstrap.set_grace_period(g);
     }
+    bootstrap.set_stop_mode(env.stop);
     for s in starters() {
         bootstrap.register_starter(s.name, s.start);
     }
@@ -393,6 +413,7 @@ mod tests {
             standby: false,
             supervise: None,
             control: None,
+            stop: None,
         }
     }
 
@@ -487,6 +508,26 @@ mod tests {
         assert_eq!(e.pid_file, Some("/tmp/x.pid".into()));
         let e = read_environment(&config("FLIP"), env(&[("FLIP_PID_FILE", "")])).unwrap();
         assert_eq!(e.pid_file, None);
+    }
+
+    #[test]
+    fn the_stop_drains_unless_said() {
+        let e = read_environment(&config("FLIP"), env(&[])).unwrap();
+        assert_eq!(e.stop, StopMode::Drain);
+        let e = read_environment(&config("FLIP"), env(&[("FLIP_STOP", "immediate")])).unwrap();
+        assert_eq!(e.stop, StopMode::Immediate);
+        let mut c = config("FLIP");
+        c.stop = Some(StopMode::Immediate);
+        assert_eq!(
+            read_environment(&c, env(&[])).unwrap().stop,
+            StopMode::Immediate
+        );
+        let e = read_environment(&c, env(&[("FLIP_STOP", "Drain")])).unwrap();
+        assert_eq!(e.stop, StopMode::Drain);
+        let err = read_environment(&c, env(&[("FLIP_STOP", "gently")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("FLIP_STOP=\"gently\""), "{err}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::ExitCode;
 
+use crate::bootstrap::StopMode;
 use crate::handoff::Token;
 use crate::notify::{self, NOTIFY_SOCKET_VAR, Notifier};
 use crate::process::Launch;
@@ -37,8 +38,12 @@ use crate::sys::socket::Sender;
 pub(crate) const SUPERVISED_VAR: &str = "FLIP_SUPERVISED";
 
 /// Runs the supervisor until the serving generation ends; returns (or exits) the way it ended.
-pub(crate) fn run(executable: Option<std::path::PathBuf>) -> ExitCode {
-    match supervise(executable) {
+///
+/// With [`StopMode::Drain`], the generations still draining when the serving one ends are
+/// waited for (each ends within its own grace period; a further SIGTERM or SIGINT is passed
+/// to all of them), not killed.
+pub(crate) fn run(executable: Option<std::path::PathBuf>, stop: StopMode) -> ExitCode {
+    match supervise(executable, stop) {
         Ok(ended) => {
             tracing::info!(?ended, "the serving process ended; the supervisor follows");
             sys::process::exit_like(ended)
@@ -51,7 +56,7 @@ pub(crate) fn run(executable: Option<std::path::PathBuf>) -> ExitCode {
     }
 }
 
-fn supervise(executable: Option<std::path::PathBuf>) -> std::io::Result<Ended> {
+fn supervise(executable: Option<std::path::PathBuf>, stop: StopMode) -> std::io::Result<Ended> {
     let me = sys::process::own_pid();
     if me != 1 {
         sys::process::become_subreaper()?;
@@ -87,8 +92,14 @@ fn supervise(executable: Option<std::path::PathBuf>) -> std::io::Result<Ended> {
         refused: 0,
     };
     tracing::info!(supervisor = me, pid = serving.pid, "supervising");
+    // How the last child that was not the serving one ended: the supervisor's own end when the
+    // serving process ended out of its sight (see below).
+    let mut last_other = None;
     loop {
-        sys::fd::wait_any_readable(&[signals.as_fd(), inbox.socket.as_fd()])?;
+        let mut watched = vec![signals.as_fd(), inbox.socket.as_fd()];
+        watched.extend(serving.process.as_ref().and_then(ProcessRef::as_fd));
+        sys::fd::wait_any_readable(&watched)?;
+        drop(watched);
         // Messages first: the MAINPID an old generation sent before it exited must be known
         // before its exit is.
         inbox.read(&mut serving, upstream.as_ref())?;
@@ -99,18 +110,48 @@ fn supervise(executable: Option<std::path::PathBuf>) -> std::io::Result<Ended> {
             tracing::debug!(sig, pid = serving.pid, "forwarding a signal");
             match &serving.process {
                 Some(process) => process.signal(sig)?,
-                None => tracing::debug!(sig, "the serving process already ended"),
+                // Nobody serves: the older generations still draining get it.
+                None => signal_children(sig),
             }
         }
         while let Some((pid, ended)) = sys::process::reap_any()? {
             if pid != serving.pid {
-                continue; // an old generation, or an orphan of one
+                last_other = Some(ended); // an old generation, or an orphan of one
+                continue;
             }
             inbox.read(&mut serving, upstream.as_ref())?;
             if pid == serving.pid {
+                if stop == StopMode::Drain {
+                    wait_for_the_rest(&signals)?;
+                }
                 end_the_rest();
                 return Ok(ended);
             }
+        }
+        // The serving process ended, and it was not our child: its parent, an older
+        // generation still draining, reaped it and decides. It takes service back (and says
+        // so with MAINPID=), or finishes its drain and exits; when no child is left, the
+        // supervisor ends the way the last of them did.
+        if serving.process.as_ref().is_some_and(|p| !p.runs()) {
+            tracing::debug!(
+                pid = serving.pid,
+                "the serving process ended; its parent decides what follows"
+            );
+            serving.process = None;
+        }
+        if serving.process.is_none() && children_of(me).is_empty() {
+            end_the_rest();
+            return Ok(last_other.unwrap_or(Ended::Exited(0)));
+        }
+    }
+}
+
+/// Passes signal `sig` to every child.
+fn signal_children(sig: i32) {
+    for pid in children_of(sys::process::own_pid()) {
+        // Our children, not reaped yet: their pids cannot have been recycled.
+        if let Ok(Some(child)) = ProcessRef::open(pid, None) {
+            let _ = child.signal(sig);
         }
     }
 }
@@ -225,16 +266,43 @@ impl Inbox {
     }
 }
 
+/// Waits until every child has ended (older generations finishing their drain), passing
+/// signals on to all of them.
+fn wait_for_the_rest(signals: &nix::sys::signalfd::SignalFd) -> std::io::Result<()> {
+    let me = sys::process::own_pid();
+    loop {
+        while sys::process::reap_any()?.is_some() {}
+        let children = children_of(me);
+        if children.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(
+            ?children,
+            "waiting for the older generations to finish draining"
+        );
+        // SIGCHLD wakes us when one ends.
+        sys::fd::wait_any_readable(&[signals.as_fd()])?;
+        for sig in sys::process::read_signals(signals)? {
+            if sig != sys::process::SIGCHLD {
+                signal_children(sig);
+            }
+        }
+    }
+}
+
+/// The children of `pid`, from `/proc`.
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+        .collect()
+}
+
 /// Kills and reaps what is left (old generations still draining, orphans): nothing outlives
 /// the supervisor.
 fn end_the_rest() {
-    let me = sys::process::own_pid();
-    let children =
-        std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).unwrap_or_default();
-    for pid in children
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
-    {
+    for pid in children_of(sys::process::own_pid()) {
         crate::process::kill_and_reap_now(pid);
     }
 }

@@ -25,9 +25,12 @@ pub(crate) mod startup;
 
 pub use context::{ErrorSender, StartContext};
 pub use observer::Observer;
-pub use outcome::{Drain, Outcome, StartError};
+pub use outcome::{Drain, Outcome, StartError, StopMode};
 pub(crate) use shutdown::Stage;
 pub use shutdown::{Shutdown, ShutdownTrigger};
+
+/// How long a draining stop waits for the servers to accept the connections already queued.
+const ACCEPT_QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 /// Default time the old process has to drain after an upgrade.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(60);
@@ -70,6 +73,7 @@ pub struct Bootstrap {
     upgrader: Upgrader,
     upgrades_enabled: bool,
     grace: Duration,
+    stop_mode: StopMode,
     starters: Vec<(String, StarterFn)>,
     /// flip's own starters, run after the application's.
     services: Vec<(String, StarterFn)>,
@@ -133,6 +137,7 @@ impl Bootstrap {
             upgrader,
             upgrades_enabled,
             grace: DEFAULT_GRACE_PERIOD,
+            stop_mode: StopMode::default(),
             starters: Vec::new(),
             services: Vec::new(),
             stop_action: None,
@@ -169,6 +174,18 @@ impl Bootstrap {
     /// The grace period in force.
     pub fn grace_period(&self) -> Duration {
         self.grace
+    }
+
+    /// What SIGTERM and SIGINT do: stop at once (the default, as Gitaly's bootstrap), or
+    /// drain (see [`StopMode`]).
+    pub fn set_stop_mode(&mut self, mode: StopMode) -> &mut Self {
+        self.stop_mode = mode;
+        self
+    }
+
+    /// What SIGTERM and SIGINT do.
+    pub fn stop_mode(&self) -> StopMode {
+        self.stop_mode
     }
 
     /// Replaces the stop action, which runs at the start of the grace period after
@@ -260,6 +277,9 @@ impl Bootstrap {
         };
         // Before readiness closes what nobody claimed.
         let inherited_watch = binary_watch::BinaryWatch::inherited(self.upgrader.fds());
+        // Right before readiness (the pid file names this process from then on): a SIGHUP
+        // received later is this process's to act on.
+        signals.discard_early_hups();
         if let Err(e) = self.upgrader.ready() {
             // The servers may have accepted connections already: serve those (the parent, still
             // serving, takes every new one) before giving up.
@@ -275,7 +295,6 @@ impl Bootstrap {
             upgrades = self.upgrades_enabled,
             "ready"
         );
-        signals.discard_early_hups();
         let first = !self.upgrader.has_parent();
         self.observers.each(|o| o.ready(first));
         startup::StartupCost::log();
@@ -310,24 +329,24 @@ impl Bootstrap {
         // Who asked for the upgrade in flight through `UpgradeRequester`, to be told its end.
         let mut asked: Option<oneshot::Sender<UpgradeResult>> = None;
         let mut new_pid = None;
+        // A storm of signals makes one line a second, not one each.
+        let mut ignored_hups = Throttle::default();
         loop {
             tokio::select! {
-                _ = signals.term.recv() => {
-                    self.upgrader.stop_elders();
-                    return Err(self.stop_now(in_flight, Outcome::Signaled("SIGTERM")).await);
-                }
-                _ = signals.int.recv() => {
-                    self.upgrader.stop_elders();
-                    return Err(self.stop_now(in_flight, Outcome::Signaled("SIGINT")).await);
-                }
+                _ = signals.term.recv() => return Err(self.stop(in_flight, signals, "SIGTERM").await),
+                _ = signals.int.recv() => return Err(self.stop(in_flight, signals, "SIGINT").await),
                 Some(e) = self.errors_rx.recv() => return Err(self.stop_now(in_flight, Outcome::Failed(e)).await),
                 _ = signals.hup.recv() => {
                     if !self.upgrades_enabled {
-                        tracing::warn!("SIGHUP ignored: upgrades are disabled (set FLIP_UPGRADES_ENABLED=1, or the prefix your main uses, to enable them)");
+                        if let Some(more) = ignored_hups.log_now() {
+                            tracing::warn!(more_since_last = more, "SIGHUP ignored: upgrades are disabled (set FLIP_UPGRADES_ENABLED=1, or the prefix your main uses, to enable them)");
+                        }
                     } else if in_flight.is_some() {
                         // One at a time; observers hear nothing of it, so a reload in progress
                         // is not reported as ended.
-                        tracing::warn!("SIGHUP ignored: {}", Error::InProgress);
+                        if let Some(more) = ignored_hups.log_now() {
+                            tracing::warn!(more_since_last = more, "SIGHUP ignored: {}", Error::InProgress);
+                        }
                     } else {
                         in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone(), "SIGHUP")));
                     }
@@ -389,12 +408,24 @@ impl Bootstrap {
         let successor_exited = self.upgrader.successor_exited();
         tokio::pin!(successor_exited);
         let mut watching_successor = true;
+        // A draining stop reached this process while it drains (StopMode::Drain).
+        let mut stopping = false;
         loop {
             tokio::select! {
                 _ = &mut drain => return DrainEnd::Ended(Drain::Completed),
                 () = &mut deadline => return DrainEnd::Ended(Drain::GracePeriodExpired),
-                _ = signals.term.recv() => return DrainEnd::Ended(Drain::Forced("SIGTERM")),
-                _ = signals.int.recv() => return DrainEnd::Ended(Drain::Forced("SIGINT")),
+                _ = signals.term.recv() => {
+                    if let Some(forced) = self.stop_while_draining(&mut stopping, "SIGTERM") {
+                        return DrainEnd::Ended(forced);
+                    }
+                    watching_successor = false;
+                }
+                _ = signals.int.recv() => {
+                    if let Some(forced) = self.stop_while_draining(&mut stopping, "SIGINT") {
+                        return DrainEnd::Ended(forced);
+                    }
+                    watching_successor = false;
+                }
                 Some(e) = self.errors_rx.recv() => {
                     tracing::debug!(error = %crate::error::Chain(&*e), "error while draining, ignored");
                 }
@@ -411,6 +442,11 @@ impl Bootstrap {
                     if clean {
                         // It cannot have upgraded while we run: it was stopped, and a stop
                         // stops every generation. Only an abnormal end hands service back.
+                        if self.stop_mode == StopMode::Drain {
+                            tracing::info!(%status, "the new process was stopped; finishing the drain");
+                            self.give_up_service();
+                            continue;
+                        }
                         tracing::info!(%status, "the new process was stopped; stopping too");
                         return DrainEnd::Ended(Drain::Forced("the new process's stop"));
                     }
@@ -426,6 +462,80 @@ impl Bootstrap {
     }
 
     /// Starts or replaces the standby process when [`Options::standby`] asks for one.
+    /// SIGTERM or SIGINT while this process drains after an upgrade. Stopping at once, or on
+    /// a second signal, ends the drain (the returned end); a first signal with
+    /// [`StopMode::Drain`] lets it go on, without this process's copies of the sockets and
+    /// without taking service back.
+    fn stop_while_draining(&self, stopping: &mut bool, sig: &'static str) -> Option<Drain> {
+        if self.stop_mode == StopMode::Immediate || *stopping {
+            return Some(Drain::Forced(sig));
+        }
+        *stopping = true;
+        tracing::info!("{sig}: stopping; finishing the drain (a second signal ends it now)");
+        self.give_up_service();
+        None
+    }
+
+    /// Closes this draining process's copies of the sockets: the service stops, and a listener
+    /// only refuses connections once nobody holds it.
+    fn give_up_service(&self) {
+        let closed = self.upgrader.fds().close_all();
+        tracing::debug!(closed, "closed this process's copies of the sockets");
+    }
+
+    /// SIGTERM or SIGINT while serving.
+    async fn stop(
+        &mut self,
+        in_flight: Option<BoxFuture<UpgradeResult>>,
+        signals: &mut Signals,
+        sig: &'static str,
+    ) -> Outcome {
+        self.upgrader.stop_elders();
+        if self.stop_mode == StopMode::Immediate {
+            return self.stop_now(in_flight, Outcome::Signaled(sig)).await;
+        }
+        tracing::info!(grace = ?self.grace, "{sig}: stopping; new connections are refused, accepted ones finish (a second signal ends it now)");
+        // Cancels an upgrade in flight and ends the standby (which holds copies of the
+        // sockets too), then closes ours: from here on, connections are refused.
+        let outcome = self.stop_now(in_flight, Outcome::Signaled(sig)).await;
+        // No new TCP connection completes its handshake from here on; the servers still
+        // accept what is queued, so that closing the listeners resets nobody.
+        let listeners = self.upgrader.fds().drop_new_connections();
+        let queued = async {
+            for listener in &listeners {
+                while crate::sys::socket::accept_queue_len(listener).is_ok_and(|n| n > 0) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
+        if tokio::time::timeout(ACCEPT_QUEUE_WAIT, queued)
+            .await
+            .is_err()
+        {
+            tracing::warn!(waited = ?ACCEPT_QUEUE_WAIT, "the servers did not accept every queued connection; those left are reset");
+        }
+        drop(listeners);
+        self.give_up_service();
+        let action = self.stop_action.clone();
+        let mut group = self.start_drain();
+        let drained = async move {
+            if let Some(action) = action {
+                action().await;
+            }
+            while group.join_next().await.is_some() {}
+        };
+        let drain = tokio::select! {
+            () = drained => Drain::Completed,
+            () = tokio::time::sleep(self.grace) => Drain::GracePeriodExpired,
+            _ = signals.term.recv() => Drain::Forced("SIGTERM"),
+            _ = signals.int.recv() => Drain::Forced("SIGINT"),
+        };
+        match outcome {
+            Outcome::Signaled(signal) => Outcome::Stopped { signal, drain },
+            other => other,
+        }
+    }
+
     fn refresh_standby(&self) {
         if let Err(e) = self.upgrader.refresh_standby() {
             tracing::warn!(error = %crate::error::Chain(&e), "cannot start a standby process; upgrades start one afresh");
@@ -503,6 +613,29 @@ impl Signals {
 }
 
 /// How a drain ended.
+/// At most one log line a second for a repeated event; the others are counted.
+#[derive(Default)]
+struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(events suppressed since the last line)` when a line may be logged now.
+    fn log_now(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 impl Signals {
     /// Drops the SIGHUPs received before this process served: they were meant for the process
     /// serving then (see [`crate::signal::upgrade_signal`]), and upgrades wait for readiness.

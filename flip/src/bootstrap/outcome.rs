@@ -10,6 +10,14 @@ pub enum Outcome {
     Signaled(&'static str),
     /// A starter reported a runtime error: immediate stop.
     Failed(BoxError),
+    /// SIGTERM or SIGINT with [`StopMode::Drain`]: nothing new accepted, what was accepted
+    /// finished (or not: see `drain`).
+    Stopped {
+        /// The signal that asked for the stop.
+        signal: &'static str,
+        /// How the drain ended.
+        drain: Drain,
+    },
     /// A new process took over; this one drained.
     Upgraded {
         /// Pid of the new process.
@@ -36,14 +44,19 @@ impl Outcome {
     ///
     /// | code | meaning |
     /// |---|---|
-    /// | 0 | stopped by SIGTERM/SIGINT, or upgraded and fully drained |
+    /// | 0 | stopped by SIGTERM/SIGINT (at once, or fully drained), or upgraded and fully drained |
     /// | 1 | a starter failed (at setup or at run time) |
     /// | 2 | bad environment or configuration (reported before start) |
-    /// | 3 | upgraded, but the drain was cut short (grace period expired, or forced) |
+    /// | 3 | stopped or upgraded, but the drain was cut short (grace period expired, or forced) |
     pub fn exit_code(&self) -> u8 {
         match self {
             Outcome::Signaled(_) => 0,
             Outcome::Failed(_) => 1,
+            Outcome::Stopped {
+                drain: Drain::Completed,
+                ..
+            } => 0,
+            Outcome::Stopped { .. } => 3,
             Outcome::Upgraded {
                 drain: Drain::Completed,
                 ..
@@ -58,6 +71,16 @@ impl std::fmt::Display for Outcome {
         match self {
             Outcome::Signaled(sig) => write!(f, "stopped by {sig}"),
             Outcome::Failed(e) => write!(f, "a server failed: {}", crate::error::Chain(&**e)),
+            Outcome::Stopped { signal, drain } => {
+                write!(f, "stopped by {signal}; ")?;
+                match drain {
+                    Drain::Completed => write!(f, "every accepted request finished"),
+                    Drain::GracePeriodExpired => {
+                        write!(f, "grace period expired before the drain completed")
+                    }
+                    Drain::Forced(sig) => write!(f, "drain forced to end by {sig}"),
+                }
+            }
             Outcome::Upgraded { new_pid, drain } => {
                 match new_pid {
                     Some(pid) => write!(f, "upgraded to pid {pid}; ")?,
@@ -71,6 +94,36 @@ impl std::fmt::Display for Outcome {
                     Drain::Forced(sig) => write!(f, "drain forced to end by {sig}"),
                 }
             }
+        }
+    }
+}
+
+/// What SIGTERM and SIGINT do to the serving process.
+///
+/// [`Bootstrap`](super::Bootstrap) stops at once by default, as Gitaly's bootstrap does;
+/// `#[flip::main]` drains by default (`<PREFIX>_STOP`, `stop = "..."`): `docker stop`,
+/// Kubernetes, `systemctl stop`, `sv down`, `s6-svc -d` and `supervisorctl stop` all send
+/// SIGTERM and expect what was accepted to finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum StopMode {
+    /// Stop at once: connections in flight are cut.
+    #[default]
+    Immediate,
+    /// Close every listener (new connections are refused, not reset), let what was accepted
+    /// finish within the grace period, then exit 0. A second SIGTERM or SIGINT stops at once.
+    /// Older generations still draining finish their drain and give up taking service back.
+    Drain,
+}
+
+impl std::str::FromStr for StopMode {
+    type Err = &'static str;
+
+    fn from_str(s: &str) -> Result<StopMode, &'static str> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "drain" => Ok(StopMode::Drain),
+            "immediate" => Ok(StopMode::Immediate),
+            _ => Err("expected drain or immediate"),
         }
     }
 }

@@ -19,9 +19,17 @@ pub enum ControlError {
         /// What the system said.
         source: std::io::Error,
     },
-    /// The connection broke, or no answer came within the timeout.
+    /// The connection broke.
     #[error("talking to the control socket")]
     Io(#[source] std::io::Error),
+    /// No whole answer came within the time the client gave it.
+    #[error("no answer from the control socket within {waited:?} (waiting for {what})")]
+    Timeout {
+        /// What the client waited for.
+        what: &'static str,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// The answer is not what the protocol says.
     #[error("bad answer from the control socket: {0}")]
     Protocol(String),
@@ -161,11 +169,12 @@ impl Client {
                 new_binary: r.require("new_binary").map_err(p)?.to_owned(),
                 started: r.all("started").next().map(str::to_owned),
             }),
+            // The server's reason names the refusal or failure itself: said once.
             "refused" => Err(ControlError::Refused {
-                reason: r.require("reason").map_err(p)?.to_owned(),
+                reason: unprefixed(r.require("reason").map_err(p)?, "upgrade refused: "),
             }),
             "failed" => Err(ControlError::Failed {
-                reason: r.require("reason").map_err(p)?.to_owned(),
+                reason: unprefixed(r.require("reason").map_err(p)?, "upgrade failed: "),
                 new_pid: r.number("new_pid").ok(),
                 stderr: r.all("stderr").map(str::to_owned).collect(),
             }),
@@ -183,18 +192,36 @@ impl Client {
                 source,
             })?;
         let timeout = timeout.max(Duration::from_millis(1));
+        let what = match request {
+            Request::Upgrade => "the upgrade to end",
+            Request::Status => "the status",
+        };
+        let timed_out = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                ControlError::Timeout {
+                    what,
+                    waited: timeout,
+                }
+            }
+            _ => ControlError::Io(e),
+        };
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
             .and_then(|()| stream.write_all(request.encode().as_bytes()))
-            .map_err(ControlError::Io)?;
+            .map_err(timed_out)?;
         let mut text = String::new();
         stream
             .take(MAX_RESPONSE as u64)
             .read_to_string(&mut text)
-            .map_err(ControlError::Io)?;
+            .map_err(timed_out)?;
         Response::decode(&text).map_err(ControlError::Protocol)
     }
+}
+
+/// `reason` without `prefix`, if it starts with it.
+fn unprefixed(reason: &str, prefix: &str) -> String {
+    reason.strip_prefix(prefix).unwrap_or(reason).to_owned()
 }
 
 fn parse_status(r: &Response) -> Result<Status, String> {

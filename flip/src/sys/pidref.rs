@@ -54,6 +54,11 @@ impl ProcessRef {
         self.pid
     }
 
+    /// The pidfd, readable once the process ended; `None` without pidfds.
+    pub(crate) fn as_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(AsFd::as_fd)
+    }
+
     /// When it started, in clock ticks after boot: with the pid, a name no other process has.
     pub(crate) fn start_time(&self) -> u64 {
         self.start

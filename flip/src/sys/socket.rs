@@ -250,3 +250,63 @@ pub(crate) fn send_to(fd: &OwnedFd, target: &UnixTarget, bytes: &[u8]) -> io::Re
     sendto(fd.as_raw_fd(), bytes, &addr, MsgFlags::MSG_NOSIGNAL)?;
     Ok(())
 }
+
+/// Makes a listening TCP socket drop every packet that reaches it from now on: a classic BPF
+/// filter that keeps 0 bytes. No handshake completes any more (a client's SYN goes
+/// unanswered; once the last copy of the socket is closed, its retry is refused), while the
+/// connections already queued stay there, to be accepted. The filter belongs to the socket,
+/// so it holds in every process that has a copy.
+pub(crate) fn drop_new_connections(fd: impl AsFd) -> io::Result<()> {
+    // BPF_RET | BPF_K, k = 0: "accept 0 bytes of the packet", that is, drop it.
+    let mut program = [libc::sock_filter {
+        code: 0x06,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    }];
+    let fprog = libc::sock_fprog {
+        len: 1,
+        filter: program.as_mut_ptr(),
+    };
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sock_fprog>())
+        .map_err(|_| io::Error::other("sock_fprog does not fit a socklen_t"))?;
+    // SAFETY: `fprog` points to `program`, one valid instruction that outlives the call, and
+    // `len` is its exact size; the kernel copies the program during the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const fprog).cast::<libc::c_void>(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How many connections wait in a listening TCP socket's accept queue (`tcpi_unacked` of
+/// `TCP_INFO`, which a listener fills with its queue's length).
+pub(crate) fn accept_queue_len(fd: impl AsFd) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain old data: all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::tcp_info>())
+        .map_err(|_| io::Error::other("tcp_info does not fit a socklen_t"))?;
+    // SAFETY: `info` is a writable tcp_info of `len` bytes; the kernel writes at most `len`
+    // bytes and stores how many in `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast::<libc::c_void>(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
+}

@@ -453,9 +453,14 @@ impl Upgrader {
                 max_draining = max,
                 "telling the oldest draining generation to finish now"
             );
-            process
-                .signal(crate::sys::process::SIGTERM)
-                .map_err(Error::io("ending an old generation's drain"))?;
+            // Two stop signals: the second ends a drain at once whatever the stop mode (with
+            // StopMode::Drain, the first only makes it let go of its sockets). Two different
+            // signals, so that they cannot merge into one while pending.
+            for sig in [crate::sys::process::SIGTERM, crate::sys::process::SIGINT] {
+                process
+                    .signal(sig)
+                    .map_err(Error::io("ending an old generation's drain"))?;
+            }
         }
         for process in draining.iter().take(excess) {
             while process.runs() {
