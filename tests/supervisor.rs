@@ -309,3 +309,98 @@ fn a_notification_from_a_process_the_supervisor_did_not_start_steers_nothing() {
     let _ = victim.kill();
     let _ = victim.wait();
 }
+
+/// Starts the `http` example under `wrapper` (a container init, or `unshare` making it PID 1),
+/// returns the wrapper, the serving process (the wrapper's child, or its grandchild through
+/// `unshare`), the address and the log path.
+fn http_under(
+    scratch: &Scratch,
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, u32, String, PathBuf) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = scratch.path("log");
+    let mut command = Command::new(wrapper[0]);
+    command
+        .args(&wrapper[1..])
+        .arg(example_path("http"))
+        .env("HTTP_ADDR", &addr)
+        .env("FLIP_PID_FILE", scratch.path("server.pid"))
+        .env("RUST_LOG", "info")
+        .env_remove("FLIP_HANDOFF")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("FLIP_SUPERVISE")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let wrapper_child = command.spawn().unwrap();
+    let top = wrapper_child.id();
+    let server = wait_for("the server to serve", DEADLINE, || {
+        let mut pid = *children_of(top).first()?;
+        if wrapper[0] == "unshare" {
+            pid = *children_of(pid).first().unwrap_or(&pid);
+        }
+        std::net::TcpStream::connect(&addr).ok().map(|_| pid)
+    });
+    (wrapper_child, server, addr, log)
+}
+
+#[test]
+fn an_upgrade_that_would_end_the_container_is_refused_and_says_what_to_set() {
+    init();
+    let cases: [(&str, &[&str], &[(&str, &str)]); 3] = [
+        (
+            "PID 1 with FLIP_SUPERVISE=0",
+            &["unshare", "--pid", "--fork", "--mount-proc"],
+            &[("FLIP_SUPERVISE", "0")],
+        ),
+        ("under tini", &["tini", "-s", "--"], &[]),
+        ("under dumb-init", &["dumb-init"], &[]),
+    ];
+    for (name, wrapper, env) in cases {
+        let scratch = Scratch::new("would-end");
+        let (mut outer, server, addr, log) = http_under(&scratch, wrapper, env);
+        let read = || std::fs::read_to_string(&log).unwrap_or_default();
+        // Ready: the SIGHUP handler is in place.
+        wait_for(
+            &format!("{name}: the warning at start, then ready"),
+            DEADLINE,
+            || {
+                let said = read();
+                (said.contains("upgrades will be refused") && said.contains("ready pid="))
+                    .then_some(())
+            },
+        );
+        signal(server, Signal::SIGHUP);
+        wait_for(
+            &format!("{name}: the upgrade to be refused"),
+            DEADLINE,
+            || {
+                assert!(alive(server), "{name}: the server ended:\n{}", read());
+                read().contains("upgrade refused").then_some(())
+            },
+        );
+        let said = read();
+        assert!(said.contains("FLIP_SUPERVISE=1"), "{name}: {said}");
+        // Still serving, from the same process, and the container lives on.
+        assert!(
+            outer.try_wait().unwrap().is_none(),
+            "{name}: the container ended:\n{said}"
+        );
+        assert!(alive(server), "{name}");
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+        let _ = outer.kill();
+        signal(server, Signal::SIGKILL);
+        let _ = outer.wait();
+        wait_exit(server, DEADLINE);
+    }
+}

@@ -48,6 +48,14 @@ pub enum Error {
         /// Pid of the process that started this one.
         parent_pid: u32,
     },
+    /// An upgrade would end the service: this process is PID 1 of its pid namespace, or its
+    /// parent (a container init, a process supervisor) follows its pid. The supervisor mode
+    /// (`FLIP_SUPERVISE=1`) is what works there.
+    #[error("upgrade refused: {reason}")]
+    WouldEndService {
+        /// What follows this process, and what to set.
+        reason: String,
+    },
     /// The new process ended before it declared itself ready (even with exit status 0).
     #[error("the new process {pid} exited before it was ready ({status})")]
     ChildExited {
@@ -140,6 +148,7 @@ impl Error {
                 | Error::AlreadyUpgraded
                 | Error::Terminating
                 | Error::ParentAlive { .. }
+                | Error::WouldEndService { .. }
         )
     }
 

@@ -59,6 +59,7 @@ pub mod control;
 mod notify;
 mod server;
 mod supervisor;
+mod surroundings;
 pub mod systemd;
 // 5. What the macros' expansions call.
 mod rt;

@@ -37,6 +37,8 @@ pub struct Options {
     pub(crate) successor_env: Vec<(OsString, OsString)>,
     pub(crate) control_socket: Option<PathBuf>,
     pub(crate) max_draining: Option<usize>,
+    /// Why upgrades must be refused in this process's surroundings (see `surroundings`).
+    pub(crate) upgrades_would_end_service: Option<String>,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
             successor_env: Vec::new(),
             control_socket: None,
             max_draining: None,
+            upgrades_would_end_service: None,
         }
     }
 }

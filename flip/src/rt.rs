@@ -332,7 +332,21 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
             return ExitCode::from(1);
         }
     };
-    let mut options = Options::new().standby(env.standby && env.upgrades_enabled);
+    // Not under flip's own supervisor: whatever follows this pid may take an upgrade for the
+    // end of the service.
+    let would_end = match supervised || upgraded {
+        true => None,
+        false => crate::surroundings::upgrade_would_end_the_service(&format!(
+            "{}_SUPERVISE",
+            config.env_prefix
+        )),
+    };
+    if let (Some(reason), true) = (&would_end, env.upgrades_enabled) {
+        tracing::warn!("upgrades will be refused: {reason}");
+    }
+    let mut options =
+        Options::new().standby(env.standby && env.upgrades_enabled && would_end.is_none());
+    options.upgrades_would_end_service = would_end;
     if let Some(p) = &env.pid_file {
         options = options.pid_file(p);
     }

@@ -551,6 +551,11 @@ impl Upgrader {
             Phase::Stopped => return Err(Error::Terminating),
             Phase::Ready => {}
         }
+        if let Some(reason) = &self.shared.options.upgrades_would_end_service {
+            return Err(Error::WouldEndService {
+                reason: reason.clone(),
+            });
+        }
         if let Some(parent_pid) = self.living_parent()?
             && self.shared.options.max_draining.is_none()
         {
