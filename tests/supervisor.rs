@@ -351,7 +351,8 @@ fn http_under(
 #[test]
 fn an_upgrade_that_would_end_the_container_is_refused_and_says_what_to_set() {
     init();
-    let cases: [(&str, &[&str], &[(&str, &str)]); 3] = [
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, &'a str)]);
+    let cases: [Case; 3] = [
         (
             "PID 1 with FLIP_SUPERVISE=0",
             &["unshare", "--pid", "--fork", "--mount-proc"],
