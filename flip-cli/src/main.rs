@@ -235,6 +235,8 @@ fn status_text(s: &Status) -> String {
     }
     if let Some(p) = s.standby_pid {
         out.push_str(&format!("standby: pid {p}\n"));
+    } else if let Some(why) = &s.standby_none {
+        out.push_str(&format!("standby: none: {why}\n"));
     }
     for l in &s.listeners {
         // The registry's files (`file <name>`, flip's own `flip.binary-watch` among them) are
@@ -263,7 +265,7 @@ fn status_json(s: &Status) -> String {
     };
     let listeners: Vec<String> = s.listeners.iter().map(|l| json(l)).collect();
     format!(
-        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"last_upgrade\":{},\"draining_parent\":{},\"standby_pid\":{},\"listeners\":[{}],\"binary\":{},\"flip_version\":{}}}",
+        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"last_upgrade\":{},\"draining_parent\":{},\"standby_pid\":{},\"standby_none\":{},\"listeners\":[{}],\"binary\":{},\"flip_version\":{}}}",
         s.pid,
         s.generation,
         s.started_unix,
@@ -272,6 +274,7 @@ fn status_json(s: &Status) -> String {
         last,
         opt(s.draining_parent),
         opt(s.standby_pid),
+        s.standby_none.as_deref().map_or("null".into(), json),
         listeners.join(","),
         json(&s.binary),
         json(&s.flip_version)

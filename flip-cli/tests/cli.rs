@@ -489,3 +489,161 @@ fn a_client_timeout_says_what_it_waited_for_and_a_refusal_says_so_once() {
         text(&out)
     );
 }
+
+/// `flip status` of `server`, as text.
+fn status_of(server: &Server) -> String {
+    text(&run(&["status", "--pid-file", &pid_file(server)]))
+}
+
+#[test]
+fn a_standby_that_dies_at_start_is_retried_less_and_less_often_and_status_says_why() {
+    let scratch = Scratch::new("cli-standby-dies");
+    let app = scratch.path("app");
+    std::fs::copy(example_path("http"), &app).unwrap();
+    let server = Server::start_in(
+        scratch,
+        &app,
+        &[("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))],
+    );
+    let good = server.scratch.path("app.good");
+    std::fs::copy(&app, &good).unwrap();
+    let broken = server.scratch.path("app.new");
+    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&broken, &app).unwrap();
+    // Dies at 0, retried 1 s after, then 2 s after that.
+    let said = wait_for("three standbys in a row to exit", DEADLINE, || {
+        let status = status_of(&server);
+        status
+            .contains("standby: none: 3 in a row exited (exit code 1)")
+            .then_some(status)
+    });
+    assert!(
+        !said.contains("standby: pid"),
+        "a dead standby is not shown: {said}"
+    );
+    let log = server.log();
+    assert_eq!(
+        log.matches("the standby process exited before any upgrade")
+            .count(),
+        1,
+        "said once while it does not change:\n{log}"
+    );
+    // A good binary again: a standby at once, and the upgrade goes through it.
+    std::fs::rename(&good, &app).unwrap();
+    wait_for("a standby of the good binary", DEADLINE, || {
+        status_of(&server).contains("standby: pid").then_some(())
+    });
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("(standby)"), "{}", text(&out));
+}
+
+#[test]
+fn a_build_that_speaks_another_handoff_version_is_reported_with_both_versions_and_not_looped() {
+    let scratch = Scratch::new("cli-version");
+    let app = scratch.path("app");
+    let real = scratch.path("http");
+    std::fs::copy(example_path("http"), &app).unwrap();
+    std::fs::copy(example_path("http"), &real).unwrap();
+    let server = Server::start_in(
+        scratch,
+        &app,
+        &[("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))],
+    );
+    // What a build of another handoff version sees: a marker of a version it does not speak
+    // (here the marker is rewritten to claim version 9 before the real binary reads it).
+    let other = server.scratch.path("app.new");
+    std::fs::write(
+        &other,
+        format!(
+            "#!/bin/sh\nFLIP_HANDOFF=\"9${{FLIP_HANDOFF#1}}\" exec {}\n",
+            real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&other, &app).unwrap();
+    let said = wait_for("the standby's refusal in status", DEADLINE, || {
+        let status = status_of(&server);
+        status.contains("refused the handoff").then_some(status)
+    });
+    assert!(said.contains("none until a new binary lands"), "{said}");
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("speaks handoff version 9; this binary speaks version 1"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(server.pid(), Some(server.first_pid));
+    // Not looped: no standby was started again for the same binary.
+    let log = server.log();
+    assert_eq!(
+        log.matches("refused the handoff (its log says why").count(),
+        1,
+        "{log}"
+    );
+}
+
+/// The standby pid `flip status` shows, once one waits.
+fn standby_of(server: &Server) -> u32 {
+    wait_for("a standby", DEADLINE, || {
+        status_of(server)
+            .lines()
+            .find_map(|l| l.strip_prefix("standby: pid "))
+            .and_then(|p| p.trim().parse().ok())
+    })
+}
+
+#[test]
+fn a_wrapper_script_at_the_deploy_path_is_the_binary_upgrades_start() {
+    let scratch = Scratch::new("cli-wrapper");
+    let real = scratch.path("http");
+    std::fs::copy(example_path("http"), &real).unwrap();
+    let app = scratch.path("app");
+    let deploy = |n: u32| {
+        let new = app.with_extension("new");
+        std::fs::write(
+            &new,
+            format!("#!/bin/sh\nDEPLOY={n} exec {}\n", real.display()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&new, &app).unwrap();
+    };
+    deploy(1);
+    let server = Server::start_in(
+        scratch,
+        &app,
+        &[
+            ("HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            ("FLIP_EXECUTABLE", app.display().to_string()),
+        ],
+    );
+    // The standby is current: the file at the deploy path is what it started from, although
+    // it runs the real binary. Two periodic checks later it is still the same one.
+    let first_standby = standby_of(&server);
+    let since = std::time::Instant::now();
+    wait_for("two periodic checks", DEADLINE, || {
+        (since.elapsed() > std::time::Duration::from_millis(2500)).then_some(())
+    });
+    assert_eq!(standby_of(&server), first_standby, "{}", server.log());
+
+    let deployed = |pid: u32, n: u32| environ(pid).contains(&format!("DEPLOY={n}"));
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let second = server.pid().unwrap();
+    assert!(deployed(second, 1));
+    // A later deploy to the wrapper's path is what the next upgrade starts.
+    let before = standby_of(&server);
+    deploy(2);
+    wait_for("a standby of the new deploy", DEADLINE, || {
+        let now = standby_of(&server);
+        (now != before && deployed(now, 2)).then_some(())
+    });
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let third = server.pid().unwrap();
+    assert!(deployed(third, 2), "{:?}", environ(third));
+}

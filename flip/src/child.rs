@@ -162,6 +162,8 @@ pub(crate) struct Pending {
     handed: Vec<(Key, FileId)>,
     /// The file the process runs, `None` when that cannot be told.
     binary: Option<FileId>,
+    /// How it ended, once reaped.
+    ended: Option<ExitStatus>,
 }
 
 impl Pending {
@@ -189,10 +191,23 @@ impl Pending {
 
     /// Whether the process has ended (it is reaped then).
     pub(crate) fn has_ended(&mut self) -> bool {
-        if !self.child.done && matches!(sys::process::try_reap(self.child.pid), Ok(Some(_))) {
+        self.ended().is_some()
+    }
+
+    /// How it ended, once it has (reaping it then); `None` while it runs. A process reaped
+    /// elsewhere shows as ended, status unknown.
+    pub(crate) fn ended(&mut self) -> Option<ExitStatus> {
+        if !self.child.done
+            && let Ok(Some(ended)) = sys::process::try_reap(self.child.pid)
+        {
             self.child.done = true;
+            self.ended = Some(ended.into());
         }
-        self.child.done
+        match (self.child.done, self.ended) {
+            (true, Some(status)) => Some(status),
+            (true, None) => Some(ExitStatus::Unknown),
+            (false, _) => None,
+        }
     }
 
     /// The file the process runs.
@@ -302,6 +317,7 @@ pub(crate) fn spawn(
             manifest,
             handed,
             binary: started.binary,
+            ended: None,
         }),
         Err(e) => {
             process::kill_and_reap_now(pid);

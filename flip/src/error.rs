@@ -182,6 +182,16 @@ impl Error {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandoffError {
+    /// The process that started this one speaks another version of the handoff.
+    #[error(
+        "the process that started this one speaks handoff version {theirs}; this binary speaks version {ours}: it cannot take over from it (restart the service to move to this build)"
+    )]
+    Version {
+        /// The version the marker carries.
+        theirs: String,
+        /// The version this binary speaks.
+        ours: &'static str,
+    },
     /// The `FLIP_HANDOFF` environment variable is malformed.
     #[error("malformed FLIP_HANDOFF marker {value:?}: {reason}")]
     Marker {

@@ -112,11 +112,11 @@ impl Launch {
             fds,
             stderr,
         })?;
-        // What the child runs, exactly: `posix_spawn` returns once it has called `execve`.
-        // Without /proc, the file as it was just before.
-        let binary = sys::fs::file_id(Path::new(&format!("/proc/{pid}/exe")))
-            .ok()
-            .or(before);
+        // "The binary" is the file at the launch path, the path the operator deploys to:
+        // for a wrapper script there, the process runs a shell or what the script starts,
+        // never that file. If the path changed during the spawn, which file started is not
+        // known: `None`, which a later check takes for stale.
+        let binary = before.filter(|b| self.binary_now() == Some(*b));
         Ok(Started { pid, binary })
     }
 }

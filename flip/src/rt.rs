@@ -118,6 +118,9 @@ pub struct Environment {
     /// The control socket: `<PREFIX>_CONTROL_SOCKET`, the attribute's `control`, or the pid
     /// file's path with the extension `ctl`; `None` when turned off or without a pid file.
     pub control_socket: Option<std::path::PathBuf>,
+    /// `<PREFIX>_EXECUTABLE`: the path an upgrade starts, the one the operator deploys to
+    /// (a wrapper script's, say); without it, the path this process was started by.
+    pub executable: Option<std::path::PathBuf>,
     /// `<PREFIX>_STOP` (`drain` or `immediate`), or the attribute's `stop`; drain unless
     /// said: what SIGTERM and SIGINT do (see [`StopMode`]).
     pub stop: StopMode,
@@ -212,6 +215,9 @@ pub fn read_environment(
             }
         },
     };
+    let executable = get(&format!("{}_EXECUTABLE", config.env_prefix))
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from);
     let stop_var = format!("{}_STOP", config.env_prefix);
     let stop = match get(&stop_var) {
         None => config.stop.unwrap_or(StopMode::Drain),
@@ -256,6 +262,7 @@ pub fn read_environment(
         max_draining,
         upgrade_timeout,
         stop,
+        executable,
     })
 }
 
@@ -294,7 +301,7 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     let supervised = crate::sys::env::take_var(crate::supervisor::SUPERVISED_VAR).is_some();
     let pid1 = std::process::id() == 1;
     if env.supervise.unwrap_or(pid1) && !supervised && !upgraded {
-        return crate::supervisor::run(None, env.stop);
+        return crate::supervisor::run(env.executable.clone(), env.stop);
     }
     let upgrade_timeout = env
         .upgrade_timeout
@@ -347,6 +354,9 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     let mut options =
         Options::new().standby(env.standby && env.upgrades_enabled && would_end.is_none());
     options.upgrades_would_end_service = would_end;
+    if let Some(path) = &env.executable {
+        options = options.executable(path);
+    }
     if let Some(p) = &env.pid_file {
         options = options.pid_file(p);
     }

@@ -4,12 +4,14 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::child::Pending;
-use crate::error::Error;
+use crate::error::{Error, ExitStatus};
 use crate::fds::Fds;
 use crate::pidfile;
 use crate::process::Launch;
+use crate::sys::fd::FileId;
 
 /// How the new process of an upgrade was started: [`Upgrader::last_successor_start`] after a
 /// successful upgrade, the `started` field of `flip upgrade`, and the `upgrade succeeded` log
@@ -65,6 +67,90 @@ impl std::fmt::Display for FreshStart {
 #[derive(Debug, Default)]
 pub(crate) struct Standby {
     slot: Mutex<Option<Pending>>,
+    health: Mutex<Health>,
+}
+
+/// Longest wait between two tries of a standby that keeps exiting.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Standbys that exited on their own, one after the other, of the same binary.
+#[derive(Debug, Default)]
+struct Health {
+    /// How many exited in a row without taking over.
+    exits: u32,
+    last: Option<ExitStatus>,
+    /// The binary they ran: a new one is tried at once.
+    binary: Option<FileId>,
+    /// No new standby before then; `None` with `exits > 0`: not before a new binary (the
+    /// last one refused the handoff: another handoff version, most likely).
+    retry_at: Option<Instant>,
+}
+
+impl Health {
+    /// Records a standby that exited on its own, and says so once per change.
+    fn exited(&mut self, status: ExitStatus, binary: Option<FileId>) {
+        self.exits += 1;
+        let changed = self.last != Some(status) || self.binary != binary;
+        self.last = Some(status);
+        self.binary = binary;
+        // Exit code 2 is a handoff this binary cannot read (or a bad environment): trying the
+        // same binary again cannot help.
+        if status == ExitStatus::Code(2) {
+            self.retry_at = None;
+            if changed {
+                tracing::warn!(%status, "the standby process refused the handoff (its log says why, another handoff version most likely); no standby until a new binary lands, upgrades start afresh");
+            }
+            return;
+        }
+        let backoff = Duration::from_secs(1)
+            .saturating_mul(1 << self.exits.saturating_sub(1).min(6))
+            .min(MAX_BACKOFF);
+        self.retry_at = Some(Instant::now() + backoff);
+        if changed {
+            tracing::warn!(%status, exits = self.exits, "the standby process exited before any upgrade; trying again less and less often, up to every {MAX_BACKOFF:?}");
+        } else {
+            tracing::debug!(%status, exits = self.exits, next_try_in = ?backoff, "the standby process exited again");
+        }
+    }
+
+    /// Whether a new standby may start now (of the binary at the launch path).
+    fn may_start(&mut self, binary_now: Option<FileId>) -> bool {
+        if self.exits == 0 {
+            return true;
+        }
+        if binary_now != self.binary {
+            tracing::info!(
+                exits = self.exits,
+                "a new binary landed; trying a standby again"
+            );
+            *self = Health::default();
+            return true;
+        }
+        self.retry_at.is_some_and(|at| Instant::now() >= at)
+    }
+
+    /// A standby survived until a check: the run of exits is over.
+    fn alive(&mut self) {
+        if self.exits > 0 {
+            tracing::info!(exits = self.exits, "the standby process runs again");
+            *self = Health::default();
+        }
+    }
+
+    /// Why no standby waits, when exits are the reason.
+    fn why_none(&self) -> Option<String> {
+        let last = self.last?;
+        Some(match self.retry_at {
+            None => {
+                format!("the last one refused the handoff ({last}); none until a new binary lands")
+            }
+            Some(at) => format!(
+                "{} in a row exited ({last}); next try in {} s",
+                self.exits,
+                at.saturating_duration_since(Instant::now()).as_secs()
+            ),
+        })
+    }
 }
 
 impl Standby {
@@ -103,9 +189,17 @@ impl Standby {
         still_wanted: impl FnOnce() -> bool,
     ) -> Result<Option<u32>, Error> {
         let mut slot = crate::lock(&self.slot);
+        let mut health = crate::lock(&self.health);
         if let Some(standby) = slot.as_mut() {
             match staleness(standby, launch, fds) {
-                None => return Ok(Some(standby.pid())),
+                None => {
+                    health.alive();
+                    return Ok(Some(standby.pid()));
+                }
+                Some(FreshStart::StandbyExited) => {
+                    let status = standby.ended().unwrap_or(ExitStatus::Unknown);
+                    health.exited(status, standby.binary());
+                }
                 Some(why) => {
                     tracing::debug!(pid = standby.pid(), %why, "replacing the stale standby process");
                 }
@@ -114,6 +208,10 @@ impl Standby {
         if let Some(stale) = slot.take() {
             let_go(stale, false, pid_file);
         }
+        if !health.may_start(launch.binary_now()) {
+            return Ok(None);
+        }
+        drop(health);
         let standby = start()?;
         let pid = standby.pid();
         if !still_wanted() {
@@ -125,9 +223,19 @@ impl Standby {
         Ok(Some(pid))
     }
 
-    /// The standby's pid, if one waits.
+    /// The standby's pid, if one waits and runs (one that exited is reaped here).
     pub(crate) fn pid(&self) -> Option<u32> {
-        crate::lock(&self.slot).as_ref().map(Pending::pid)
+        let mut slot = crate::lock(&self.slot);
+        let standby = slot.as_mut()?;
+        (!standby.has_ended()).then(|| standby.pid())
+    }
+
+    /// Why no standby waits, when standbys kept exiting; `None` otherwise.
+    pub(crate) fn why_none(&self) -> Option<String> {
+        if self.pid().is_some() {
+            return None;
+        }
+        crate::lock(&self.health).why_none()
     }
 
     /// Lets the standby go, if any, reaping it before this returns: for a process that stops.

@@ -103,8 +103,10 @@ pub struct Status {
     pub last_upgrade: Option<LastUpgrade>,
     /// The previous generation, while it still drains (upgrades are refused until it exits).
     pub draining_parent: Option<u32>,
-    /// The standby process, if one waits.
+    /// The standby process, if one waits and runs.
     pub standby_pid: Option<u32>,
+    /// Why none waits, when standbys kept exiting.
+    pub standby_none: Option<String>,
     /// Every socket and file in the registry: `kind network address`.
     pub listeners: Vec<String>,
     /// The binary's path and build identity.
@@ -243,6 +245,7 @@ fn parse_status(r: &Response) -> Result<Status, String> {
         last_upgrade,
         draining_parent: r.number("draining_parent").ok(),
         standby_pid: r.number("standby_pid").ok(),
+        standby_none: r.get("standby_none").map(str::to_owned),
         listeners: r.all("listener").map(str::to_owned).collect(),
         binary: r.require("binary")?.to_owned(),
         flip_version: r.require("flip_version")?.to_owned(),

@@ -257,6 +257,9 @@ impl Server {
         if let Some(pid) = self.upgrader.standby_pid() {
             w.field("standby_pid", pid);
         }
+        if let Some(why) = self.upgrader.standby_trouble() {
+            w.field("standby_none", why);
+        }
         for key in self.upgrader.fds().keys() {
             w.field("listener", key);
         }

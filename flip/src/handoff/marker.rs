@@ -84,7 +84,10 @@ impl Marker {
             return Err(bad("expected <version>:<fd>:<inode>:<token>"));
         };
         if version != MARKER_VERSION {
-            return Err(bad("unknown version (this binary speaks version 1)"));
+            return Err(HandoffError::Version {
+                theirs: version.chars().take(20).collect(),
+                ours: MARKER_VERSION,
+            });
         }
         let control_fd = parse_fd(fd).ok_or_else(|| bad("fd is not a number from 3 up"))?;
         let pipe_inode = inode

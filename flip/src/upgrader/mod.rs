@@ -222,6 +222,12 @@ impl Upgrader {
         self.shared.standby.pid()
     }
 
+    /// Why no standby process waits, when standbys kept exiting (the next try, or that none
+    /// starts before a new binary lands); `None` otherwise.
+    pub fn standby_trouble(&self) -> Option<String> {
+        self.shared.standby.why_none()
+    }
+
     /// The process that started this one, while it still runs (drains): upgrades are refused
     /// until it exits.
     pub fn draining_parent(&self) -> Result<Option<u32>> {
