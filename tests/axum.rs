@@ -247,7 +247,7 @@ fn processes_of(exe: &std::path::Path, addr: &str) -> Vec<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_oldest_is_told_to_finish() {
+async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_third_waits_for_the_oldest() {
     let addr = format!("127.0.0.1:{}", free_port());
     let exe = example_path("axum");
     let server = Server::start(
@@ -290,20 +290,19 @@ async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_oldest_i
         (server, new) = upgrade_to_new(server, "an upgrade while older generations drain").await;
         generations.push(new);
     }
-    // The third upgrade would have left three draining: the first generation was told to
-    // finish first.
+    // The third upgrade would have left three draining: it waited for the first generation
+    // to finish its drain first (it lets its WebSocket client go after 5 s).
     assert!(!alive(generations[0]), "the oldest generation exited");
     assert!(
         server
             .log()
-            .contains("telling the oldest draining generation to finish now"),
+            .contains("waiting for the oldest draining generation to finish what it accepted"),
         "{}",
         server.log()
     );
-    assert!(
-        alive(generations[1]) && alive(generations[2]),
-        "two generations drain"
-    );
+    // The second generation's drain began right after the first's, and may have ended while
+    // the third upgrade waited; the third's drain has just begun.
+    assert!(alive(generations[2]), "the newest older generation drains");
     load.wait_for_more(20);
     let report = load.finish();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -642,3 +642,38 @@ fn one_sighup_to_the_whole_process_group_makes_one_upgrade() {
     );
     load.finish().assert_lossless_across(&[first, standby]);
 }
+
+#[test]
+fn a_reload_burst_with_max_draining_loses_no_request_in_flight() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        "max-draining-burst",
+        &example_path("http"),
+        &[
+            ("HTTP_ADDR", addr.clone()),
+            ("FLIP_MAX_DRAINING", "1".into()),
+        ],
+    );
+    // Short requests, and slow ones that are in flight in every generation when it is asked
+    // to make room.
+    let load = support::load::Load::run(
+        support::load::LoadConfig::new(&addr, CLIENTS, Mode::Close).slow(2, "/sleep/300"),
+    );
+    load.wait_for_more(20);
+    let mut generations = vec![server.first_pid];
+    for _ in 0..10 {
+        // The next reload as soon as the last one is done: a burst.
+        let new = server.upgrade().expect("the upgrade succeeds");
+        server.wait_pid_file(new);
+        generations.push(new);
+    }
+    load.wait_for_more(20);
+    let report = load.finish();
+    eprintln!(
+        "max draining burst: {} upgrades, {} answered, {} failed",
+        generations.len() - 1,
+        report.answered,
+        report.failed
+    );
+    assert_eq!(report.failed, 0, "{report:?}\n{}", server.log());
+}

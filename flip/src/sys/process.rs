@@ -122,9 +122,6 @@ pub(crate) const SIGHUP: i32 = libc::SIGHUP;
 /// `SIGTERM`'s number.
 pub(crate) const SIGTERM: i32 = libc::SIGTERM;
 
-/// `SIGINT`'s number.
-pub(crate) const SIGINT: i32 = libc::SIGINT;
-
 /// The signals a supervisor forwards or handles.
 pub(crate) const SUPERVISED_SIGNALS: [Signal; 7] = [
     Signal::SIGHUP,

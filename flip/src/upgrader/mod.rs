@@ -443,9 +443,11 @@ impl Upgrader {
         lineage
     }
 
-    /// With [`Options::max_draining`]: tells the oldest draining generations to finish now
-    /// until the upgrade leaves at most that many draining, and waits for them to exit
-    /// (until `deadline`).
+    /// With [`Options::max_draining`]: waits (until `deadline`) for the oldest draining
+    /// generations to finish their drain until the upgrade leaves at most that many draining.
+    /// They are not told to hurry: a generation is never made to drop requests it accepted,
+    /// only its own grace period ends its drain. When they are not done by the deadline, the
+    /// upgrade fails before anything was started, and this process serves on.
     async fn make_room(&self, deadline: tokio::time::Instant) -> Result<()> {
         let Some(max) = self.shared.options.max_draining else {
             return Ok(());
@@ -454,29 +456,25 @@ impl Upgrader {
         let draining = self.draining_ancestors();
         let excess = (draining.len() + 1).saturating_sub(max);
         for process in draining.iter().take(excess) {
+            if !process.runs() {
+                continue;
+            }
             tracing::info!(
                 pid = process.pid(),
                 max_draining = max,
-                "telling the oldest draining generation to finish now"
+                "waiting for the oldest draining generation to finish what it accepted"
             );
-            // Two stop signals: the second ends a drain at once whatever the stop mode (with
-            // StopMode::Drain, the first only makes it let go of its sockets). Two different
-            // signals, so that they cannot merge into one while pending.
-            for sig in [crate::sys::process::SIGTERM, crate::sys::process::SIGINT] {
-                process
-                    .signal(sig)
-                    .map_err(Error::io("ending an old generation's drain"))?;
-            }
-        }
-        for process in draining.iter().take(excess) {
             while process.runs() {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(Error::io("waiting for an old generation to exit")(
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("pid {} still runs", process.pid()),
+                    return Err(Error::io(
+                        "waiting for an old generation to finish its drain",
+                    )(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "pid {} still drains (max_draining = {max}); try again once it exited",
+                            process.pid()
                         ),
-                    ));
+                    )));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(2)).await;
             }
