@@ -247,7 +247,8 @@ fn processes_of(exe: &std::path::Path, addr: &str) -> Vec<u32> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_third_waits_for_the_oldest() {
+async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_third_waits_for_the_oldest()
+{
     let addr = format!("127.0.0.1:{}", free_port());
     let exe = example_path("axum");
     let server = Server::start(

@@ -229,6 +229,12 @@ fn status_text(s: &Status) -> String {
             last.detail
         ));
     }
+    if let Some(running) = s.upgrading_for {
+        out.push_str(&format!(
+            "upgrade in progress for {:.0} ms\n",
+            running.as_secs_f64() * 1000.0
+        ));
+    }
     match s.draining_parent {
         Some(p) => out.push_str(&format!("previous generation: pid {p}, still draining\n")),
         None => out.push_str("previous generation: exited\n"),
@@ -265,13 +271,17 @@ fn status_json(s: &Status) -> String {
     };
     let listeners: Vec<String> = s.listeners.iter().map(|l| json(l)).collect();
     format!(
-        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"last_upgrade\":{},\"draining_parent\":{},\"standby_pid\":{},\"standby_none\":{},\"listeners\":[{}],\"binary\":{},\"flip_version\":{}}}",
+        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"last_upgrade\":{},\"upgrading_ms\":{},\"draining_parent\":{},\"standby_pid\":{},\"standby_none\":{},\"listeners\":[{}],\"binary\":{},\"flip_version\":{}}}",
         s.pid,
         s.generation,
         s.started_unix,
         s.upgrades_succeeded,
         s.upgrades_failed,
         last,
+        s.upgrading_for.map_or("null".into(), |d| format!(
+            "{:.3}",
+            d.as_secs_f64() * 1000.0
+        )),
         opt(s.draining_parent),
         opt(s.standby_pid),
         s.standby_none.as_deref().map_or("null".into(), json),

@@ -473,7 +473,10 @@ fn a_client_timeout_says_what_it_waited_for_and_a_refusal_says_so_once() {
         "{}",
         text(&out)
     );
-    // The upgrade still runs on the server: a second is refused, and says so once.
+    // The upgrade still runs on the server: status says so, and a second is refused, and
+    // says so once.
+    let status = status_of(&server);
+    assert!(status.contains("upgrade in progress for "), "{status}");
     let out = run(&[
         "upgrade",
         "--pid-file",
@@ -646,4 +649,22 @@ fn a_wrapper_script_at_the_deploy_path_is_the_binary_upgrades_start() {
     assert!(out.status.success(), "{}", text(&out));
     let third = server.pid().unwrap();
     assert!(deployed(third, 2), "{:?}", environ(third));
+}
+
+#[test]
+fn a_stopped_standby_is_not_handed_over_to() {
+    let (server, _) = http_server("cli-stopped-standby", &[]);
+    let standby = standby_of(&server);
+    signal(standby, nix::sys::signal::Signal::SIGSTOP);
+    let out = run(&[
+        "upgrade",
+        "--pid-file",
+        &pid_file(&server),
+        "--timeout",
+        "30",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let new = server.pid().unwrap();
+    assert_ne!(new, standby, "the stopped standby took over");
+    wait_exit(standby, DEADLINE);
 }

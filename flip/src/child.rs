@@ -210,6 +210,14 @@ impl Pending {
         }
     }
 
+    /// Whether it is stopped (SIGSTOP): handed over, it would not get ready until continued.
+    pub(crate) fn is_stopped(&self) -> bool {
+        i32::try_from(self.child.pid)
+            .ok()
+            .and_then(sys::pidref::Stat::read)
+            .is_some_and(|s| s.stopped)
+    }
+
     /// The file the process runs.
     pub(crate) fn binary(&self) -> Option<FileId> {
         self.binary

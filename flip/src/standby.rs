@@ -41,6 +41,8 @@ pub enum FreshStart {
     NewBinary,
     /// Sockets or files were added to or removed from the registry after the standby started.
     SocketsChanged,
+    /// The standby was stopped (SIGSTOP): it would not have become ready.
+    StandbyStopped,
 }
 
 impl std::fmt::Display for SuccessorStart {
@@ -59,6 +61,7 @@ impl std::fmt::Display for FreshStart {
             FreshStart::StandbyExited => "the standby had exited",
             FreshStart::NewBinary => "a new binary landed after the standby started",
             FreshStart::SocketsChanged => "the sockets changed after the standby started",
+            FreshStart::StandbyStopped => "the standby was stopped (SIGSTOP)",
         })
     }
 }
@@ -250,6 +253,9 @@ impl Standby {
 fn staleness(standby: &mut Pending, launch: &Launch, fds: &Fds) -> Option<FreshStart> {
     if standby.has_ended() {
         return Some(FreshStart::StandbyExited);
+    }
+    if standby.is_stopped() {
+        return Some(FreshStart::StandbyStopped);
     }
     let same_binary = match (standby.binary(), launch.binary_now()) {
         (Some(running), Some(on_disk)) => running == on_disk,

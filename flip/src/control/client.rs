@@ -103,6 +103,8 @@ pub struct Status {
     pub last_upgrade: Option<LastUpgrade>,
     /// The previous generation, while it still drains (upgrades are refused until it exits).
     pub draining_parent: Option<u32>,
+    /// How long the upgrade in progress has run, if one does.
+    pub upgrading_for: Option<Duration>,
     /// The standby process, if one waits and runs.
     pub standby_pid: Option<u32>,
     /// Why none waits, when standbys kept exiting.
@@ -244,6 +246,10 @@ fn parse_status(r: &Response) -> Result<Status, String> {
         upgrades_failed: r.number("upgrades_failed")?,
         last_upgrade,
         draining_parent: r.number("draining_parent").ok(),
+        upgrading_for: r
+            .get("upgrading_ms")
+            .map(|_| r.millis("upgrading_ms"))
+            .transpose()?,
         standby_pid: r.number("standby_pid").ok(),
         standby_none: r.get("standby_none").map(str::to_owned),
         listeners: r.all("listener").map(str::to_owned).collect(),

@@ -251,6 +251,9 @@ impl Server {
                 w.field("last_new_pid", pid);
             }
         }
+        if let Some(began) = s.upgrade_began {
+            w.field("upgrading_ms", protocol::ms(began.elapsed()));
+        }
         if let Ok(Some(parent)) = self.upgrader.draining_parent() {
             w.field("draining_parent", parent);
         }

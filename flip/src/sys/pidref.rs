@@ -115,6 +115,8 @@ pub(crate) struct Stat {
     pub(crate) parent: i32,
     pub(crate) start: u64,
     pub(crate) zombie: bool,
+    /// Stopped by a signal (SIGSTOP, SIGTSTP) or traced: it runs nothing until continued.
+    pub(crate) stopped: bool,
 }
 
 impl Stat {
@@ -131,6 +133,7 @@ impl Stat {
             parent: fields.get(1)?.parse().ok()?,
             start: fields.get(19)?.parse().ok()?,
             zombie: matches!(*state, "Z" | "X" | "x"),
+            stopped: matches!(*state, "T" | "t"),
         })
     }
 }
