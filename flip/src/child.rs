@@ -212,10 +212,7 @@ impl Pending {
 
     /// Whether it is stopped (SIGSTOP): handed over, it would not get ready until continued.
     pub(crate) fn is_stopped(&self) -> bool {
-        i32::try_from(self.child.pid)
-            .ok()
-            .and_then(sys::pidref::Stat::read)
-            .is_some_and(|s| s.stopped)
+        sys::pidref::Stat::read(self.child.pid).is_some_and(|s| s.stopped)
     }
 
     /// The file the process runs.
