@@ -245,3 +245,89 @@ fn a_new_binary_that_crashes_leaves_the_unit_active_on_the_old_process() {
     assert_eq!(b.property(UNIT, "ActiveState"), "active");
     assert_eq!(pid_in(&pid_file), Some(old));
 }
+
+/// Sends a request that takes `ms` to `addr`, and waits until the process with host pid
+/// `host_pid` accepted it.
+fn slow_request_to(addr: &str, ms: u64, host_pid: u32) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(format!("GET /sleep/{ms} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    let server_port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let client_port = s.local_addr().unwrap().port();
+    wait_for("the slow request to be accepted", DEADLINE, || {
+        tcp_server_socket_inode(server_port, client_port).filter(|&i| holds_socket(host_pid, i))
+    });
+    s
+}
+
+fn whole_answer(mut s: std::net::TcpStream) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn systemctl_stop_under_load_lets_every_generation_finish_what_it_accepted() {
+    let _one = ONE_BOX.lock().unwrap_or_else(|p| p.into_inner());
+    if skip() {
+        return;
+    }
+    let http = http_example();
+    let b = SystemdBox::boot("drain-stop", &[http.parent().unwrap()]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let pid_file = b.share.path("http.pid");
+    b.install_unit(UNIT, &notify_unit(&http, &addr, &pid_file));
+    b.systemctl_ok(&["start", UNIT]);
+    let first = main_pid(&b, UNIT);
+    let load = Load::start(&addr, 3, Mode::Close);
+    load.wait_for_more(20);
+    // The first generation holds a request through a reload, and drains it.
+    let slow_first = slow_request_to(&addr, 3_000, b.host_pid(first).unwrap());
+    b.systemctl_ok(&["reload", UNIT]);
+    let second = wait_for("systemd to follow the new process", DEADLINE, || {
+        let main = main_pid(&b, UNIT);
+        (main != first && pid_in(&pid_file) == Some(main)).then_some(main)
+    });
+    load.wait_for_more(20);
+    let slow_second = slow_request_to(&addr, 2_000, b.host_pid(second).unwrap());
+    assert!(b.host_pid(first).is_some(), "the first generation drains");
+    // Returns once every process of the unit is gone.
+    b.systemctl_ok(&["stop", UNIT]);
+    for (answer, pid) in [
+        (whole_answer(slow_first), first),
+        (whole_answer(slow_second), second),
+    ] {
+        assert!(
+            answer.starts_with("HTTP/1.1 200") && answer.contains(&format!("hello from {pid}")),
+            "a request pid {pid} accepted was cut: {answer:?}\njournal:\n{}",
+            b.journal()
+        );
+    }
+    assert_eq!(
+        b.property(UNIT, "ActiveState"),
+        "inactive",
+        "journal:\n{}",
+        b.journal()
+    );
+    assert_eq!(
+        b.processes_running(&http),
+        Vec::<u32>::new(),
+        "no process left"
+    );
+    let report = load.finish();
+    let f = report.failures;
+    eprintln!(
+        "systemctl stop under load: {} answered, {} refused after the stop, {} lost",
+        report.answered,
+        f.connect,
+        f.no_response + f.bad_status + f.other
+    );
+    assert_eq!(
+        (f.no_response, f.bad_status, f.other),
+        (0, 0, 0),
+        "{report:?}"
+    );
+}

@@ -524,12 +524,38 @@ impl Bootstrap {
             }
             while group.join_next().await.is_some() {}
         };
-        let drain = tokio::select! {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let mut drain = tokio::select! {
             () = drained => Drain::Completed,
-            () = tokio::time::sleep(self.grace) => Drain::GracePeriodExpired,
+            () = tokio::time::sleep_until(deadline) => Drain::GracePeriodExpired,
             _ = signals.term.recv() => Drain::Forced("SIGTERM"),
             _ = signals.int.recv() => Drain::Forced("SIGINT"),
         };
+        // The older generations finish their drains too; this process, the one a service
+        // manager follows, ends last (systemd signals what is left of the unit once its main
+        // process ended, and a second SIGTERM would cut their drains). A second signal ends
+        // theirs too.
+        if drain == Drain::Completed {
+            while self.upgrader.elders_running() {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        drain = Drain::GracePeriodExpired;
+                        break;
+                    }
+                    _ = signals.term.recv() => {
+                        self.upgrader.stop_elders();
+                        drain = Drain::Forced("SIGTERM");
+                        break;
+                    }
+                    _ = signals.int.recv() => {
+                        self.upgrader.stop_elders();
+                        drain = Drain::Forced("SIGINT");
+                        break;
+                    }
+                }
+            }
+        }
         match outcome {
             Outcome::Signaled(signal) => Outcome::Stopped { signal, drain },
             other => other,

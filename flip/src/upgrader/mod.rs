@@ -420,6 +420,11 @@ impl Upgrader {
         }
     }
 
+    /// Whether an older generation still runs (drains).
+    pub(crate) fn elders_running(&self) -> bool {
+        !self.draining_ancestors().is_empty()
+    }
+
     /// Older generations still running, oldest first.
     fn draining_ancestors(&self) -> Vec<&ProcessRef> {
         self.shared
