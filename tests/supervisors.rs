@@ -155,8 +155,10 @@ fn ten_upgrades_and_a_draining_stop_under_each_supervisor_lose_nothing() {
     }
 }
 
-fn one_supervisor(sup: &Supervisor) {
-    let scratch = Scratch::new(&format!("under-{}", sup.name));
+/// A service directory for `sup` in `scratch` whose `run` script starts the `http` example
+/// (`supervise`: in the supervisor mode); returns the directory, the `run` script, the
+/// address, the pid file and the log.
+fn service(scratch: &Scratch, supervise: bool) -> (PathBuf, PathBuf, String, PathBuf, PathBuf) {
     let dir = scratch.path("service");
     std::fs::create_dir(&dir).unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
@@ -166,7 +168,12 @@ fn one_supervisor(sup: &Supervisor) {
     std::fs::write(
         &run,
         format!(
-            "#!/bin/sh\nexec 2>>{log} 1>&2\nexport FLIP_SUPERVISE=1 HTTP_ADDR={addr} FLIP_PID_FILE={pid} RUST_LOG=info\nexec {http}\n",
+            "#!/bin/sh\nexec 2>>{log} 1>&2\n{supervise}\nexport HTTP_ADDR={addr} FLIP_PID_FILE={pid} RUST_LOG=info\nexec {http}\n",
+            supervise = if supervise {
+                "export FLIP_SUPERVISE=1"
+            } else {
+                "unset FLIP_SUPERVISE"
+            },
             log = log.display(),
             pid = pid_file.display(),
             http = example_path("http").display()
@@ -188,6 +195,12 @@ fn one_supervisor(sup: &Supervisor) {
         ),
     )
     .unwrap();
+    (dir, run, addr, pid_file, log)
+}
+
+fn one_supervisor(sup: &Supervisor) {
+    let scratch = Scratch::new(&format!("under-{}", sup.name));
+    let (dir, run, addr, pid_file, log) = service(&scratch, true);
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let outer = Outer(
         (sup.start)(&dir, &run)
@@ -291,4 +304,50 @@ fn one_supervisor(sup: &Supervisor) {
         f.no_response + f.bad_status + f.other
     );
     drop(outer);
+}
+
+#[test]
+fn without_the_supervisor_mode_each_supervisor_gets_a_warning_and_no_upgrade_that_would_break_it() {
+    init();
+    for sup in SUPERVISORS
+        .iter()
+        .filter(|s| matches!(s.name, "runit" | "s6" | "supervisord"))
+    {
+        let scratch = Scratch::new(&format!("unsupervised-{}", sup.name));
+        let (dir, run, addr, pid_file, log) = service(&scratch, false);
+        let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+        let outer = Outer(
+            (sup.start)(&dir, &run)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let serving = wait_for(
+            &format!("{}: ready, with a warning", sup.name),
+            DEADLINE,
+            || {
+                let said = read_log();
+                (said.contains("upgrades will be refused") && said.contains("ready pid="))
+                    .then_some(())?;
+                pid_in(&pid_file)
+            },
+        );
+        assert!(
+            read_log().contains("FLIP_SUPERVISE=1"),
+            "{}: {}",
+            sup.name,
+            read_log()
+        );
+        run_ok((sup.hup)(&dir, outer.0.id()), &format!("{}: hup", sup.name));
+        wait_for(
+            &format!("{}: the upgrade to be refused", sup.name),
+            DEADLINE,
+            || read_log().contains("upgrade refused").then_some(()),
+        );
+        assert_eq!(pid_in(&pid_file), Some(serving), "{}", sup.name);
+        assert!(TcpStream::connect(&addr).is_ok(), "{}: serving", sup.name);
+        drop(outer);
+    }
 }
