@@ -676,4 +676,42 @@ fn a_reload_burst_with_max_draining_loses_no_request_in_flight() {
         report.failed
     );
     assert_eq!(report.failed, 0, "{report:?}\n{}", server.log());
+    // A generation that upgraded in turn and exited is an ordinary event, not an error.
+    assert!(
+        !server.log().contains(" ERROR "),
+        "an ERROR in a normal burst:\n{}",
+        server.log()
+    );
+}
+
+#[test]
+fn a_successor_that_upgraded_in_turn_and_exited_is_logged_as_an_ordinary_event() {
+    // The first generation drains a 3 s request while its successor upgrades in turn and,
+    // holding nothing, exits: the first sees its successor exit 0.
+    let (server, _slow) =
+        http_with_a_slow_request("handed-on-log", 3_000, &[("FLIP_MAX_DRAINING", "2".into())]);
+    let first = server.first_pid;
+    let second = server.upgrade().expect("the first upgrade");
+    server.wait_pid_file(second);
+    let third = server.upgrade().expect("the second upgrade");
+    server.wait_pid_file(third);
+    wait_exit(second, DEADLINE);
+    wait_for(
+        "the first generation to see its successor exit",
+        DEADLINE,
+        || {
+            server
+                .log()
+                .contains("the new process exited while this one was draining")
+                .then_some(())
+        },
+    );
+    assert!(alive(first), "the first generation still drains");
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("the new process exited while this one was draining"))
+        .unwrap()
+        .to_owned();
+    assert!(line.contains(" INFO "), "logged as an error: {line}");
 }

@@ -206,3 +206,30 @@ fn as_pid_1_sigterm_drains_every_generation_and_the_container_ends_with_0() {
     );
     nothing_lost(&report);
 }
+
+#[test]
+fn a_second_sigterm_during_a_draining_stop_ends_it_at_once_with_3() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        "drain-stop-twice",
+        &example_path("http"),
+        &[("HTTP_ADDR", addr.clone())],
+    );
+    let pid = server.first_pid;
+    // Longer than the test's deadline: only the second signal can end this drain in time.
+    let slow = slow_request(&addr, 120_000);
+    accepted_by(&addr, &slow, pid);
+    signal(pid, Signal::SIGTERM);
+    wait_for("the draining stop", DEADLINE, || {
+        server.log().contains("SIGTERM: stopping").then_some(())
+    });
+    signal(pid, Signal::SIGTERM);
+    assert_eq!(exit_code(pid, DEADLINE), 3, "{}", server.log());
+    assert!(
+        server
+            .log()
+            .contains("stopped by SIGTERM; drain forced to end by SIGTERM"),
+        "{}",
+        server.log()
+    );
+}
