@@ -90,8 +90,19 @@ pub(crate) fn crate_path(krate: Option<&Path>) -> TokenStream {
 }
 
 /// Parses `crate = "path"`.
-pub(crate) fn parse_crate(value: &Expr) -> syn::Result<Path> {
-    let lit = string_value(value, "crate")?;
+/// `crate = "..."`; `allowed` says which arguments the attribute takes, for the error.
+pub(crate) fn parse_crate(value: &Expr, allowed: &str) -> syn::Result<Path> {
+    let lit = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => s.clone(),
+        other => {
+            return Err(syn::Error::new_spanned(
+                other,
+                format!("`crate` takes a string literal, as in crate = \"...\"; {allowed}"),
+            ));
+        }
+    };
     lit.parse::<Path>().map_err(|_| {
         syn::Error::new_spanned(
             &lit,
@@ -256,7 +267,7 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
             }),
             "control" => set_once(&mut out.control, nv, &name, control),
             "stop" => set_once(&mut out.stop, nv, &name, stop),
-            "crate" => set_once(&mut out.krate, nv, &name, parse_crate),
+            "crate" => set_once(&mut out.krate, nv, &name, |v| parse_crate(v, ALLOWED_ARGS)),
             _ => Err(syn::Error::new_spanned(
                 &nv.path,
                 format!("unknown argument `{name}`; {ALLOWED_ARGS}"),

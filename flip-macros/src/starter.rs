@@ -9,6 +9,8 @@ use syn::{FnArg, ItemFn, Meta, Path, ReturnType, Token, Type};
 
 use crate::entry::{Errors, crate_path, parse_crate, with_error};
 
+const ALLOWED_ARGS: &str =
+    "#[flip::starter] takes no arguments but `crate = \"path::to::flip\"`, once";
 const ALLOWED_FORMS: &str = "a starter is `fn name(ctx: &flip::StartContext) -> Result<(), E>` \
                              or takes `ctx: flip::StartContext`, and may be `async`";
 
@@ -71,15 +73,12 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Option<Path> {
     for meta in metas {
         match &meta {
             Meta::NameValue(nv) if nv.path.is_ident("crate") && krate.is_none() => {
-                match parse_crate(&nv.value) {
+                match parse_crate(&nv.value, ALLOWED_ARGS) {
                     Ok(path) => krate = Some(path),
                     Err(e) => errors.push(e),
                 }
             }
-            _ => errors.push(syn::Error::new_spanned(
-                &meta,
-                "#[flip::starter] takes no arguments but `crate = \"path::to::flip\"`, once",
-            )),
+            _ => errors.push(syn::Error::new_spanned(&meta, ALLOWED_ARGS)),
         }
     }
     krate

@@ -96,6 +96,13 @@ mod more {
     #[flip::starter]
     pub async fn failing(ctx: flip::StartContext) -> std::io::Result<()> {
         event(&format!("start failing {}", std::process::id()));
+        // A setup error once: the first process to find the file removes it and fails (a
+        // standby that took the handoff, say), the next ones start.
+        if let Some(path) = std::env::var_os("TB_FAIL_ONCE")
+            && std::fs::remove_file(&path).is_ok()
+        {
+            return Err(std::io::Error::other("failing once, as asked"));
+        }
         if let Some(after) = env_ms("TB_FAIL_AFTER_MS") {
             let errors = ctx.errors();
             tokio::spawn(async move {
