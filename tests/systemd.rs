@@ -285,7 +285,9 @@ fn systemctl_stop_under_load_lets_every_generation_finish_what_it_accepted() {
     let load = Load::start(&addr, 3, Mode::Close);
     load.wait_for_more(20);
     // The first generation holds a request through a reload, and drains it.
-    let slow_first = slow_request_to(&addr, 3_000, b.host_pid(first).unwrap());
+    // Long enough to still run once the second generation holds its own request, on a
+    // loaded machine too.
+    let slow_first = slow_request_to(&addr, 8_000, b.host_pid(first).unwrap());
     b.systemctl_ok(&["reload", UNIT]);
     let second = wait_for("systemd to follow the new process", DEADLINE, || {
         let main = main_pid(&b, UNIT);
