@@ -251,27 +251,37 @@ pub(crate) fn send_to(fd: &OwnedFd, target: &UnixTarget, bytes: &[u8]) -> io::Re
     Ok(())
 }
 
-/// Makes a listening TCP socket drop every packet that reaches it from now on: a classic BPF
-/// filter that keeps 0 bytes. No handshake completes any more (a client's SYN goes
-/// unanswered; once the last copy of the socket is closed, its retry is refused), while the
-/// connections already queued stay there, to be accepted. The filter belongs to the socket,
-/// so it holds in every process that has a copy.
+/// Makes a listening TCP socket drop every new connection attempt from now on: a classic BPF
+/// filter that drops a segment with SYN set and ACK clear, and keeps every other one. A
+/// client's SYN goes unanswered (once the last copy of the socket is closed, its retry is
+/// refused), while a handshake already under way completes (its final ACK passes) and joins the
+/// accept queue, to be accepted with the connections already there. The filter belongs to the
+/// socket, so it holds in every process that has a copy. For a TCP socket the filter sees the
+/// segment from its TCP header on: the flags are byte 13.
 pub(crate) fn drop_new_connections(fd: impl AsFd) -> io::Result<()> {
-    // BPF_RET | BPF_K, k = 0: "accept 0 bytes of the packet", that is, drop it.
-    let mut program = [libc::sock_filter {
-        code: 0x06,
-        jt: 0,
-        jf: 0,
-        k: 0,
-    }];
+    const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+    const AND_K: u16 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const SYN: u32 = 0x02;
+    const ACK: u32 = 0x10;
+    let insn = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let mut program = [
+        insn(LD_B_ABS, 0, 0, 13),
+        insn(AND_K, 0, 0, SYN | ACK),
+        // SYN without ACK: skip to the drop.
+        insn(JEQ_K, 1, 0, SYN),
+        insn(RET_K, 0, 0, u32::MAX),
+        insn(RET_K, 0, 0, 0),
+    ];
     let fprog = libc::sock_fprog {
-        len: 1,
+        len: program.len() as u16,
         filter: program.as_mut_ptr(),
     };
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sock_fprog>())
         .map_err(|_| io::Error::other("sock_fprog does not fit a socklen_t"))?;
-    // SAFETY: `fprog` points to `program`, one valid instruction that outlives the call, and
-    // `len` is its exact size; the kernel copies the program during the call.
+    // SAFETY: `fprog` points to `program`, five valid instructions that outlive the call, and
+    // `len` is its exact size; the kernel checks and copies the program during the call.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_fd().as_raw_fd(),
@@ -309,4 +319,41 @@ pub(crate) fn accept_queue_len(fd: impl AsFd) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     Ok(info.tcpi_unacked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_that_drops_new_connections_still_gives_out_the_queued_ones() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let fd = tcp_listener("tcp", &addr, 16).unwrap();
+        let addr = local_inet(&fd).unwrap();
+        let queued = std::net::TcpStream::connect(addr).unwrap();
+        drop_new_connections(&fd).unwrap();
+        assert_eq!(accept_queue_len(&fd).unwrap(), 1);
+        // A new attempt's SYN is dropped: no connection within the timeout (the kernel would
+        // retry after a second).
+        let attempt =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300));
+        assert!(attempt.is_err(), "a new connection got through");
+        assert_eq!(
+            accept_queue_len(&fd).unwrap(),
+            1,
+            "the queued one is still there"
+        );
+        // And the queued one is accepted and talks.
+        let listener = std::net::TcpListener::from(fd);
+        let (mut server_side, _) = listener.accept().unwrap();
+        use std::io::{Read, Write};
+        let mut client = queued;
+        client.write_all(b"hi").unwrap();
+        let mut buf = [0u8; 2];
+        server_side.read_exact(&mut buf).unwrap();
+        assert_eq!(
+            &buf, b"hi",
+            "data of an established connection passes the filter"
+        );
+    }
 }
