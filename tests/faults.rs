@@ -538,24 +538,12 @@ fn http_with_a_slow_request(
     ms: u64,
     env: &[(&str, String)],
 ) -> (Server, std::net::TcpStream) {
-    use std::io::Write;
     let addr = format!("127.0.0.1:{}", free_port());
     let mut all = vec![("HTTP_ADDR", addr.clone())];
     all.extend(env.iter().cloned());
     let server = Server::start(name, &example_path("http"), &all);
-    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
-    slow.write_all(format!("GET /sleep/{ms} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .unwrap();
-    let server_port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-    let client_port = slow.local_addr().unwrap().port();
-    wait_for(
-        "the first process to accept the slow request",
-        DEADLINE,
-        || {
-            tcp_server_socket_inode(server_port, client_port)
-                .filter(|&inode| holds_socket(server.first_pid, inode))
-        },
-    );
+    let slow = slow_request(&addr, ms);
+    wait_accepted_by(&addr, &slow, server.first_pid);
     (server, slow)
 }
 

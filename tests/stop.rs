@@ -3,7 +3,6 @@
 //! accepted finish, and exits 0; as a plain process, during an upgrade's drain, and as PID 1
 //! of a pid namespace (a container) with older generations still draining.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
@@ -11,33 +10,6 @@ use flip_suite as support;
 use nix::sys::signal::Signal;
 use support::load::{Load, Mode};
 use support::*;
-
-/// A request that takes `ms`, sent to `addr`, and the pid that accepted it once one did.
-fn slow_request(addr: &str, ms: u64) -> TcpStream {
-    let mut slow = TcpStream::connect(addr).unwrap();
-    slow.write_all(format!("GET /sleep/{ms} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .unwrap();
-    slow
-}
-
-/// Waits until process `pid` holds the server side of `client`'s connection to `addr`.
-fn accepted_by(addr: &str, client: &TcpStream, pid: u32) {
-    let server_port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-    let client_port = client.local_addr().unwrap().port();
-    wait_for(
-        &format!("pid {pid} to accept the slow request"),
-        DEADLINE,
-        || tcp_server_socket_inode(server_port, client_port).filter(|&i| holds_socket(pid, i)),
-    );
-}
-
-/// The whole response to a slow request: it must be a complete `200`.
-fn answer(mut slow: TcpStream) -> String {
-    slow.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut answer = String::new();
-    let _ = slow.read_to_string(&mut answer);
-    answer
-}
 
 /// Waits until a new connection to `addr` is refused.
 fn wait_refused(addr: &str) {
@@ -75,11 +47,11 @@ fn sigterm_under_load_refuses_new_connections_finishes_what_was_accepted_and_exi
     load.wait_for_more(20);
     // Longer than a refused connect takes to show (a dropped SYN is retried after 1 s).
     let slow = slow_request(&addr, 8_000);
-    accepted_by(&addr, &slow, pid);
+    wait_accepted_by(&addr, &slow, pid);
     signal(pid, Signal::SIGTERM);
     wait_refused(&addr);
     assert!(alive(pid), "the stop waits for the request in flight");
-    let answered = answer(slow);
+    let answered = whole_answer(slow);
     assert!(
         answered.starts_with("HTTP/1.1 200") && answered.contains(&format!("hello from {pid}")),
         "the request in flight was cut: {answered:?}\n{}",
@@ -111,12 +83,12 @@ fn sigterm_to_the_new_process_while_the_old_one_drains_lets_the_old_one_finish()
     );
     let first = server.first_pid;
     let slow = slow_request(&addr, 3_000);
-    accepted_by(&addr, &slow, first);
+    wait_accepted_by(&addr, &slow, first);
     let new = server.upgrade().expect("the upgrade succeeds");
     server.wait_pid_file(new);
     signal(new, Signal::SIGTERM);
     wait_exit(new, DEADLINE);
-    let answered = answer(slow);
+    let answered = whole_answer(slow);
     assert!(
         answered.starts_with("HTTP/1.1 200") && answered.contains(&format!("hello from {first}")),
         "the old process's request was cut: {answered:?}\n{}",
@@ -178,7 +150,7 @@ fn as_pid_1_sigterm_drains_every_generation_and_the_container_ends_with_0() {
     load.wait_for_more(20);
     // The first generation holds a slow request, and still drains it after an upgrade.
     let slow = slow_request(&addr, 4_000);
-    accepted_by(&addr, &slow, first);
+    wait_accepted_by(&addr, &slow, first);
     let ns_first = pid_in(&pid_file).unwrap();
     signal(supervisor, Signal::SIGHUP);
     wait_for("the pid file to name the new generation", DEADLINE, || {
@@ -189,7 +161,7 @@ fn as_pid_1_sigterm_drains_every_generation_and_the_container_ends_with_0() {
 
     // docker stop: SIGTERM to PID 1.
     signal(supervisor, Signal::SIGTERM);
-    let answered = answer(slow);
+    let answered = whole_answer(slow);
     assert!(
         answered.starts_with("HTTP/1.1 200"),
         "the older generation's request was cut: {answered:?}\n{}",
@@ -218,7 +190,7 @@ fn a_second_sigterm_during_a_draining_stop_ends_it_at_once_with_3() {
     let pid = server.first_pid;
     // Longer than the test's deadline: only the second signal can end this drain in time.
     let slow = slow_request(&addr, 120_000);
-    accepted_by(&addr, &slow, pid);
+    wait_accepted_by(&addr, &slow, pid);
     signal(pid, Signal::SIGTERM);
     wait_for("the draining stop", DEADLINE, || {
         server.log().contains("SIGTERM: stopping").then_some(())

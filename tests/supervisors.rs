@@ -8,7 +8,6 @@
 //! The supervisors come from Debian (`runit`, `s6`, `supervisor`, `tini`, `dumb-init`); CI
 //! installs them. A missing one fails the test, naming the package.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -122,13 +121,6 @@ fn run_ok(mut c: Command, what: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn get(addr: &str, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .unwrap();
-    s
 }
 
 #[test]
@@ -265,7 +257,7 @@ fn one_supervisor(sup: &Supervisor) {
     // The supervisor's stop, under load, with a slow request in flight.
     let load = Load::start(&addr, 3, Mode::Close);
     load.wait_for_more(20);
-    let mut slow = get(&addr, "/sleep/2000");
+    let slow = slow_request(&addr, 2_000);
     let server_port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
     let client_port = slow.local_addr().unwrap().port();
     let accepted_by = wait_for("the slow request to be accepted", DEADLINE, || {
@@ -275,9 +267,7 @@ fn one_supervisor(sup: &Supervisor) {
             .find(|&p| holds_socket(p, inode))
     });
     run_ok((sup.stop)(&dir, outer_pid), &format!("{}: stop", sup.name));
-    slow.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut answer = String::new();
-    let _ = slow.read_to_string(&mut answer);
+    let answer = whole_answer(slow);
     assert!(
         answer.starts_with("HTTP/1.1 200") && answer.contains(&format!("hello from {accepted_by}")),
         "{}: the request in flight was cut: {answer:?}\n{}",

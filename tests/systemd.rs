@@ -249,24 +249,9 @@ fn a_new_binary_that_crashes_leaves_the_unit_active_on_the_old_process() {
 /// Sends a request that takes `ms` to `addr`, and waits until the process with host pid
 /// `host_pid` accepted it.
 fn slow_request_to(addr: &str, ms: u64, host_pid: u32) -> std::net::TcpStream {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.write_all(format!("GET /sleep/{ms} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .unwrap();
-    let server_port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-    let client_port = s.local_addr().unwrap().port();
-    wait_for("the slow request to be accepted", DEADLINE, || {
-        tcp_server_socket_inode(server_port, client_port).filter(|&i| holds_socket(host_pid, i))
-    });
+    let s = slow_request(addr, ms);
+    wait_accepted_by(addr, &s, host_pid);
     s
-}
-
-fn whole_answer(mut s: std::net::TcpStream) -> String {
-    use std::io::Read;
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer
 }
 
 #[test]

@@ -111,10 +111,7 @@ fn a_failed_upgrade_says_why_and_exits_1_and_the_old_process_serves_on() {
         &app,
         &[("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))],
     );
-    let broken = server.scratch.path("app.new");
-    std::fs::write(&broken, "#!/bin/sh\necho broken build >&2\nexit 3\n").unwrap();
-    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&broken, &app).unwrap();
+    deploy_script(&app, "#!/bin/sh\necho broken build >&2\nexit 3\n");
 
     let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -360,22 +357,12 @@ fn another_user_is_refused_even_when_the_socket_is_opened_to_everyone() {
 
 #[test]
 fn a_new_process_that_exits_at_once_is_reported_even_while_a_helper_holds_its_pipes() {
-    let scratch = Scratch::new("cli-helper");
-    let app = scratch.path("app");
-    std::fs::copy(example_path("http"), &app).unwrap();
-    let server = Server::start_in(
-        scratch,
-        &app,
-        &[("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))],
-    );
+    let (server, app) = deployable_http("cli-helper", &[]);
     // A wrapper that leaves a background job behind: it inherits every descriptor, the ready
     // pipe among them, and keeps it open long after the wrapper exited.
     let good = server.scratch.path("app.good");
     std::fs::copy(&app, &good).unwrap();
-    let broken = server.scratch.path("app.new");
-    std::fs::write(&broken, "#!/bin/sh\nsleep 120 &\nexit 3\n").unwrap();
-    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&broken, &app).unwrap();
+    deploy_script(&app, "#!/bin/sh\nsleep 120 &\nexit 3\n");
 
     let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -405,10 +392,7 @@ fn the_upgrade_timeout_is_read_from_the_environment() {
         ],
     );
     // A new build that never becomes ready.
-    let hung = server.scratch.path("app.new");
-    std::fs::write(&hung, "#!/bin/sh\nexec sleep 120\n").unwrap();
-    std::fs::set_permissions(&hung, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&hung, &app).unwrap();
+    deploy_script(&app, "#!/bin/sh\nexec sleep 120\n");
     let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -446,18 +430,8 @@ fn every_command_answers_help_and_output_to_a_closed_pipe_is_no_panic() {
 
 #[test]
 fn a_client_timeout_says_what_it_waited_for_and_a_refusal_says_so_once() {
-    let scratch = Scratch::new("cli-client-timeout");
-    let app = scratch.path("app");
-    std::fs::copy(example_path("http"), &app).unwrap();
-    let server = Server::start_in(
-        scratch,
-        &app,
-        &[("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))],
-    );
-    let hung = server.scratch.path("app.new");
-    std::fs::write(&hung, "#!/bin/sh\nexec sleep 120\n").unwrap();
-    std::fs::set_permissions(&hung, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&hung, &app).unwrap();
+    let (server, app) = deployable_http("cli-client-timeout", &[]);
+    deploy_script(&app, "#!/bin/sh\nexec sleep 120\n");
     let out = run(&[
         "upgrade",
         "--pid-file",
@@ -493,6 +467,25 @@ fn a_client_timeout_says_what_it_waited_for_and_a_refusal_says_so_once() {
     );
 }
 
+/// The `http` example started from a copy at `<scratch>/app`: the path a deploy replaces.
+fn deployable_http(name: &str, extra: &[(&str, String)]) -> (Server, PathBuf) {
+    let scratch = Scratch::new(name);
+    let app = scratch.path("app");
+    std::fs::copy(example_path("http"), &app).unwrap();
+    let mut env = vec![("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))];
+    env.extend(extra.iter().cloned());
+    (Server::start_in(scratch, &app, &env), app)
+}
+
+/// Deploys a shell script with `text` at `path` as a deploy puts a binary in place: written
+/// aside, then renamed over it.
+fn deploy_script(path: &Path, text: &str) {
+    let new = path.with_extension("new");
+    std::fs::write(&new, text).unwrap();
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, path).unwrap();
+}
+
 /// `flip status` of `server`, as text.
 fn status_of(server: &Server) -> String {
     text(&run(&["status", "--pid-file", &pid_file(server)]))
@@ -500,20 +493,10 @@ fn status_of(server: &Server) -> String {
 
 #[test]
 fn a_standby_that_dies_at_start_is_retried_less_and_less_often_and_status_says_why() {
-    let scratch = Scratch::new("cli-standby-dies");
-    let app = scratch.path("app");
-    std::fs::copy(example_path("http"), &app).unwrap();
-    let server = Server::start_in(
-        scratch,
-        &app,
-        &[("HTTP_ADDR", format!("127.0.0.1:{}", free_port()))],
-    );
+    let (server, app) = deployable_http("cli-standby-dies", &[]);
     let good = server.scratch.path("app.good");
     std::fs::copy(&app, &good).unwrap();
-    let broken = server.scratch.path("app.new");
-    std::fs::write(&broken, "#!/bin/sh\nexit 1\n").unwrap();
-    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&broken, &app).unwrap();
+    deploy_script(&app, "#!/bin/sh\nexit 1\n");
     // Dies at 0, retried 1 s after, then 2 s after that.
     let said = wait_for("three standbys in a row to exit", DEADLINE, || {
         let status = status_of(&server);
@@ -556,17 +539,13 @@ fn a_build_that_speaks_another_handoff_version_is_reported_with_both_versions_an
     );
     // What a build of another handoff version sees: a marker of a version it does not speak
     // (here the marker is rewritten to claim version 9 before the real binary reads it).
-    let other = server.scratch.path("app.new");
-    std::fs::write(
-        &other,
-        format!(
+    deploy_script(
+        &app,
+        &format!(
             "#!/bin/sh\nFLIP_HANDOFF=\"9${{FLIP_HANDOFF#1}}\" exec {}\n",
             real.display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&other, &app).unwrap();
+    );
     let said = wait_for("the standby's refusal in status", DEADLINE, || {
         let status = status_of(&server);
         status.contains("refused the handoff").then_some(status)

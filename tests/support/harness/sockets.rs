@@ -88,3 +88,37 @@ pub fn unixgram_pid(server: &Path, me: &Path) -> Option<u32> {
     let n = s.recv(&mut buf).ok()?;
     parse_pid(&buf[..n])
 }
+
+/// Sends `GET /sleep/<ms>` (the examples answer it after `ms`) to `addr`, leaving the
+/// connection open for [`whole_answer`].
+pub fn slow_request(addr: &str, ms: u64) -> TcpStream {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).expect("connect for a slow request");
+    s.write_all(format!("GET /sleep/{ms} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .expect("send a slow request");
+    s
+}
+
+/// Waits until process `pid` holds the server side of `client`'s connection to `addr`: the
+/// request is in that process's hands.
+pub fn wait_accepted_by(addr: &str, client: &TcpStream, pid: u32) {
+    let server_port: u16 = addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("an address with a port");
+    let client_port = client.local_addr().expect("a local address").port();
+    wait_for(
+        &format!("pid {pid} to accept the request"),
+        DEADLINE,
+        || tcp_server_socket_inode(server_port, client_port).filter(|&i| holds_socket(pid, i)),
+    );
+}
+
+/// Everything the server sends on `s` until it closes it (at most [`DEADLINE`]).
+pub fn whole_answer(mut s: TcpStream) -> String {
+    s.set_read_timeout(Some(DEADLINE)).expect("a read timeout");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
