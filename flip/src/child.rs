@@ -49,7 +49,7 @@ impl Child {
             closed.wait_for(|c| *c),
         )
         .await;
-        crate::lock(&self.stderr_tail.lines)
+        crate::sync::lock(&self.stderr_tail.lines)
             .iter()
             .cloned()
             .collect()
@@ -366,7 +366,7 @@ fn relay_stderr(pipe: OwnedFd, tail: StderrTail) -> io::Result<()> {
             while let Some(end) = partial.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = partial.drain(..=end).collect();
                 let text = String::from_utf8_lossy(&line[..line.len() - 1]);
-                let mut t = crate::lock(&tail.lines);
+                let mut t = crate::sync::lock(&tail.lines);
                 if t.len() == TAIL_LINES {
                     t.pop_front();
                 }

@@ -176,7 +176,7 @@ impl Fds {
     fn lock(&self) -> MutexGuard<'_, Registry> {
         // A panic while holding this lock cannot leave the maps half-updated (each operation is
         // a single insert or remove), so a poisoned lock is still consistent.
-        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.registry)
     }
 
     /// Whether this process was started by an upgrade (sockets were inherited).

@@ -34,6 +34,7 @@
 
 // The layers, lowest first; a module imports only from the layers below it.
 // 1. The operating system: every `unsafe` block and syscall.
+mod sync;
 mod sys;
 // 2. What the upgrade is made of: errors, registry keys and addresses, the handoff protocol, the
 //    registry, the pid file.
@@ -103,10 +104,4 @@ pub use upgrader::Upgrader;
 #[doc(hidden)]
 pub mod fuzz {
     pub use crate::handoff::fuzz::decode;
-}
-
-/// Locks a mutex, poisoned or not: every critical section in flip is a plain assignment, insert
-/// or remove, so a panic inside one cannot leave the data half-updated.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -31,7 +31,7 @@ static STASHED: Mutex<Option<Stash>> = Mutex::new(None);
 /// only safe then), and reads the handoff itself once the runtime is built: a standby process
 /// waits for the handoff with its runtime already up, so that work is off the upgrade's path.
 pub(crate) fn stash_marker() {
-    let mut stash = crate::lock(&STASHED);
+    let mut stash = crate::sync::lock(&STASHED);
     if stash.is_none() {
         *stash = Some(
             HANDOFF_VARS
@@ -45,7 +45,7 @@ pub(crate) fn stash_marker() {
 /// Takes one of [`HANDOFF_VARS`]: from the stash, or from the environment when nothing was
 /// stashed (a program that builds its `Upgrader` without `#[flip::main]`).
 fn take_stashed(name: &'static str) -> Option<OsString> {
-    match crate::lock(&STASHED).as_mut() {
+    match crate::sync::lock(&STASHED).as_mut() {
         Some(stash) => stash
             .iter_mut()
             .find(|(n, _)| *n == name)
@@ -77,7 +77,7 @@ fn take_real_stderr(taken: &[RawFd]) -> Option<OwnedFd> {
 /// One of [`HANDOFF_VARS`], left where it is: in the stash, or in the environment when
 /// nothing was stashed.
 fn peek_stashed(name: &'static str) -> Option<OsString> {
-    match crate::lock(&STASHED).as_ref() {
+    match crate::sync::lock(&STASHED).as_ref() {
         Some(stash) => stash
             .iter()
             .find(|(n, _)| *n == name)

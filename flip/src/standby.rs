@@ -166,7 +166,7 @@ impl Standby {
         fds: &Fds,
         pid_file: Option<&Path>,
     ) -> Result<Pending, FreshStart> {
-        let mut standby = crate::lock(&self.slot)
+        let mut standby = crate::sync::lock(&self.slot)
             .take()
             .ok_or(FreshStart::NoStandby)?;
         match staleness(&mut standby, launch, fds) {
@@ -191,8 +191,8 @@ impl Standby {
         start: impl FnOnce() -> Result<Pending, Error>,
         still_wanted: impl FnOnce() -> bool,
     ) -> Result<Option<u32>, Error> {
-        let mut slot = crate::lock(&self.slot);
-        let mut health = crate::lock(&self.health);
+        let mut slot = crate::sync::lock(&self.slot);
+        let mut health = crate::sync::lock(&self.health);
         if let Some(standby) = slot.as_mut() {
             match staleness(standby, launch, fds) {
                 None => {
@@ -228,7 +228,7 @@ impl Standby {
 
     /// The standby's pid, if one waits and runs (one that exited is reaped here).
     pub(crate) fn pid(&self) -> Option<u32> {
-        let mut slot = crate::lock(&self.slot);
+        let mut slot = crate::sync::lock(&self.slot);
         let standby = slot.as_mut()?;
         (!standby.has_ended()).then(|| standby.pid())
     }
@@ -238,12 +238,12 @@ impl Standby {
         if self.pid().is_some() {
             return None;
         }
-        crate::lock(&self.health).why_none()
+        crate::sync::lock(&self.health).why_none()
     }
 
     /// Lets the standby go, if any, reaping it before this returns: for a process that stops.
     pub(crate) fn stop(&self, pid_file: Option<&Path>) {
-        if let Some(standby) = crate::lock(&self.slot).take() {
+        if let Some(standby) = crate::sync::lock(&self.slot).take() {
             let_go(standby, true, pid_file);
         }
     }

@@ -25,7 +25,7 @@ struct Group {
 impl DrainGroup {
     /// Runs `task` in the group.
     pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        let mut group = crate::lock(&self.0);
+        let mut group = crate::sync::lock(&self.0);
         match &mut group.held {
             Some(held) => held.push(Box::pin(task)),
             None => {
@@ -36,7 +36,7 @@ impl DrainGroup {
 
     /// Takes every task of the group, leaving it empty: for the drain to wait on.
     pub(super) fn take(&self) -> JoinSet<()> {
-        std::mem::take(&mut crate::lock(&self.0).tasks)
+        std::mem::take(&mut crate::sync::lock(&self.0).tasks)
     }
 
     /// Polls a starter, and spawns the tasks it gives the group each time its poll returns
@@ -62,14 +62,16 @@ struct Hold<'a>(&'a DrainGroup);
 
 impl<'a> Hold<'a> {
     fn new(group: &'a DrainGroup) -> Hold<'a> {
-        crate::lock(&group.0).held.get_or_insert_with(Vec::new);
+        crate::sync::lock(&group.0)
+            .held
+            .get_or_insert_with(Vec::new);
         Hold(group)
     }
 }
 
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
-        let mut group = crate::lock(&self.0.0);
+        let mut group = crate::sync::lock(&self.0.0);
         for task in group.held.take().unwrap_or_default() {
             group.tasks.spawn(task);
         }

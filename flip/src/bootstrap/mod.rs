@@ -432,7 +432,7 @@ impl Bootstrap {
                     watching_successor = false;
                     // With several generations draining, the new process may have upgraded in
                     // turn and drained: someone else serves.
-                    let clean = matches!(status, crate::ExitStatus::Code(0 | 3));
+                    let clean = matches!(status, crate::error::ExitStatus::Code(0 | 3));
                     if clean && self.upgrader.options().max_draining.is_some() {
                         // It may have been stopped too: then it told us (SIGTERM) as it went.
                         tracing::info!(%status, "the new process upgraded in turn or was stopped, and exited; still draining");

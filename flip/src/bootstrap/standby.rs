@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::time::{Interval, MissedTickBehavior};
 
+use super::BoxFuture;
 use super::binary_watch::BinaryWatch;
-use crate::BoxFuture;
 use crate::upgrader::Upgrader;
 
 /// How often the serving process checks that its standby process still runs the binary an

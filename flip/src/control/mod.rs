@@ -74,11 +74,11 @@ struct Follow(Arc<Mutex<State>>);
 
 impl Observer for Follow {
     fn upgrade_started(&self) {
-        crate::lock(&self.0).upgrade_began = Some(Instant::now());
+        crate::sync::lock(&self.0).upgrade_began = Some(Instant::now());
     }
 
     fn upgraded(&self, new_pid: u32) {
-        let mut s = crate::lock(&self.0);
+        let mut s = crate::sync::lock(&self.0);
         s.succeeded += 1;
         let elapsed = s
             .upgrade_began
@@ -97,7 +97,7 @@ impl Observer for Follow {
     }
 
     fn upgrade_failed(&self, error: &Error) {
-        let mut s = crate::lock(&self.0);
+        let mut s = crate::sync::lock(&self.0);
         let elapsed = s
             .upgrade_began
             .take()
@@ -149,7 +149,7 @@ pub fn serve(bootstrap: &mut Bootstrap, path: PathBuf) {
     }));
     bootstrap.observe(Follow(state.clone()));
     let requester = bootstrap.upgrade_requester();
-    bootstrap.register_service("control", move |ctx: crate::StartContext| {
+    bootstrap.register_service("control", move |ctx: crate::bootstrap::StartContext| {
         let (path, state, requester) = (path.clone(), state.clone(), requester.clone());
         async move {
             let address = path.to_string_lossy().into_owned();
@@ -236,7 +236,7 @@ impl Server {
     }
 
     fn status(&self) -> String {
-        let s = crate::lock(&self.state);
+        let s = crate::sync::lock(&self.state);
         let mut w = Writer::new("ok");
         w.field("pid", std::process::id())
             .field("generation", self.upgrader.generation())
@@ -275,7 +275,7 @@ impl Server {
         let UpgradeResult { result, elapsed } = self.requester.upgrade().await;
         match result {
             Ok(new_pid) => {
-                let old_binary = crate::lock(&self.state).binary.clone();
+                let old_binary = crate::sync::lock(&self.state).binary.clone();
                 let mut w = Writer::new("ok");
                 w.field("old_pid", std::process::id())
                     .field("new_pid", new_pid)

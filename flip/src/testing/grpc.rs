@@ -106,7 +106,7 @@ impl GrpcLoad {
             answered: self.shared.answered.load(Ordering::SeqCst),
             failed: self.shared.failed.load(Ordering::SeqCst),
             retried: self.shared.retried.load(Ordering::SeqCst),
-            errors: crate::lock(&self.shared.errors).clone(),
+            errors: crate::sync::lock(&self.shared.errors).clone(),
         }
     }
 }
@@ -114,7 +114,7 @@ impl GrpcLoad {
 async fn client(uri: String, s: Arc<Shared>, end: Instant) {
     let fail = |what: String| {
         s.failed.fetch_add(1, Ordering::Relaxed);
-        let mut errors = crate::lock(&s.errors);
+        let mut errors = crate::sync::lock(&s.errors);
         if errors.len() < 10 {
             errors.push(what);
         }

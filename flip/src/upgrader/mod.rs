@@ -10,12 +10,12 @@ use tokio::sync::{Notify, watch};
 use crate::child::{self, Child};
 use crate::error::{Error, ExitStatus, Result};
 use crate::fds::{Fds, Registered, SocketSettings};
-use crate::lock;
 use crate::options::Options;
 use crate::parent::{self, ParentLink};
 use crate::pidfile;
 use crate::process::Launch;
 use crate::standby::{FreshStart, Standby, SuccessorStart};
+use crate::sync::lock;
 use crate::sys::pidref::ProcessRef;
 
 mod generations;
