@@ -408,7 +408,7 @@ impl Bootstrap {
         tokio::pin!(successor_exited);
         let mut watching_successor = true;
         // A draining stop reached this process while it drains (StopMode::Drain).
-        let mut stopping = false;
+        let mut stopping = None;
         loop {
             tokio::select! {
                 _ = &mut drain => return DrainEnd::Ended(Drain::Completed),

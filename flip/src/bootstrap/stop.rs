@@ -1,13 +1,28 @@
 //! Stopping: at once (Gitaly's contract), or draining ([`StopMode::Drain`]), for the serving
 //! process and for one that drains after an upgrade.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::signals::Signals;
 use super::{Bootstrap, BoxFuture, Drain, Outcome, StopMode, UpgradeResult};
 
 /// How long a draining stop waits for the servers to accept the connections already queued.
 const ACCEPT_QUEUE_WAIT: Duration = Duration::from_secs(1);
+
+/// A stop signal this soon after the first is the same stop, not a second one: a container
+/// init that signals the whole process group (dumb-init), or systemd's `KillMode=control-group`,
+/// makes a process get one from them and one passed on by flip (the supervisor, or the serving
+/// process telling the older generations). Only a signal after this ends a drain at once.
+const SAME_STOP_WITHIN: Duration = Duration::from_secs(1);
+
+/// Whether a stop signal now, the first having come at `first`, is a second stop.
+fn a_second_stop(first: Instant) -> bool {
+    if first.elapsed() < SAME_STOP_WITHIN {
+        tracing::debug!("a stop signal right after the first: the same stop, ignored");
+        return false;
+    }
+    true
+}
 
 impl Bootstrap {
     /// SIGTERM or SIGINT while this process drains after an upgrade. Stopping at once, or on
@@ -16,13 +31,16 @@ impl Bootstrap {
     /// without taking service back.
     pub(super) fn stop_while_draining(
         &self,
-        stopping: &mut bool,
+        stopping: &mut Option<Instant>,
         sig: &'static str,
     ) -> Option<Drain> {
-        if self.stop_mode == StopMode::Immediate || *stopping {
+        if self.stop_mode == StopMode::Immediate {
             return Some(Drain::Forced(sig));
         }
-        *stopping = true;
+        if let Some(first) = *stopping {
+            return a_second_stop(first).then_some(Drain::Forced(sig));
+        }
+        *stopping = Some(Instant::now());
         tracing::info!("{sig}: stopping; finishing the drain (a second signal ends it now)");
         self.give_up_service();
         None
@@ -42,6 +60,7 @@ impl Bootstrap {
         signals: &mut Signals,
         sig: &'static str,
     ) -> Outcome {
+        let first = Instant::now();
         self.upgrader.stop_elders();
         if self.stop_mode == StopMode::Immediate {
             return self.stop_now(in_flight, Outcome::Signaled(sig)).await;
@@ -77,11 +96,14 @@ impl Bootstrap {
             while group.join_next().await.is_some() {}
         };
         let deadline = tokio::time::Instant::now() + self.grace;
-        let mut drain = tokio::select! {
-            () = drained => Drain::Completed,
-            () = tokio::time::sleep_until(deadline) => Drain::GracePeriodExpired,
-            _ = signals.term.recv() => Drain::Forced("SIGTERM"),
-            _ = signals.int.recv() => Drain::Forced("SIGINT"),
+        tokio::pin!(drained);
+        let mut drain = loop {
+            tokio::select! {
+                () = &mut drained => break Drain::Completed,
+                () = tokio::time::sleep_until(deadline) => break Drain::GracePeriodExpired,
+                _ = signals.term.recv() => if a_second_stop(first) { break Drain::Forced("SIGTERM") },
+                _ = signals.int.recv() => if a_second_stop(first) { break Drain::Forced("SIGINT") },
+            }
         };
         // The older generations finish their drains too; this process, the one a service
         // manager follows, ends last (systemd signals what is left of the unit once its main
@@ -95,16 +117,16 @@ impl Bootstrap {
                         drain = Drain::GracePeriodExpired;
                         break;
                     }
-                    _ = signals.term.recv() => {
+                    _ = signals.term.recv() => if a_second_stop(first) {
                         self.upgrader.stop_elders();
                         drain = Drain::Forced("SIGTERM");
                         break;
-                    }
-                    _ = signals.int.recv() => {
+                    },
+                    _ = signals.int.recv() => if a_second_stop(first) {
                         self.upgrader.stop_elders();
                         drain = Drain::Forced("SIGINT");
                         break;
-                    }
+                    },
                 }
             }
         }
