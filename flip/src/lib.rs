@@ -34,6 +34,7 @@
 
 // The layers, lowest first; a module imports only from the layers below it.
 // 1. The operating system: every `unsafe` block and syscall.
+mod percent;
 mod sync;
 mod sys;
 // 2. What the upgrade is made of: errors, registry keys and addresses, the handoff protocol, the

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("sys", 1),
     ("sync", 1),
+    ("percent", 1),
     ("error", 1),
     ("key", 1),
     ("address", 1),

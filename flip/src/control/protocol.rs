@@ -129,36 +129,15 @@ impl Response {
     }
 }
 
+/// Escapes `%`, line ends and control characters but tabs: a value stays on its line.
 fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c == '%' || c == '\n' || c == '\r' || (c.is_control() && c != '\t') {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                let _ = write!(out, "%{b:02X}");
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::percent::encode(s, |c| {
+        c == '%' || c == '\n' || c == '\r' || (c.is_control() && c != '\t')
+    })
 }
 
 fn unescape(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::percent::decode(s, |_| true)
 }
 
 /// Milliseconds with two decimals, as the wire carries durations.

@@ -240,45 +240,18 @@ fn check_address(network: &str, address: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Percent-encodes everything but printable ASCII other than `%` and space.
+/// Percent-encodes everything but printable ASCII other than `%` (space included); the empty
+/// string is `%`, so that every field has a word.
 fn escape(s: &str) -> String {
     if s.is_empty() {
         return "%".to_owned();
     }
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_graphic() && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    crate::percent::encode(s, |c| !(c.is_ascii_graphic() && c != '%'))
 }
 
 fn unescape(s: &str) -> Option<String> {
     if s == "%" {
         return Some(String::new());
     }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return None;
-                }
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b if b.is_ascii_graphic() => {
-                out.push(b);
-                i += 1;
-            }
-            _ => return None,
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::percent::decode(s, |b| b.is_ascii_graphic())
 }

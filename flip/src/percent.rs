@@ -1,0 +1,73 @@
+//! The one percent codec of flip's line protocols (the handoff manifest, the control socket):
+//! a character is written as `%XX` for each byte of its UTF-8 form when the protocol says it
+//! must be, and as itself otherwise. Each protocol says which characters it escapes, and which
+//! bytes it takes as they are when reading.
+
+use std::fmt::Write as _;
+
+/// `s` with every character for which `escaped` holds written as `%XX` per byte.
+pub(crate) fn encode(s: &str, escaped: impl Fn(char) -> bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if escaped(c) {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(out, "%{b:02X}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The text `s` encodes; `None` when a `%` is not followed by two hex digits, when a byte
+/// outside an escape is not one `raw` takes, or when the bytes are not UTF-8.
+pub(crate) fn decode(s: &str, raw: impl Fn(u8) -> bool) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b if raw(b) => {
+                out.push(b);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_escaped_comes_back_and_bad_escapes_are_refused() {
+        let all = |_: char| true;
+        let none = |_: char| false;
+        for s in ["", "plain", "a b%c\n\u{7f}\u{85}é"] {
+            assert_eq!(decode(&encode(s, all), |_| false).as_deref(), Some(s));
+            assert_eq!(
+                decode(&encode(s, |c| c == '%'), |_| true).as_deref(),
+                Some(s)
+            );
+        }
+        assert_eq!(encode("a%b", |c| c == '%'), "a%25b");
+        assert_eq!(encode("é", all), "%C3%A9");
+        assert_eq!(encode("x", none), "x");
+        for bad in ["%", "%4", "%+1", "%zz", "%FF"] {
+            assert_eq!(decode(bad, |_| true), None, "{bad}");
+        }
+        assert_eq!(decode("a b", |b| b != b' '), None);
+    }
+}
