@@ -1,9 +1,33 @@
-//! The one percent codec of flip's line protocols (the handoff manifest, the control socket):
-//! a character is written as `%XX` for each byte of its UTF-8 form when the protocol says it
-//! must be, and as itself otherwise. Each protocol says which characters it escapes, and which
-//! bytes it takes as they are when reading.
+//! What flip's two line protocols (the handoff manifest, the control socket) share: the
+//! `header … end` framing, written by [`Lines`], and the percent codec of their values (a
+//! character is written as `%XX` for each byte of its UTF-8 form when the protocol says it must
+//! be, and as itself otherwise; each protocol says which characters it escapes, and which bytes
+//! it takes as they are when reading).
 
 use std::fmt::Write as _;
+
+/// A message of a line protocol: a header line, lines of words, and `end`.
+#[derive(Debug)]
+pub(crate) struct Lines(String);
+
+impl Lines {
+    /// A message that starts with `header`.
+    pub(crate) fn new(header: &str) -> Lines {
+        Lines(format!("{header}\n"))
+    }
+
+    /// Appends one line (its words already escaped as the protocol wants).
+    pub(crate) fn line(&mut self, words: std::fmt::Arguments<'_>) -> &mut Lines {
+        let _ = writeln!(self.0, "{words}");
+        self
+    }
+
+    /// The message, `end` appended.
+    pub(crate) fn finish(mut self) -> String {
+        self.0.push_str("end\n");
+        self.0
+    }
+}
 
 /// `s` with every character for which `escaped` holds written as `%XX` per byte.
 pub(crate) fn encode(s: &str, escaped: impl Fn(char) -> bool) -> String {
@@ -50,6 +74,13 @@ pub(crate) fn decode(s: &str, raw: impl Fn(u8) -> bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_is_its_header_its_lines_and_end() {
+        let mut m = Lines::new("hello");
+        m.line(format_args!("a {}", 1)).line(format_args!("b"));
+        assert_eq!(m.finish(), "hello\na 1\nb\nend\n");
+    }
 
     #[test]
     fn what_is_escaped_comes_back_and_bad_escapes_are_refused() {

@@ -3,8 +3,9 @@
 //! printable, so every value is one line. Decoding trusts nothing: unknown keys are skipped,
 //! missing ones are errors naming them.
 
-use std::fmt::Write as _;
 use std::time::Duration;
+
+use crate::percent::Lines;
 
 /// First word of every request.
 pub(crate) const HEADER: &str = "flip-control/1";
@@ -48,22 +49,22 @@ impl Request {
 }
 
 /// A response being written.
-#[derive(Debug, Default)]
-pub(crate) struct Writer(String);
+#[derive(Debug)]
+pub(crate) struct Writer(Lines);
 
 impl Writer {
     pub(crate) fn new(kind: &str) -> Writer {
-        Writer(format!("{kind}\n"))
+        Writer(Lines::new(kind))
     }
 
     pub(crate) fn field(&mut self, key: &str, value: impl std::fmt::Display) -> &mut Writer {
-        let _ = writeln!(self.0, "{key} {}", escape(&value.to_string()));
+        self.0
+            .line(format_args!("{key} {}", escape(&value.to_string())));
         self
     }
 
-    pub(crate) fn finish(mut self) -> String {
-        self.0.push_str("end\n");
-        self.0
+    pub(crate) fn finish(self) -> String {
+        self.0.finish()
     }
 }
 

@@ -1,6 +1,5 @@
 //! The manifest: what the parent tells the new process about the descriptors it placed.
 
-use std::fmt::Write as _;
 use std::os::fd::RawFd;
 
 use super::marker::{Token, parse_fd};
@@ -39,16 +38,13 @@ pub(crate) struct Manifest {
 
 impl Manifest {
     pub(crate) fn encode(&self) -> String {
-        let mut out = format!(
-            "{MANIFEST_HEADER}\ntoken {}\nparent {}\nready {}\nalive {}\n",
-            self.token.to_hex(),
-            self.parent_pid,
-            self.ready_fd,
-            self.alive_fd
-        );
+        let mut out = crate::percent::Lines::new(MANIFEST_HEADER);
+        out.line(format_args!("token {}", self.token.to_hex()))
+            .line(format_args!("parent {}", self.parent_pid))
+            .line(format_args!("ready {}", self.ready_fd))
+            .line(format_args!("alive {}", self.alive_fd));
         for e in &self.entries {
-            let _ = writeln!(
-                out,
+            out.line(format_args!(
                 "entry {} {} {} {} {} {}",
                 e.key.kind.as_str(),
                 e.key.network,
@@ -56,10 +52,9 @@ impl Manifest {
                 e.fd,
                 e.file.dev,
                 e.file.ino
-            );
+            ));
         }
-        out.push_str("end\n");
-        out
+        out.finish()
     }
 
     /// Parses and checks a manifest: structure, numbers, kinds, networks, and that no descriptor
