@@ -14,7 +14,7 @@ use crate::handoff::{
     Manifest, Marker, READY_FD, ReadyPipe, STDERR_VAR, Token,
 };
 use crate::key::Key;
-use crate::process::{self, ExitWatch, Launch};
+use crate::launch::{self, ExitWatch, Launch};
 use crate::sys;
 use crate::sys::fd::FileId;
 
@@ -132,7 +132,7 @@ impl Child {
     /// Kills and reaps the child before returning.
     fn discard(mut self) {
         if !self.done {
-            process::kill_and_reap_now(self.pid);
+            launch::kill_and_reap_now(self.pid);
             self.done = true;
         }
     }
@@ -142,7 +142,7 @@ impl Drop for Child {
     fn drop(&mut self) {
         if !self.done {
             // The upgrade future was dropped while the child was starting.
-            process::kill_and_reap_later(self.pid);
+            launch::kill_and_reap_later(self.pid);
         }
     }
 }
@@ -325,7 +325,7 @@ pub(crate) fn spawn(
             ended: None,
         }),
         Err(e) => {
-            process::kill_and_reap_now(pid);
+            launch::kill_and_reap_now(pid);
             Err(Error::io("watching the new process")(e))
         }
     }

@@ -48,9 +48,9 @@ mod pidfile;
 // 3. The upgrade: starting processes, the old process's handle on the new one (`child`), the new
 //    process's link to the old one (`parent`), the standby, and the state machine.
 mod child;
+mod launch;
 mod options;
 mod parent;
-mod process;
 mod signal;
 mod standby;
 mod upgrader;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use crate::child::Pending;
 use crate::error::{Error, ExitStatus};
 use crate::fds::Fds;
+use crate::launch::Launch;
 use crate::pidfile;
-use crate::process::Launch;
 use crate::sys::fd::FileId;
 
 /// How the new process of an upgrade was started: [`Upgrader::last_successor_start`] after a

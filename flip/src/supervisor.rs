@@ -27,8 +27,8 @@ use std::process::ExitCode;
 
 use crate::bootstrap::StopMode;
 use crate::handoff::Token;
+use crate::launch::Launch;
 use crate::notify::{self, NOTIFY_SOCKET_VAR, Notifier};
-use crate::process::Launch;
 use crate::sys;
 use crate::sys::pidref::{self, ProcessRef};
 use crate::sys::process::Ended;
@@ -303,6 +303,6 @@ fn children_of(pid: i32) -> Vec<i32> {
 /// the supervisor.
 fn end_the_rest() {
     for pid in children_of(sys::process::own_pid()) {
-        crate::process::kill_and_reap_now(pid);
+        crate::launch::kill_and_reap_now(pid);
     }
 }

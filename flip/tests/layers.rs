@@ -28,7 +28,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("fds", 2),
     ("pidfile", 2),
     ("options", 2),
-    ("process", 2),
+    ("launch", 2),
     ("notify", 2),
     ("signal", 2),
     ("child", 3),

@@ -20,7 +20,7 @@ mod observer;
 mod outcome;
 mod shutdown;
 mod signals;
-mod standby;
+mod standby_schedule;
 pub(crate) mod startup;
 mod stop;
 
@@ -298,7 +298,7 @@ impl Bootstrap {
         self.observers.each(|o| o.ready(first));
         startup::StartupCost::log();
         let mut standby =
-            standby::Schedule::new(&self.upgrader, self.upgrades_enabled, inherited_watch);
+            standby_schedule::Schedule::new(&self.upgrader, self.upgrades_enabled, inherited_watch);
         loop {
             let new_pid = match self.serve_until_upgraded(&mut signals, &mut standby).await {
                 Ok(new_pid) => new_pid,
@@ -316,7 +316,7 @@ impl Bootstrap {
     async fn serve_until_upgraded(
         &mut self,
         signals: &mut Signals,
-        standby: &mut standby::Schedule,
+        standby: &mut standby_schedule::Schedule,
     ) -> Result<Option<u32>, Outcome> {
         self.refresh_standby();
         let exit = self.upgrader.exit();
