@@ -640,6 +640,8 @@ fn a_reload_burst_with_max_draining_loses_no_request_in_flight() {
         &[
             ("HTTP_ADDR", addr.clone()),
             ("FLIP_MAX_DRAINING", "1".into()),
+            // A stop signal would end a drain at once here: making room must not send one.
+            ("FLIP_STOP", "immediate".into()),
         ],
     );
     // Short requests, and slow ones that are in flight in every generation when it is asked
