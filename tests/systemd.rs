@@ -86,19 +86,25 @@ fn http_example() -> PathBuf {
     example_path("http")
 }
 
+/// A box named `name` running the `http` example as the `Type=notify` unit, started (which
+/// returns once the service sent READY=1): the box, the binary, its address and pid file.
+fn started_notify_unit(name: &str) -> (SystemdBox, PathBuf, String, PathBuf) {
+    let http = http_example();
+    let b = SystemdBox::boot(name, &[http.parent().unwrap()]);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let pid_file = b.share.path("http.pid");
+    b.install_unit(UNIT, &notify_unit(&http, &addr, &pid_file));
+    b.systemctl_ok(&["start", UNIT]);
+    (b, http, addr, pid_file)
+}
+
 #[test]
 fn a_notify_unit_starts_reloads_ten_times_under_load_and_stops_leaving_nothing() {
     let _one = ONE_BOX.lock().unwrap_or_else(|p| p.into_inner());
     if skip() {
         return;
     }
-    let http = http_example();
-    let b = SystemdBox::boot("notify", &[http.parent().unwrap()]);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let pid_file = b.share.path("http.pid");
-    b.install_unit(UNIT, &notify_unit(&http, &addr, &pid_file));
-    // Type=notify: returns once the service sent READY=1.
-    b.systemctl_ok(&["start", UNIT]);
+    let (b, http, addr, pid_file) = started_notify_unit("notify");
     assert_eq!(b.property(UNIT, "ActiveState"), "active");
     let first = main_pid(&b, UNIT);
     assert_eq!(pid_in(&pid_file), Some(first), "MainPID is the pid file's");
@@ -260,12 +266,7 @@ fn systemctl_stop_under_load_lets_every_generation_finish_what_it_accepted() {
     if skip() {
         return;
     }
-    let http = http_example();
-    let b = SystemdBox::boot("drain-stop", &[http.parent().unwrap()]);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let pid_file = b.share.path("http.pid");
-    b.install_unit(UNIT, &notify_unit(&http, &addr, &pid_file));
-    b.systemctl_ok(&["start", UNIT]);
+    let (b, http, addr, pid_file) = started_notify_unit("drain-stop");
     let first = main_pid(&b, UNIT);
     let load = Load::start(&addr, 3, Mode::Close);
     load.wait_for_more(20);
