@@ -32,34 +32,33 @@
 
 #![warn(missing_docs)]
 
-// The layers, lowest first; a module imports only from the layers below it.
-// 1. The operating system: every `unsafe` block and syscall.
+// The layers, lowest first; a module imports only from the layers below it, and nothing
+// imports through this root (`tests/layers.rs` keeps both rules).
+// 1. The ground: every `unsafe` block and syscall (`sys`), the lock helper, the percent codec,
+//    and the vocabulary (errors, registry keys, addresses).
+mod address;
+mod error;
+mod key;
 mod percent;
 mod sync;
 mod sys;
-// 2. What the upgrade is made of: errors, registry keys and addresses, the handoff protocol, the
-//    registry, the pid file.
-mod address;
-mod error;
-mod fds;
+// 2. What an upgrade is made of: the handoff's wire format (a codec, no I/O), the registry of
+//    sockets, starting processes, the pid file, readiness notifications, the upgrade signal.
 mod handoff;
-mod key;
-mod pidfile;
-// 3. The upgrade: starting processes, the old process's handle on the new one (`child`), the new
-//    process's link to the old one (`parent`), the standby, and the state machine.
-mod child;
 mod launch;
-mod options;
-mod parent;
-mod signal;
-mod standby;
-mod upgrader;
-// 4. Gitaly's bootstrap: starters, signals, readiness, the wait loop, the grace period; beside
-//    it, what follows it from outside: systemd and flip's own supervisor.
-mod bootstrap;
-pub mod control;
 mod notify;
+mod pidfile;
+mod registry;
+mod signal;
+// 3. One upgrade, both sides: the predecessor's handle on its successor, the successor's link
+//    to its predecessor, the standby, and the phases.
+mod upgrader;
+// 4. Gitaly's bootstrap: starters, signals, readiness, the wait loop, the grace period.
+mod bootstrap;
 mod server;
+// 5. What observes the Bootstrap or runs around it: systemd, the control socket, flip's own
+//    supervisor, and what it checks of the process's surroundings.
+pub mod control;
 mod supervisor;
 mod surroundings;
 pub mod systemd;
@@ -87,18 +86,19 @@ pub use bootstrap::{
     Shutdown, ShutdownTrigger, StartContext, StartError, StopMode, UpgradeRequester, UpgradeResult,
 };
 pub use error::{Chain, Error, ExitStatus, HandoffError, Result};
-pub use fds::{Fds, Listener, PacketSocket};
 pub use flip_macros::{main, starter};
 /// The environment variable that tells a process it was started by an upgrade (the handoff
 /// marker). flip removes it at startup, so nothing the server spawns sees it.
 pub use handoff::MARKER_VAR as HANDOFF_VAR;
 pub use key::{Key, Kind};
-pub use options::{DEFAULT_BACKLOG, DEFAULT_UNIX_SOCKET_MODE, DEFAULT_UPGRADE_TIMEOUT, Options};
 pub use pidfile::DEFAULT_MODE as DEFAULT_PID_FILE_MODE;
+pub use registry::{Fds, Listener, PacketSocket};
 pub use server::GracefulStoppableServer;
 pub use signal::upgrade_signal;
-pub use standby::{FreshStart, SuccessorStart};
-pub use upgrader::Upgrader;
+pub use upgrader::{
+    DEFAULT_BACKLOG, DEFAULT_UNIX_SOCKET_MODE, DEFAULT_UPGRADE_TIMEOUT, FreshStart, Options,
+    SuccessorStart, Upgrader,
+};
 
 /// Entry point of the cargo-fuzz target in `fuzz/` (feature `fuzzing`; not an API).
 #[cfg(feature = "fuzzing")]

@@ -10,7 +10,7 @@ pub use inventory;
 
 use crate::bootstrap::{Bootstrap, BoxError, BoxFuture, Outcome, StartContext, StopMode};
 use crate::error::{Chain, Error, HandoffError};
-use crate::options::Options;
+use crate::upgrader::Options;
 
 /// A starter collected by `#[flip::starter]`.
 #[derive(Debug)]
@@ -296,8 +296,8 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
         }
     };
     init_logging();
-    crate::parent::stash_marker();
-    let upgraded = crate::parent::has_marker();
+    crate::upgrader::stash_marker();
+    let upgraded = crate::upgrader::has_marker();
     let supervised = crate::sys::env::take_var(crate::supervisor::SUPERVISED_VAR).is_some();
     let pid1 = std::process::id() == 1;
     if env.supervise.unwrap_or(pid1) && !supervised && !upgraded {
@@ -306,7 +306,7 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     let upgrade_timeout = env
         .upgrade_timeout
         .or(config.upgrade_timeout)
-        .unwrap_or(crate::options::DEFAULT_UPGRADE_TIMEOUT);
+        .unwrap_or(crate::upgrader::DEFAULT_UPGRADE_TIMEOUT);
     let notify = match crate::systemd::Notify::from_env(upgrade_timeout) {
         Ok(n) => n,
         Err(e) => {
@@ -317,7 +317,7 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     // A process an upgrade started gets its parent's sockets, systemd's included.
     let activated = match upgraded {
         true => Vec::new(),
-        false => match crate::systemd::take_activated() {
+        false => match crate::registry::take_activated() {
             Ok(a) => a,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -388,6 +388,9 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
             return ExitCode::from(1);
         }
     };
+    if let Some(path) = bootstrap.upgrader().options().control_socket.clone() {
+        crate::control::serve(&mut bootstrap, path);
+    }
     if let Err(e) = bootstrap.upgrader().fds().add_activated(activated) {
         eprintln!("error: {e}");
         return ExitCode::from(2);

@@ -28,7 +28,7 @@
 //! ```
 
 use crate::bootstrap::{BoxError, BoxFuture};
-use crate::fds::Listener;
+use crate::registry::Listener;
 
 /// A server that serves listeners until it is stopped, gracefully or at once.
 ///

@@ -14,7 +14,6 @@
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use crate::bootstrap::Observer;
@@ -121,59 +120,4 @@ impl Observer for Notify {
     fn stopping(&self) {
         self.send(&["STOPPING=1".into(), notify::status("stopping")]);
     }
-}
-
-/// A socket systemd passed (socket activation), with its name from `LISTEN_FDNAMES`.
-#[derive(Debug)]
-pub(crate) struct Activated {
-    pub(crate) name: Option<String>,
-    pub(crate) fd: OwnedFd,
-}
-
-/// Takes the sockets systemd passed on a first start: `LISTEN_FDS` descriptors from 3 on, when
-/// `LISTEN_PID` is this process (another pid means the variables were inherited by accident:
-/// they are ignored). Each is made close-on-exec, and the variables are removed. Call it
-/// before other threads exist.
-pub(crate) fn take_activated() -> Result<Vec<Activated>, Error> {
-    let pid = sys::env::take_var("LISTEN_PID");
-    let fds = sys::env::take_var("LISTEN_FDS");
-    let names = sys::env::take_var("LISTEN_FDNAMES");
-    let (Some(pid), Some(fds)) = (pid, fds) else {
-        return Ok(Vec::new());
-    };
-    let bad = |name: &str, value: &OsString, reason: &'static str| {
-        Error::Activation(format!("{name}={value:?}: {reason}"))
-    };
-    let Some(pid) = pid.to_str().and_then(|p| p.parse::<u32>().ok()) else {
-        return Err(bad("LISTEN_PID", &pid, "not a pid"));
-    };
-    if pid != std::process::id() {
-        tracing::debug!(
-            listen_pid = pid,
-            "LISTEN_FDS is for another process; ignored"
-        );
-        return Ok(Vec::new());
-    }
-    let Some(count) = fds.to_str().and_then(|n| n.parse::<i32>().ok()) else {
-        return Err(bad("LISTEN_FDS", &fds, "not a number"));
-    };
-    if !(0..=1024).contains(&count) {
-        return Err(bad("LISTEN_FDS", &fds, "not between 0 and 1024"));
-    }
-    let names: Vec<String> = names
-        .and_then(|n| n.into_string().ok())
-        .map(|n| n.split(':').map(str::to_owned).collect())
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for i in 0..count {
-        let raw = sys::spawn::FIRST_CHILD_FD + i;
-        let fd = sys::fd::adopt(raw)
-            .map_err(|e| Error::Activation(format!("LISTEN_FDS: fd {raw}: {e}")))?;
-        let name = names
-            .get(i as usize)
-            .filter(|n| !n.is_empty() && n.as_str() != "unknown")
-            .cloned();
-        out.push(Activated { name, fd });
-    }
-    Ok(out)
 }

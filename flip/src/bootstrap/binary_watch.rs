@@ -20,7 +20,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tokio::io::unix::AsyncFd;
 
-use crate::fds::Fds;
+use crate::registry::Fds;
 use crate::sys::watch::{Change, DirId, Watch};
 
 /// The name of the watch's inotify instance in the registry ([`Fds::file`]).
@@ -167,7 +167,7 @@ fn on_the_way(path: &Path) -> Vec<(PathBuf, OsString)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fds::SocketSettings;
+    use crate::registry::SocketSettings;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("flip-{name}-{}", std::process::id()));

@@ -7,7 +7,7 @@ use super::BoxError;
 use super::group::DrainGroup;
 use super::shutdown::{Shutdown, Stage};
 use crate::error::Error;
-use crate::fds::Listener;
+use crate::registry::Listener;
 use crate::upgrader::Upgrader;
 
 /// Sends runtime errors of a server to [`Bootstrap::wait`](crate::Bootstrap::wait), which then stops at once.

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::error::Error;
-use crate::options::Options;
+use crate::upgrader::Options;
 use crate::upgrader::Upgrader;
 
 mod binary_watch;
@@ -127,12 +127,11 @@ impl Bootstrap {
 
     /// Builds the upgrader with full [`Options`].
     pub fn with_options(options: Options, upgrades_enabled: bool) -> Result<Bootstrap, Error> {
-        let control = options.control_socket.clone();
         let upgrader = Upgrader::new(options)?;
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let (tx, rx) = mpsc::unbounded_channel();
         let (shutdown_tx, _) = watch::channel(Stage::Starting);
-        let mut bootstrap = Bootstrap {
+        Ok(Bootstrap {
             upgrader,
             upgrades_enabled,
             grace: DEFAULT_GRACE_PERIOD,
@@ -147,11 +146,7 @@ impl Bootstrap {
             observers: Observers::default(),
             requests_tx,
             requests_rx,
-        };
-        if let Some(path) = control {
-            crate::control::serve(&mut bootstrap, path);
-        }
-        Ok(bootstrap)
+        })
     }
 
     /// The upgrader underneath.

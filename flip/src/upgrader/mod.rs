@@ -7,18 +7,26 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, watch};
 
-use crate::child::{self, Child};
 use crate::error::{Error, ExitStatus, Result};
-use crate::fds::{Fds, Registered, SocketSettings};
 use crate::launch::Launch;
-use crate::options::Options;
-use crate::parent::{self, ParentLink};
 use crate::pidfile;
-use crate::standby::{FreshStart, Standby, SuccessorStart};
+use crate::registry::{Fds, Registered, SocketSettings};
 use crate::sync::lock;
 use crate::sys::pidref::ProcessRef;
 
-mod generations;
+mod lineage;
+mod options;
+mod predecessor;
+mod standby;
+mod successor;
+
+pub use options::{DEFAULT_BACKLOG, DEFAULT_UNIX_SOCKET_MODE, DEFAULT_UPGRADE_TIMEOUT, Options};
+pub(crate) use predecessor::{has_marker, stash_marker};
+pub use standby::{FreshStart, SuccessorStart};
+
+use predecessor::ParentLink;
+use standby::Standby;
+use successor::Child;
 
 #[derive(Debug)]
 enum Phase {
@@ -119,12 +127,12 @@ impl Upgrader {
         // Then readiness costs a rename. If this fails, `ready()` writes the file the long way
         // and reports what is wrong.
         let prepared_pid_file = match &options.pid_file {
-            Some(path) if parent::has_marker() => {
+            Some(path) if predecessor::has_marker() => {
                 pidfile::prepare(path, options.pid_file_mode).ok()
             }
             _ => None,
         };
-        let inherited = parent::take_handoff()?;
+        let inherited = predecessor::take_handoff()?;
         // At first start a bad pid file path is reported before anything starts. During an
         // upgrade the write at `ready()` reports it just as clearly (and the parent keeps
         // serving), so the new process skips the probe: it is on the upgrade's critical path.
@@ -137,7 +145,7 @@ impl Upgrader {
         };
         let generation = match &inherited {
             None => 1,
-            Some(_) => parent::take_generation().unwrap_or(0),
+            Some(_) => predecessor::take_generation().unwrap_or(0),
         };
         let (fds, parent) = match inherited {
             Some(inh) => (Fds::new(inh.fds, true, settings), Some(inh.parent)),
@@ -152,7 +160,7 @@ impl Upgrader {
         }
         // The lineage is believed only beside a handoff that checked out: on a first start
         // the variable is whatever the environment says (leaked from elsewhere, or forged).
-        let listed = parent::take_ancestors();
+        let listed = predecessor::take_ancestors();
         let ancestors = if parent.is_some() {
             pin_ancestors(&listed)
         } else {
@@ -372,7 +380,7 @@ impl Upgrader {
     /// Starts a new process with `fds` and hands them over at once.
     fn start_fresh(&self, fds: Vec<Registered>) -> Result<Child> {
         let ancestors = self.lineage_for_child();
-        child::spawn(
+        successor::spawn(
             &self.shared.launch,
             fds,
             self.shared.generation + 1,
@@ -521,7 +529,7 @@ impl Upgrader {
             return Ok(None);
         }
         let start = || {
-            child::spawn(
+            successor::spawn(
                 &self.shared.launch,
                 self.snapshot()?,
                 self.shared.generation + 1,

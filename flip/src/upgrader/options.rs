@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[cfg(doc)]
-use crate::Upgrader;
+use super::Upgrader;
 use crate::pidfile;
 
 /// Default time a new process has to become ready.
@@ -147,9 +147,11 @@ impl Options {
         self
     }
 
-    /// Serve the control socket (see [`crate::control`]) at `path`: a [`Bootstrap`] built with
-    /// these options answers `flip status` and `flip upgrade` there. `#[flip::main]` sets it
-    /// from `<PREFIX>_CONTROL_SOCKET`, the attribute's `control`, or beside the pid file.
+    /// The control socket's path (see [`crate::control`]): `#[flip::main]` serves it there, so
+    /// that `flip status` and `flip upgrade` reach the serving process, and sets it from
+    /// `<PREFIX>_CONTROL_SOCKET`, the attribute's `control`, or beside the pid file. A
+    /// [`Bootstrap`] built by hand serves it with [`control::serve`](crate::control::serve).
+    /// The upgrader removes the path at a stop while the pid file names this process.
     ///
     /// [`Bootstrap`]: crate::Bootstrap
     pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Options {

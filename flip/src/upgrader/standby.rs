@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::child::Pending;
+use super::successor::Pending;
 use crate::error::{Error, ExitStatus};
-use crate::fds::Fds;
 use crate::launch::Launch;
 use crate::pidfile;
+use crate::registry::Fds;
 use crate::sys::fd::FileId;
 
 /// How the new process of an upgrade was started: [`Upgrader::last_successor_start`] after a

@@ -8,13 +8,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, ExitStatus};
-use crate::fds::Registered;
 use crate::handoff::{
     self, ALIVE_FD, ANCESTORS_VAR, CONTROL_FD, Entry, FIRST_ENTRY_FD, GENERATION_VAR, MARKER_VAR,
     Manifest, Marker, READY_FD, ReadyPipe, STDERR_VAR, Token,
 };
 use crate::key::Key;
 use crate::launch::{self, ExitWatch, Launch};
+use crate::registry::Registered;
 use crate::sys;
 use crate::sys::fd::FileId;
 

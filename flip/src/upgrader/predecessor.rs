@@ -7,11 +7,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 
 use crate::error::HandoffError;
-use crate::fds::Registered;
 use crate::handoff::{
     self, ANCESTORS_VAR, FIRST_ENTRY_FD, GENERATION_VAR, MARKER_VAR, Manifest, Marker, STDERR_VAR,
 };
 use crate::key::{ACTIVATED_NETWORK, Key, Kind};
+use crate::registry::Registered;
 use crate::sys;
 use crate::sys::fd::{FileId, Identity, Marked};
 use crate::sys::socket::{LocalAddr, SocketInfo, SocketType};

@@ -1,0 +1,152 @@
+//! Socket activation: the sockets systemd passed (`LISTEN_FDS`), taken at a first start and
+//! used in place of new ones when a server asks for their address or name.
+
+use std::ffi::OsString;
+use std::net::TcpListener;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+
+use super::{Fds, Listener, socket_error};
+use crate::address;
+use crate::error::Error;
+use crate::key::{ACTIVATED_NETWORK, Key, Kind};
+use crate::sys;
+use crate::sys::socket::{LocalAddr, SocketInfo, SocketType};
+
+/// A socket systemd passed, with what it is.
+#[derive(Debug)]
+pub(super) struct ActivatedSocket {
+    pub(super) name: Option<String>,
+    pub(super) fd: OwnedFd,
+    pub(super) info: SocketInfo,
+}
+
+impl ActivatedSocket {
+    pub(super) fn is(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Listener => self.info.socket_type == SocketType::Stream && self.info.listening,
+            Kind::Packet => self.info.socket_type == SocketType::Datagram,
+            Kind::File => false,
+        }
+    }
+}
+
+/// A socket systemd passed (socket activation), with its name from `LISTEN_FDNAMES`.
+#[derive(Debug)]
+pub(crate) struct Activated {
+    pub(crate) name: Option<String>,
+    pub(crate) fd: OwnedFd,
+}
+
+/// Takes the sockets systemd passed on a first start: `LISTEN_FDS` descriptors from 3 on, when
+/// `LISTEN_PID` is this process (another pid means the variables were inherited by accident:
+/// they are ignored). Each is made close-on-exec, and the variables are removed. Call it
+/// before other threads exist.
+pub(crate) fn take_activated() -> Result<Vec<Activated>, Error> {
+    let pid = sys::env::take_var("LISTEN_PID");
+    let fds = sys::env::take_var("LISTEN_FDS");
+    let names = sys::env::take_var("LISTEN_FDNAMES");
+    let (Some(pid), Some(fds)) = (pid, fds) else {
+        return Ok(Vec::new());
+    };
+    let bad = |name: &str, value: &OsString, reason: &'static str| {
+        Error::Activation(format!("{name}={value:?}: {reason}"))
+    };
+    let Some(pid) = pid.to_str().and_then(|p| p.parse::<u32>().ok()) else {
+        return Err(bad("LISTEN_PID", &pid, "not a pid"));
+    };
+    if pid != std::process::id() {
+        tracing::debug!(
+            listen_pid = pid,
+            "LISTEN_FDS is for another process; ignored"
+        );
+        return Ok(Vec::new());
+    }
+    let Some(count) = fds.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        return Err(bad("LISTEN_FDS", &fds, "not a number"));
+    };
+    if !(0..=1024).contains(&count) {
+        return Err(bad("LISTEN_FDS", &fds, "not between 0 and 1024"));
+    }
+    let names: Vec<String> = names
+        .and_then(|n| n.into_string().ok())
+        .map(|n| n.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for i in 0..count {
+        let raw = sys::spawn::FIRST_CHILD_FD + i;
+        let fd = sys::fd::adopt(raw)
+            .map_err(|e| Error::Activation(format!("LISTEN_FDS: fd {raw}: {e}")))?;
+        let name = names
+            .get(i as usize)
+            .filter(|n| !n.is_empty() && n.as_str() != "unknown")
+            .cloned();
+        out.push(Activated { name, fd });
+    }
+    Ok(out)
+}
+
+impl Fds {
+    /// Hands systemd's sockets to the registry, for [`listen`](Fds::listen) and
+    /// [`packet`](Fds::packet) to use in place of new ones. Fails when one is not a socket.
+    pub(crate) fn add_activated(&self, sockets: Vec<Activated>) -> Result<(), Error> {
+        let mut checked = Vec::with_capacity(sockets.len());
+        for s in sockets {
+            let what = s.name.as_deref().unwrap_or("unnamed");
+            let info = sys::socket::inspect(&s.fd).map_err(|e| {
+                Error::Activation(format!("a passed descriptor ({what}) is not a socket: {e}"))
+            })?;
+            // systemd passes blocking sockets; tokio wants them non-blocking.
+            sys::fd::set_nonblocking(s.fd.as_fd()).map_err(|e| {
+                Error::Activation(format!("making the passed socket {what} non-blocking: {e}"))
+            })?;
+            checked.push(ActivatedSocket {
+                name: s.name,
+                fd: s.fd,
+                info,
+            });
+        }
+        self.lock().activated.extend(checked);
+        Ok(())
+    }
+
+    /// Claims the activated socket of `kind` that `fits`, registered under `key`.
+    pub(super) fn claim_activated(
+        &self,
+        kind: Kind,
+        key: Key,
+        fits: impl Fn(&ActivatedSocket) -> bool,
+    ) -> Result<Option<OwnedFd>, Error> {
+        let mut reg = self.lock();
+        let Some(i) = reg.activated.iter().position(|s| s.is(kind) && fits(s)) else {
+            return Ok(None);
+        };
+        let socket = reg.activated.remove(i);
+        drop(reg);
+        tracing::debug!(%key, "using a socket systemd passed");
+        self.insert(key, socket.fd).map(Some)
+    }
+
+    /// The listener systemd passed under `name`, or (after an upgrade) the one inherited under
+    /// that name.
+    pub(super) fn activated_listener(&self, name: &str) -> Result<Listener, Error> {
+        let key = Key::new(Kind::Listener, ACTIVATED_NETWORK, name);
+        let fd = match self.claim(&key)? {
+            Some(fd) => fd,
+            None => self
+                .claim_activated(Kind::Listener, key, |s| s.name.as_deref() == Some(name))?
+                .ok_or_else(|| {
+                    address::address_error(
+                        ACTIVATED_NETWORK,
+                        name,
+                        "systemd passed no listening socket of that name (FileDescriptorName=)",
+                    )
+                })?,
+        };
+        let info = sys::socket::inspect(&fd).map_err(socket_error(ACTIVATED_NETWORK, name))?;
+        Ok(match info.local {
+            LocalAddr::Inet(_) => Listener::Tcp(TcpListener::from(fd)),
+            _ => Listener::Unix(UnixListener::from(fd)),
+        })
+    }
+}
