@@ -692,7 +692,7 @@ fn a_successor_that_upgraded_in_turn_and_exited_is_logged_as_an_ordinary_event()
         || {
             server
                 .log()
-                .contains("the new process exited while this one was draining")
+                .contains("the successor exited while this process was draining")
                 .then_some(())
         },
     );
@@ -700,7 +700,7 @@ fn a_successor_that_upgraded_in_turn_and_exited_is_logged_as_an_ordinary_event()
     let line = server
         .log()
         .lines()
-        .find(|l| l.contains("the new process exited while this one was draining"))
+        .find(|l| l.contains("the successor exited while this process was draining"))
         .unwrap()
         .to_owned();
     assert!(line.contains(" INFO "), "logged as an error: {line}");

@@ -175,8 +175,10 @@ fn the_supervisor_keeps_its_pid_over_20_upgrades_forwards_signals_and_holds_stil
         fds_20, fds_1,
         "the supervisor's descriptors after 10 and 20 upgrades"
     );
+    // A leak of 16 KiB per upgrade shows; a thread the runtime adds under a loaded machine
+    // (its stack and malloc arena: 84 KiB seen once on a loaded CI run) does not fail it.
     assert!(
-        private_20 <= private_1 + 64,
+        private_20 <= private_1 + 160,
         "the supervisor's own written memory grew from {private_1} to {private_20} KiB"
     );
     assert!(zombies_of(supervisor).is_empty());

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,7 +37,7 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(60);
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A boxed future, as starters and stop actions return them.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub type BoxFuture<T> = crate::sync::BoxFuture<'static, T>;
 
 /// Starters and the stop action can run more than once: again when this process takes service
 /// back after its successor died.

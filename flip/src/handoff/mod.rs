@@ -1,6 +1,7 @@
-//! The handoff protocol between the old process and the new one, whole: what travels, in which
-//! layout, and how it is read and written. The two sides ([`child`](crate::child) in the old
-//! process, [`parent`](crate::parent) in the new one) do nothing else with these bytes.
+//! The handoff protocol between the predecessor (the process that runs) and its successor (the
+//! new process), whole and without I/O: what travels, in which layout, and how it is encoded
+//! and decoded. Each side owns its own I/O (`upgrader/successor.rs` in the predecessor,
+//! `upgrader/predecessor.rs` in the successor) and does nothing else with these bytes.
 //!
 //! An upgrade hands over four things:
 //! - the descriptors, placed by the spawn at fixed numbers: the control pipe at [`CONTROL_FD`],
@@ -32,15 +33,15 @@
 //! parent saw, which the child checks with `fstat` before adopting the descriptor. Decoding opens
 //! nothing and trusts nothing it parses.
 
-use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 
-use crate::error::HandoffError;
-use crate::sys;
 use crate::sys::spawn::FIRST_CHILD_FD;
 
+mod layout;
 mod manifest;
 mod marker;
+
+pub(crate) use layout::{Handing, Layout, entries_below};
 
 use manifest::TERMINATOR;
 pub(crate) use manifest::{Entry, MAX_MANIFEST_BYTES, Manifest};
@@ -106,86 +107,21 @@ pub(crate) const FIRST_ENTRY_FD: RawFd = FIRST_CHILD_FD + 3;
 /// What the new process writes on the ready pipe.
 pub(crate) const READY_BYTE: &[u8] = b"R";
 
-/// Writes a whole manifest into the control pipe, which [`prepare_control`] made room in.
-pub(crate) fn write_manifest(control: BorrowedFd<'_>, manifest: &[u8]) -> io::Result<()> {
-    sys::fd::write_all(control, manifest)
+/// Whether `bytes` hold a whole manifest (its final `end` line), or more than any manifest
+/// may: a reader stops there and lets [`Manifest::decode`] judge.
+pub(crate) fn manifest_complete(bytes: &[u8]) -> bool {
+    bytes.ends_with(TERMINATOR) || bytes.len() > MAX_MANIFEST_BYTES
 }
 
-/// Makes the control pipe non-blocking and large enough for the whole manifest, so writing it
-/// never waits for the new process to read.
-pub(crate) fn prepare_control(control: BorrowedFd<'_>, len: usize) -> io::Result<()> {
-    sys::fd::reserve_pipe(control, len)?;
-    sys::fd::set_nonblocking(control)
-}
-
-/// Reads until the manifest's final `end` line, EOF or the size limit.
-///
-/// There is no deadline: a standby waits here until its parent upgrades, and the parent always
-/// either writes the manifest or closes its end (exiting closes it too), so this cannot hang.
-pub(crate) fn read_manifest(control: BorrowedFd<'_>) -> Result<Vec<u8>, HandoffError> {
-    let mut bytes = Vec::with_capacity(4096);
-    let mut buf = [0u8; 8192];
-    loop {
-        if bytes.ends_with(TERMINATOR) || bytes.len() > MAX_MANIFEST_BYTES {
-            return Ok(bytes);
-        }
-        sys::fd::wait_readable(control).map_err(HandoffError::Io)?;
-        match sys::fd::read(control, &mut buf) {
-            Ok(0) if bytes.is_empty() => return Err(HandoffError::Withdrawn),
-            Ok(0) => return Ok(bytes),
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(e) if retry(&e) => {}
-            Err(e) => return Err(HandoffError::Io(e)),
-        }
-    }
-}
-
-/// Tells the parent that this process is ready.
-pub(crate) fn send_ready(ready: BorrowedFd<'_>) -> io::Result<()> {
-    sys::fd::write_all(ready, READY_BYTE)
-}
-
-/// What one read of the ready pipe says.
+/// What one read of the ready pipe says, as the predecessor reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReadyPipe {
-    /// The new process is ready.
+    /// The successor is ready.
     Ready,
-    /// EOF (or a broken pipe): the new process exited before it was ready.
+    /// EOF (or a broken pipe): the successor exited before it was ready.
     Closed,
     /// Nothing yet.
     Pending,
-}
-
-/// Reads the ready pipe (non-blocking) once.
-pub(crate) fn read_ready(ready: BorrowedFd<'_>) -> ReadyPipe {
-    let mut buf = [0u8; 8];
-    match sys::fd::read(ready, &mut buf) {
-        Ok(0) => ReadyPipe::Closed,
-        Ok(_) => ReadyPipe::Ready,
-        Err(e) if retry(&e) => ReadyPipe::Pending,
-        Err(_) => ReadyPipe::Closed,
-    }
-}
-
-/// Whether the parent pipe says the parent exited (EOF), without blocking.
-pub(crate) fn parent_exited(alive: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut buf = [0u8; 16];
-    loop {
-        match sys::fd::read(alive, &mut buf) {
-            Ok(0) => return Ok(true),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-fn retry(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-    )
 }
 
 /// Entry point of the cargo-fuzz target in `fuzz/` (feature `fuzzing`; not an API).

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::ffi::OsStr;
 
 use super::*;
+use crate::error::HandoffError;
 use crate::key::{Key, Kind};
 use crate::sys::fd::FileId;
 

@@ -16,6 +16,10 @@ use crate::sys::fd::FileId;
 use crate::sys::process::Ended;
 use crate::sys::spawn::SpawnRequest;
 
+mod stderr;
+
+pub(crate) use stderr::StderrTail;
+
 /// How the new process is started: captured once, when the first `Upgrader` is built.
 #[derive(Debug, Clone)]
 pub(crate) struct Launch {

@@ -2,9 +2,11 @@
 //! lives) and the one it upgraded to (should it die during the drain, this process takes
 //! service back).
 
-use super::{Phase, Upgrader, lock};
+use super::{Phase, Upgrader};
 use crate::error::{Error, ExitStatus, Result};
 use crate::pidfile;
+use crate::sync::lock;
+use crate::sys::pidref::ProcessRef;
 
 impl Upgrader {
     /// The pid of the process that started this one, while it still runs.
@@ -91,4 +93,95 @@ impl Upgrader {
             guard.clear_ready();
         }
     }
+
+    /// Tells every older generation still draining to stop now (SIGTERM): a stop of the
+    /// serving process stops the whole service, not only its newest generation. Reaches only
+    /// the processes a verified handoff named, pinned (never a recycled pid).
+    pub(crate) fn stop_elders(&self) {
+        for process in self.draining_ancestors() {
+            tracing::info!(
+                pid = process.pid(),
+                "stopping an older generation that still drains"
+            );
+            if let Err(e) = process.signal(crate::sys::process::SIGTERM) {
+                tracing::warn!(pid = process.pid(), error = %e, "cannot stop an older generation");
+            }
+        }
+    }
+
+    /// Whether an older generation still runs (drains).
+    pub(crate) fn elders_running(&self) -> bool {
+        !self.draining_ancestors().is_empty()
+    }
+
+    /// Older generations still running, oldest first.
+    pub(super) fn draining_ancestors(&self) -> Vec<&ProcessRef> {
+        self.shared
+            .ancestors
+            .iter()
+            .filter(|process| process.runs())
+            .collect()
+    }
+
+    /// What a successor is told of its elders: those still running, and this process.
+    pub(super) fn lineage_for_successor(&self) -> Vec<crate::handoff::ProcessName> {
+        let mut lineage: Vec<_> = self
+            .draining_ancestors()
+            .iter()
+            .map(|p| (p.pid(), p.start_time()))
+            .collect();
+        let me = crate::sys::process::own_pid();
+        if let Some(stat) = crate::sys::pidref::Stat::read(me) {
+            lineage.push((me, stat.start));
+        }
+        lineage
+    }
+
+    /// With [`Options::max_draining`]: waits (until `deadline`) for the oldest draining
+    /// generations to finish their drain until the upgrade leaves at most that many draining.
+    /// They are not told to hurry: a generation is never made to drop requests it accepted,
+    /// only its own grace period ends its drain. When they are not done by the deadline, the
+    /// upgrade fails before anything was started, and this process serves on.
+    pub(super) async fn make_room(&self, deadline: tokio::time::Instant) -> Result<()> {
+        let Some(max) = self.shared.options.max_draining else {
+            return Ok(());
+        };
+        // After this upgrade, this process drains too.
+        let draining = self.draining_ancestors();
+        let excess = (draining.len() + 1).saturating_sub(max);
+        for process in draining.iter().take(excess) {
+            if !process.runs() {
+                continue;
+            }
+            tracing::info!(
+                pid = process.pid(),
+                max_draining = max,
+                "waiting for the oldest draining generation to finish what it accepted"
+            );
+            while process.runs() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::io(
+                        "waiting for an old generation to finish its drain",
+                    )(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "pid {} still drains (max_draining = {max}); try again once it exited",
+                            process.pid()
+                        ),
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pins each listed generation that still runs as the same process (same start time); the
+/// others ended, and their pids may name someone else by now.
+pub(super) fn pin_ancestors(listed: &[crate::handoff::ProcessName]) -> Vec<ProcessRef> {
+    listed
+        .iter()
+        .filter_map(|&(pid, start)| ProcessRef::open(pid, Some(start)).ok().flatten())
+        .collect()
 }

@@ -1,32 +1,43 @@
-//! The upgrade state machine.
+//! One upgrade, both sides, and the phases of the process that runs it.
+//!
+//! The running process (the predecessor) goes `Starting → Ready → Upgrading → Upgraded`
+//! (`upgrade.rs`, with the standby in `standby.rs` and its handle on the new process in
+//! `successor.rs`); the new process (the successor) reads its handoff in `predecessor.rs`,
+//! checking every descriptor in `adopt.rs`, and follows the generations around it in
+//! `lineage.rs`. `successor.rs` and `predecessor.rs` never import each other: the wire
+//! between them is `handoff`.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tokio::sync::{Notify, watch};
 
 use crate::error::{Error, ExitStatus, Result};
 use crate::launch::Launch;
 use crate::pidfile;
-use crate::registry::{Fds, Registered, SocketSettings};
+use crate::registry::{Fds, SocketSettings};
 use crate::sync::lock;
 use crate::sys::pidref::ProcessRef;
 
+mod adopt;
 mod lineage;
 mod options;
 mod predecessor;
 mod standby;
 mod successor;
+#[cfg(test)]
+mod tests;
+mod upgrade;
 
 pub use options::{DEFAULT_BACKLOG, DEFAULT_UNIX_SOCKET_MODE, DEFAULT_UPGRADE_TIMEOUT, Options};
 pub(crate) use predecessor::{has_marker, stash_marker};
 pub use standby::{FreshStart, SuccessorStart};
 
+use predecessor::Inherited;
 use predecessor::ParentLink;
 use standby::Standby;
-use successor::Child;
+use successor::Spawner;
 
 #[derive(Debug)]
 enum Phase {
@@ -34,9 +45,9 @@ enum Phase {
     Starting,
     /// Serving; upgrades may start.
     Ready,
-    /// A new process is starting. `stop()` wakes the notify to cancel it.
+    /// A successor is starting. `stop()` wakes the notify to cancel it.
     Upgrading(Arc<Notify>),
-    /// A new process took over; this one drains and exits.
+    /// The successor took over; this process drains and exits.
     Upgraded,
     /// `stop()` was called.
     Stopped,
@@ -46,7 +57,8 @@ enum Phase {
 struct Shared {
     options: Options,
     fds: Fds,
-    launch: Launch,
+    /// Starts successors.
+    spawner: Box<dyn Spawner>,
     phase: Mutex<Phase>,
     parent: Mutex<Option<ParentLink>>,
     /// This process's pid file, written ahead of time when an upgrade started it.
@@ -97,6 +109,13 @@ pub struct Upgrader {
     shared: Arc<Shared>,
 }
 
+/// What a process knows of its place among the generations when its upgrader is built.
+struct Start {
+    generation: u64,
+    ancestors: Vec<ProcessRef>,
+    prepared_pid_file: Option<pidfile::Prepared>,
+}
+
 static CREATED: AtomicBool = AtomicBool::new(false);
 
 impl Upgrader {
@@ -139,30 +158,15 @@ impl Upgrader {
         if let (Some(path), None) = (&options.pid_file, &inherited) {
             pidfile::check_writable(path, options.pid_file_mode)?;
         }
-        let settings = SocketSettings {
-            backlog: options.backlog,
-            unix_mode: options.unix_socket_mode,
-        };
         let generation = match &inherited {
             None => 1,
             Some(_) => predecessor::take_generation().unwrap_or(0),
         };
-        let (fds, parent) = match inherited {
-            Some(inh) => (Fds::new(inh.fds, true, settings), Some(inh.parent)),
-            None => (Fds::new(Vec::new(), false, settings), None),
-        };
-        if let Some(p) = &parent {
-            tracing::debug!(
-                parent = p.pid,
-                sockets = fds.keys().len(),
-                "started by an upgrade"
-            );
-        }
         // The lineage is believed only beside a handoff that checked out: on a first start
         // the variable is whatever the environment says (leaked from elsewhere, or forged).
         let listed = predecessor::take_ancestors();
-        let ancestors = if parent.is_some() {
-            pin_ancestors(&listed)
+        let ancestors = if inherited.is_some() {
+            lineage::pin_ancestors(&listed)
         } else {
             if !listed.is_empty() {
                 tracing::warn!(
@@ -172,25 +176,59 @@ impl Upgrader {
             }
             Vec::new()
         };
+        Ok(Self::assemble(
+            options,
+            Box::new(launch),
+            inherited,
+            Start {
+                generation,
+                ancestors,
+                prepared_pid_file,
+            },
+        ))
+    }
+
+    /// Builds the upgrader from what [`build`](Upgrader::build) read, or what a test gives.
+    fn assemble(
+        options: Options,
+        spawner: Box<dyn Spawner>,
+        inherited: Option<Inherited>,
+        start: Start,
+    ) -> Upgrader {
+        let settings = SocketSettings {
+            backlog: options.backlog,
+            unix_mode: options.unix_socket_mode,
+        };
+        let (fds, parent) = match inherited {
+            Some(inh) => (Fds::new(inh.fds, true, settings), Some(inh.parent)),
+            None => (Fds::new(Vec::new(), false, settings), None),
+        };
+        if let Some(p) = &parent {
+            tracing::debug!(
+                predecessor = p.pid,
+                sockets = fds.keys().len(),
+                "started by an upgrade"
+            );
+        }
         let (exit, _) = watch::channel(false);
         let (successor_exit, _) = watch::channel(None);
-        Ok(Upgrader {
+        Upgrader {
             shared: Arc::new(Shared {
                 options,
                 fds,
-                launch,
+                spawner,
                 phase: Mutex::new(Phase::Starting),
                 parent: Mutex::new(parent),
-                prepared_pid_file: Mutex::new(prepared_pid_file),
+                prepared_pid_file: Mutex::new(start.prepared_pid_file),
                 standby: Standby::default(),
                 last_start: Mutex::new(None),
-                generation,
-                ancestors,
+                generation: start.generation,
+                ancestors: start.ancestors,
                 successor_link: Mutex::new(None),
                 successor_exit,
                 exit,
             }),
-        })
+        }
     }
 
     /// The registry to open every socket and file through.
@@ -216,7 +254,7 @@ impl Upgrader {
 
     /// The path an upgrade starts.
     pub fn executable(&self) -> &std::path::Path {
-        &self.shared.launch.program
+        self.shared.spawner.program()
     }
 
     /// How the new process of the last successful [`upgrade`](Upgrader::upgrade) was
@@ -278,132 +316,6 @@ impl Upgrader {
         Ok(())
     }
 
-    /// Starts the new process and resolves with its pid once it is ready.
-    ///
-    /// Refused (with nothing started) before [`ready`](Upgrader::ready), while another upgrade
-    /// runs, after a successful one, after [`stop`](Upgrader::stop), and while the process that
-    /// started this one is still alive. Fails when the new process exits or is not ready within
-    /// the upgrade timeout (it is then killed and reaped). After a failure this process keeps
-    /// serving, and a later call may succeed. Needs a tokio runtime with I/O and time enabled.
-    pub async fn upgrade(&self) -> Result<u32> {
-        let cancel = self.begin_upgrade()?;
-        // Back to Ready on every path but success, including this future being dropped.
-        let mut reset = PhaseReset {
-            phase: &self.shared.phase,
-            armed: true,
-        };
-        let started = Instant::now();
-        let timeout = self.shared.options.upgrade_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        self.make_room(deadline).await?;
-        let standby = self.shared.standby.take_current(
-            &self.shared.launch,
-            &self.shared.fds,
-            self.pid_file(),
-        );
-        let (mut child, mut start) = match standby {
-            Ok(standby) => {
-                let pid = standby.pid();
-                tracing::debug!(pid, "handing over to the standby process");
-                match standby.hand_over() {
-                    Ok(child) => (child, SuccessorStart::Standby),
-                    Err(e) => {
-                        tracing::warn!(pid, error = %crate::error::Chain(&e), "the standby process is gone; starting afresh");
-                        self.reclaim_pid_file(pid);
-                        let fresh = self.start_fresh(self.snapshot()?)?;
-                        (fresh, SuccessorStart::Fresh(FreshStart::StandbyExited))
-                    }
-                }
-            }
-            Err(why) => {
-                if self.shared.options.standby {
-                    tracing::info!(%why, "starting the new process afresh");
-                }
-                let fresh = self.start_fresh(self.snapshot()?)?;
-                (fresh, SuccessorStart::Fresh(why))
-            }
-        };
-        loop {
-            let pid = child.pid();
-            tracing::debug!(pid, program = %self.shared.launch.program.display(), "started the new process");
-            let failed = tokio::select! {
-                ready = child.wait_ready() => match ready {
-                    Ok(()) => None,
-                    Err(status) => Some(Error::ChildExited { pid, status, last_stderr: child.last_stderr().await }),
-                },
-                () = tokio::time::sleep_until(deadline) => {
-                    child.kill().await;
-                    Some(Error::Timeout { pid, timeout, last_stderr: child.last_stderr().await })
-                }
-                () = cancel.notified() => {
-                    child.kill().await;
-                    Some(Error::Terminating)
-                }
-            };
-            let Some(error) = failed else { break };
-            // The child may have died between writing the pid file and telling us it was ready:
-            // the pid file must name the process that serves, this one.
-            self.reclaim_pid_file(pid);
-            match error {
-                // Killed from outside a moment before the upgrade (so it still looked alive),
-                // say. A fresh start is what the upgrade would have done without a standby.
-                Error::ChildExited { status, .. } if start == SuccessorStart::Standby => {
-                    tracing::warn!(pid, %status, "the standby process ended before it was ready; starting afresh");
-                    child = self.start_fresh(self.snapshot()?)?;
-                    start = SuccessorStart::Fresh(FreshStart::StandbyExited);
-                }
-                error => return Err(error),
-            }
-        }
-        let pid = child.pid();
-        let shared = Arc::downgrade(&self.shared);
-        *lock(&self.shared.successor_link) = child.into_successor(move |status| {
-            if let Some(shared) = shared.upgrade() {
-                shared.successor_exit.send_replace(Some(status));
-            }
-        });
-        {
-            let mut phase = lock(&self.shared.phase);
-            reset.armed = false;
-            match *phase {
-                // stop() raced with success: the new process serves; this one exits either way.
-                Phase::Stopped => {}
-                _ => *phase = Phase::Upgraded,
-            }
-        }
-        *lock(&self.shared.last_start) = Some(start);
-        self.shared.exit.send_replace(true);
-        tracing::debug!(pid, elapsed = ?started.elapsed(), "the new process is ready");
-        Ok(pid)
-    }
-
-    /// Starts a new process with `fds` and hands them over at once.
-    fn start_fresh(&self, fds: Vec<Registered>) -> Result<Child> {
-        let ancestors = self.lineage_for_child();
-        successor::spawn(
-            &self.shared.launch,
-            fds,
-            self.shared.generation + 1,
-            &ancestors,
-        )?
-        .hand_over()
-    }
-
-    /// Tells every older generation still draining to stop now (SIGTERM): a stop of the
-    /// serving process stops the whole service, not only its newest generation. Reaches only
-    /// the processes a verified handoff named, pinned (never a recycled pid).
-    pub(crate) fn stop_elders(&self) {
-        for process in self.draining_ancestors() {
-            tracing::info!(
-                pid = process.pid(),
-                "stopping an older generation that still drains"
-            );
-            if let Err(e) = process.signal(crate::sys::process::SIGTERM) {
-                tracing::warn!(pid = process.pid(), error = %e, "cannot stop an older generation");
-            }
-        }
-    }
-
     /// At a stop: removes the pid file, and the control socket's path, while the pid file
     /// still names this process (a pid file left behind names a dead pid that may be reused).
     /// When it names another process, someone else serves and both are theirs.
@@ -428,159 +340,8 @@ impl Upgrader {
         }
     }
 
-    /// Whether an older generation still runs (drains).
-    pub(crate) fn elders_running(&self) -> bool {
-        !self.draining_ancestors().is_empty()
-    }
-
-    /// Older generations still running, oldest first.
-    fn draining_ancestors(&self) -> Vec<&ProcessRef> {
-        self.shared
-            .ancestors
-            .iter()
-            .filter(|process| process.runs())
-            .collect()
-    }
-
-    /// What a new process is told of its elders: those still running, and this process.
-    fn lineage_for_child(&self) -> Vec<crate::handoff::ProcessName> {
-        let mut lineage: Vec<_> = self
-            .draining_ancestors()
-            .iter()
-            .map(|p| (p.pid(), p.start_time()))
-            .collect();
-        let me = crate::sys::process::own_pid();
-        if let Some(stat) = crate::sys::pidref::Stat::read(me) {
-            lineage.push((me, stat.start));
-        }
-        lineage
-    }
-
-    /// With [`Options::max_draining`]: waits (until `deadline`) for the oldest draining
-    /// generations to finish their drain until the upgrade leaves at most that many draining.
-    /// They are not told to hurry: a generation is never made to drop requests it accepted,
-    /// only its own grace period ends its drain. When they are not done by the deadline, the
-    /// upgrade fails before anything was started, and this process serves on.
-    async fn make_room(&self, deadline: tokio::time::Instant) -> Result<()> {
-        let Some(max) = self.shared.options.max_draining else {
-            return Ok(());
-        };
-        // After this upgrade, this process drains too.
-        let draining = self.draining_ancestors();
-        let excess = (draining.len() + 1).saturating_sub(max);
-        for process in draining.iter().take(excess) {
-            if !process.runs() {
-                continue;
-            }
-            tracing::info!(
-                pid = process.pid(),
-                max_draining = max,
-                "waiting for the oldest draining generation to finish what it accepted"
-            );
-            while process.runs() {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(Error::io(
-                        "waiting for an old generation to finish its drain",
-                    )(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!(
-                            "pid {} still drains (max_draining = {max}); try again once it exited",
-                            process.pid()
-                        ),
-                    )));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
-        }
-        Ok(())
-    }
-
     fn pid_file(&self) -> Option<&std::path::Path> {
         self.shared.options.pid_file.as_deref()
-    }
-
-    /// Duplicates of every socket and file of the registry, for a new process.
-    fn snapshot(&self) -> Result<Vec<Registered>> {
-        self.shared
-            .fds
-            .snapshot()
-            .map_err(Error::io("duplicating the sockets to hand over"))
-    }
-
-    /// Starts a standby process if [`Options::standby`] is set and there is none that is still
-    /// current (see there); returns its pid. Does nothing (and returns `None`) without the
-    /// option, before [`ready`](Upgrader::ready), while the process that started this one still
-    /// runs unless [`Options::max_draining`] allows upgrades then (without it, upgrades are
-    /// refused until that process exits, and a standby should not compete with its drain for
-    /// the CPU), during an upgrade and once this process is exiting.
-    ///
-    /// [`Bootstrap`](crate::Bootstrap) calls this when its parent has exited, after a failed
-    /// upgrade, as soon as a new binary lands at the executable path (it watches the path's
-    /// directories), and every second (a binary replaced on disk makes the standby stale; this
-    /// starts one of the new binary). A program using the upgrader alone should call it when
-    /// it deploys, too. Needs a tokio runtime with I/O enabled.
-    pub fn refresh_standby(&self) -> Result<Option<u32>> {
-        if !self.shared.options.standby || !matches!(*lock(&self.shared.phase), Phase::Ready) {
-            return Ok(None);
-        }
-        // With upgrades allowed during drains (long-lived connections), the next one, a fix
-        // or a rollback say, should not have to start afresh because the last drain is long.
-        if self.shared.options.max_draining.is_none() && self.living_parent()?.is_some() {
-            return Ok(None);
-        }
-        let start = || {
-            successor::spawn(
-                &self.shared.launch,
-                self.snapshot()?,
-                self.shared.generation + 1,
-                &self.lineage_for_child(),
-            )
-        };
-        self.shared.standby.refresh(
-            &self.shared.launch,
-            &self.shared.fds,
-            self.pid_file(),
-            start,
-            || matches!(*lock(&self.shared.phase), Phase::Ready),
-        )
-    }
-
-    /// Rewrites the pid file with this process's pid if it names `child`, which is gone.
-    fn reclaim_pid_file(&self, child: u32) {
-        let Some(path) = &self.shared.options.pid_file else {
-            return;
-        };
-        pidfile::remove_prepared_by(path, child);
-        if pidfile::read(path) == Some(child)
-            && let Err(e) =
-                pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)
-        {
-            tracing::error!(error = %crate::error::Chain(&e), "could not restore the pid file");
-        }
-    }
-
-    fn begin_upgrade(&self) -> Result<Arc<Notify>> {
-        let mut phase = lock(&self.shared.phase);
-        match *phase {
-            Phase::Starting => return Err(Error::NotReady),
-            Phase::Upgrading(_) => return Err(Error::InProgress),
-            Phase::Upgraded => return Err(Error::AlreadyUpgraded),
-            Phase::Stopped => return Err(Error::Terminating),
-            Phase::Ready => {}
-        }
-        if let Some(reason) = &self.shared.options.upgrades_would_end_service {
-            return Err(Error::WouldEndService {
-                reason: reason.clone(),
-            });
-        }
-        if let Some(parent_pid) = self.living_parent()?
-            && self.shared.options.max_draining.is_none()
-        {
-            return Err(Error::ParentAlive { parent_pid });
-        }
-        let cancel = Arc::new(Notify::new());
-        *phase = Phase::Upgrading(cancel.clone());
-        Ok(cancel)
     }
 
     /// Resolves when this process should exit: a new process took over, or
@@ -613,30 +374,4 @@ impl Upgrader {
         self.shared.standby.stop(self.pid_file());
         self.shared.exit.send_replace(true);
     }
-}
-
-/// Puts the phase back to `Ready` unless disarmed (the upgrade succeeded).
-struct PhaseReset<'a> {
-    phase: &'a Mutex<Phase>,
-    armed: bool,
-}
-
-impl Drop for PhaseReset<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut phase = lock(self.phase);
-            if let Phase::Upgrading(_) = *phase {
-                *phase = Phase::Ready;
-            }
-        }
-    }
-}
-
-/// Pins each listed generation that still runs as the same process (same start time); the
-/// others ended, and their pids may name someone else by now.
-fn pin_ancestors(listed: &[crate::handoff::ProcessName]) -> Vec<ProcessRef> {
-    listed
-        .iter()
-        .filter_map(|&(pid, start)| ProcessRef::open(pid, Some(start)).ok().flatten())
-        .collect()
 }

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::successor::Pending;
+use super::successor::{Spawner, Successor};
 use crate::error::{Error, ExitStatus};
-use crate::launch::Launch;
 use crate::pidfile;
 use crate::registry::Fds;
+use crate::sync::lock;
 use crate::sys::fd::FileId;
 
 /// How the new process of an upgrade was started: [`Upgrader::last_successor_start`] after a
@@ -69,7 +69,7 @@ impl std::fmt::Display for FreshStart {
 /// The slot of the one standby process.
 #[derive(Debug, Default)]
 pub(crate) struct Standby {
-    slot: Mutex<Option<Pending>>,
+    slot: Mutex<Option<Box<dyn Successor>>>,
     health: Mutex<Health>,
 }
 
@@ -162,14 +162,12 @@ impl Standby {
     /// why is returned.
     pub(crate) fn take_current(
         &self,
-        launch: &Launch,
+        spawner: &dyn Spawner,
         fds: &Fds,
         pid_file: Option<&Path>,
-    ) -> Result<Pending, FreshStart> {
-        let mut standby = crate::sync::lock(&self.slot)
-            .take()
-            .ok_or(FreshStart::NoStandby)?;
-        match staleness(&mut standby, launch, fds) {
+    ) -> Result<Box<dyn Successor>, FreshStart> {
+        let mut standby = lock(&self.slot).take().ok_or(FreshStart::NoStandby)?;
+        match staleness(standby.as_mut(), spawner, fds) {
             None => Ok(standby),
             Some(why) => {
                 tracing::debug!(pid = standby.pid(), %why, "the standby process is stale");
@@ -185,16 +183,16 @@ impl Standby {
     /// go.
     pub(crate) fn refresh(
         &self,
-        launch: &Launch,
+        spawner: &dyn Spawner,
         fds: &Fds,
         pid_file: Option<&Path>,
-        start: impl FnOnce() -> Result<Pending, Error>,
+        start: impl FnOnce() -> Result<Box<dyn Successor>, Error>,
         still_wanted: impl FnOnce() -> bool,
     ) -> Result<Option<u32>, Error> {
-        let mut slot = crate::sync::lock(&self.slot);
-        let mut health = crate::sync::lock(&self.health);
+        let mut slot = lock(&self.slot);
+        let mut health = lock(&self.health);
         if let Some(standby) = slot.as_mut() {
-            match staleness(standby, launch, fds) {
+            match staleness(standby.as_mut(), spawner, fds) {
                 None => {
                     health.alive();
                     return Ok(Some(standby.pid()));
@@ -211,7 +209,7 @@ impl Standby {
         if let Some(stale) = slot.take() {
             let_go(stale, false, pid_file);
         }
-        if !health.may_start(launch.binary_now()) {
+        if !health.may_start(spawner.binary_now()) {
             return Ok(None);
         }
         drop(health);
@@ -228,9 +226,9 @@ impl Standby {
 
     /// The standby's pid, if one waits and runs (one that exited is reaped here).
     pub(crate) fn pid(&self) -> Option<u32> {
-        let mut slot = crate::sync::lock(&self.slot);
+        let mut slot = lock(&self.slot);
         let standby = slot.as_mut()?;
-        (!standby.has_ended()).then(|| standby.pid())
+        standby.ended().is_none().then(|| standby.pid())
     }
 
     /// Why no standby waits, when standbys kept exiting; `None` otherwise.
@@ -238,26 +236,26 @@ impl Standby {
         if self.pid().is_some() {
             return None;
         }
-        crate::sync::lock(&self.health).why_none()
+        lock(&self.health).why_none()
     }
 
     /// Lets the standby go, if any, reaping it before this returns: for a process that stops.
     pub(crate) fn stop(&self, pid_file: Option<&Path>) {
-        if let Some(standby) = crate::sync::lock(&self.slot).take() {
+        if let Some(standby) = lock(&self.slot).take() {
             let_go(standby, true, pid_file);
         }
     }
 }
 
 /// Why `standby` may not take over, if it may not.
-fn staleness(standby: &mut Pending, launch: &Launch, fds: &Fds) -> Option<FreshStart> {
-    if standby.has_ended() {
+fn staleness(standby: &mut dyn Successor, spawner: &dyn Spawner, fds: &Fds) -> Option<FreshStart> {
+    if standby.ended().is_some() {
         return Some(FreshStart::StandbyExited);
     }
     if standby.is_stopped() {
         return Some(FreshStart::StandbyStopped);
     }
-    let same_binary = match (standby.binary(), launch.binary_now()) {
+    let same_binary = match (standby.binary(), spawner.binary_now()) {
         (Some(running), Some(on_disk)) => running == on_disk,
         _ => false,
     };
@@ -270,7 +268,7 @@ fn staleness(standby: &mut Pending, launch: &Launch, fds: &Fds) -> Option<FreshS
 /// Kills a standby that will not be used and removes the pid file it prepared. It is reaped in
 /// the background, or before this returns with `reap_now` (for a process about to exit, where
 /// a reaping task would not get to run).
-pub(crate) fn let_go(standby: Pending, reap_now: bool, pid_file: Option<&Path>) {
+pub(crate) fn let_go(standby: Box<dyn Successor>, reap_now: bool, pid_file: Option<&Path>) {
     let pid = standby.pid();
     if reap_now {
         standby.discard();

@@ -1,72 +1,220 @@
-//! The old process's handle on the new one: starting it with the handoff, sending the manifest,
-//! and waiting until it is ready or has failed.
+//! The predecessor's handle on its successor: starting it with every descriptor, handing over
+//! the manifest, and waiting until it is ready or has failed.
+//!
+//! The upgrade's decisions see a successor only through [`Spawner`] and [`Successor`], so that
+//! they can be tested with a fake process (`upgrader/tests.rs`); [`Process`] is the real one.
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
 
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, ExitStatus};
-use crate::handoff::{
-    self, ALIVE_FD, ANCESTORS_VAR, CONTROL_FD, Entry, FIRST_ENTRY_FD, GENERATION_VAR, MARKER_VAR,
-    Manifest, Marker, READY_FD, ReadyPipe, STDERR_VAR, Token,
-};
+use crate::handoff::{Handing, Layout, ProcessName, ReadyPipe, Token};
 use crate::key::Key;
-use crate::launch::{self, ExitWatch, Launch};
+use crate::launch::{self, ExitWatch, Launch, StderrTail};
 use crate::registry::Registered;
+use crate::sync::BoxFuture;
 use crate::sys;
 use crate::sys::fd::FileId;
 
-/// A new process that has the sockets and was told what they are, and is not ready yet.
+/// What starts successors: [`Launch`] starts the binary at the launch path.
+pub(crate) trait Spawner: Send + Sync + std::fmt::Debug {
+    /// Starts a successor holding every descriptor of `fds`, without telling it yet what they
+    /// are: [`Successor::hand_over`] does.
+    fn spawn(
+        &self,
+        fds: Vec<Registered>,
+        generation: u64,
+        ancestors: &[ProcessName],
+    ) -> Result<Box<dyn Successor>, Error>;
+
+    /// The file the launch path names now; `None` when that cannot be told.
+    fn binary_now(&self) -> Option<FileId>;
+
+    /// The path a successor is started from.
+    fn program(&self) -> &Path;
+}
+
+/// What a serving successor's end is reported to.
+pub(crate) type OnExit = Box<dyn FnOnce(ExitStatus) + Send>;
+
+/// A started successor. Until [`hand_over`](Successor::hand_over) it holds the descriptors and
+/// waits for the manifest (a standby waits there until the next upgrade); then it starts, until
+/// it says it is ready or ends.
 ///
-/// Dropping it kills the process and reaps it in the background: a new process never lives on
-/// unsupervised.
+/// Dropping one that does not [`serve`](Successor::serve) kills it and reaps it in the
+/// background: a successor never lives on unsupervised.
+pub(crate) trait Successor: Send + std::fmt::Debug {
+    fn pid(&self) -> u32;
+
+    /// Sends the manifest: from here on the successor adopts the descriptors and starts. An
+    /// error means it was not told (drop it to kill it).
+    fn hand_over(&mut self) -> Result<(), Error>;
+
+    /// Resolves when it says it is ready, or with its exit status when it ended first (it is
+    /// reaped then).
+    fn wait_ready(&mut self) -> BoxFuture<'_, Result<(), ExitStatus>>;
+
+    /// Kills it and waits until it is reaped.
+    fn kill(&mut self) -> BoxFuture<'_, ()>;
+
+    /// The last lines it wrote to its standard error before it was ready.
+    fn last_stderr(&self) -> BoxFuture<'_, Vec<String>>;
+
+    /// How it ended, once it has (reaping it then); `None` while it runs.
+    fn ended(&mut self) -> Option<ExitStatus>;
+
+    /// Whether it is stopped (SIGSTOP): handed over, it would not get ready until continued.
+    fn is_stopped(&self) -> bool;
+
+    /// The file it runs, `None` when that cannot be told.
+    fn binary(&self) -> Option<FileId>;
+
+    /// The sockets and files it was given, with their keys.
+    fn handed(&self) -> &[(Key, FileId)];
+
+    /// Kills it and reaps it before returning, for a process about to exit (a reaping task
+    /// would not get to run).
+    fn discard(self: Box<Self>);
+
+    /// It is ready and serves. Returns the write end of the pipe that tells it when the
+    /// predecessor exits (keep it open until then); `on_exit` hears how it ended, should it
+    /// end while the predecessor still runs.
+    fn serve(self: Box<Self>, on_exit: OnExit) -> Option<OwnedFd>;
+}
+
+impl Spawner for Launch {
+    fn spawn(
+        &self,
+        fds: Vec<Registered>,
+        generation: u64,
+        ancestors: &[ProcessName],
+    ) -> Result<Box<dyn Successor>, Error> {
+        Ok(Box::new(Process::spawn(self, fds, generation, ancestors)?))
+    }
+
+    fn binary_now(&self) -> Option<FileId> {
+        Launch::binary_now(self)
+    }
+
+    fn program(&self) -> &Path {
+        &self.program
+    }
+}
+
+/// A successor process.
 #[derive(Debug)]
-pub(crate) struct Child {
+pub(crate) struct Process {
     pid: i32,
-    /// The last lines the process wrote to its standard error before it was ready.
     stderr_tail: StderrTail,
     ready: AsyncFd<OwnedFd>,
     exit: ExitWatch,
-    /// Write end of the parent pipe; the new process sees EOF once this process exits.
+    /// Write end of the parent pipe; the successor sees EOF once the predecessor exits.
     alive: Option<OwnedFd>,
+    /// Write end of the control pipe, until the manifest went there.
+    control: Option<OwnedFd>,
+    manifest: String,
+    handed: Vec<(Key, FileId)>,
+    binary: Option<FileId>,
+    /// How it ended, once reaped here.
+    ended: Option<ExitStatus>,
     /// Set once the process was reaped, or once something else is in charge of it.
     done: bool,
 }
 
-impl Child {
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid.unsigned_abs()
-    }
+impl Process {
+    fn spawn(
+        launch: &Launch,
+        fds: Vec<Registered>,
+        generation: u64,
+        ancestors: &[ProcessName],
+    ) -> Result<Process, Error> {
+        let token = Token::generate().map_err(Error::io("generating the handoff token"))?;
+        let (control_r, control_w) =
+            sys::fd::pipe().map_err(Error::io("creating the handoff pipe"))?;
+        let (ready_r, ready_w) = sys::fd::pipe().map_err(Error::io("creating the ready pipe"))?;
+        let (alive_r, alive_w) = sys::fd::pipe().map_err(Error::io("creating the parent pipe"))?;
+        let pipe =
+            sys::fd::identity(&control_r).map_err(Error::io("inspecting the handoff pipe"))?;
+        let handed: Vec<(Key, FileId)> = fds.iter().map(|r| (r.key.clone(), r.file)).collect();
+        let layout = Layout::new(&Handing {
+            handed: &handed,
+            token,
+            pipe_inode: pipe.file.ino,
+            parent_pid: std::process::id(),
+            generation,
+            ancestors,
+        });
+        // Room for the whole manifest, so writing it never waits for the successor to read.
+        sys::fd::reserve_pipe(control_w.as_fd(), layout.manifest.len())
+            .and_then(|()| sys::fd::set_nonblocking(control_w.as_fd()))
+            .map_err(Error::io("sizing the handoff pipe"))?;
 
-    /// The last lines it wrote to its standard error, once the relay read everything (the
-    /// process ended: at most a moment) or after 250 ms (something else holds the pipe).
-    pub(crate) async fn last_stderr(&self) -> Vec<String> {
-        let mut closed = self.stderr_tail.closed.subscribe();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_millis(250),
-            closed.wait_for(|c| *c),
-        )
-        .await;
-        crate::sync::lock(&self.stderr_tail.lines)
+        // The successor's standard error goes through us until it is ready (see
+        // `handoff::STDERR_VAR`); the real one follows the entries.
+        let (stderr_r, stderr_w) =
+            sys::fd::pipe().map_err(Error::io("creating the stderr pipe"))?;
+        let real_stderr = sys::fd::dup_stderr().map_err(Error::io("duplicating stderr"))?;
+
+        // In the order of the layout: control, ready, parent pipe, the entries, real stderr.
+        let mut passed: Vec<BorrowedFd<'_>> =
+            vec![control_r.as_fd(), ready_w.as_fd(), alive_r.as_fd()];
+        passed.extend(fds.iter().map(|r| r.fd.as_fd()));
+        passed.push(real_stderr.as_fd());
+        let vars: Vec<(&OsStr, &OsStr)> = layout
+            .vars
             .iter()
-            .cloned()
-            .collect()
+            .map(|(name, value)| (OsStr::new(name), OsStr::new(value)))
+            .collect();
+        let started = launch
+            .start(&vars, &passed, Some(stderr_w.as_fd()))
+            .map_err(|source| Error::Spawn {
+                program: launch.program.clone(),
+                source,
+            })?;
+        drop(passed);
+        drop((control_r, ready_w, alive_r, fds, stderr_w, real_stderr));
+
+        let pid = started.pid;
+        let stderr_tail = StderrTail::relay(stderr_r).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot relay the successor's stderr");
+            StderrTail::default()
+        });
+        let watches = async_ready(ready_r).and_then(|ready| Ok((ready, ExitWatch::new(pid)?)));
+        match watches {
+            Ok((ready, exit)) => Ok(Process {
+                pid,
+                stderr_tail,
+                ready,
+                exit,
+                alive: Some(alive_w),
+                control: Some(control_w),
+                manifest: layout.manifest,
+                handed,
+                binary: started.binary,
+                ended: None,
+                done: false,
+            }),
+            Err(e) => {
+                launch::kill_and_reap_now(pid);
+                Err(Error::io("watching the successor")(e))
+            }
+        }
     }
 
-    /// Resolves when the child says it is ready, or with its exit status when it ended first.
-    ///
-    /// Both the ready pipe and the process itself are watched: a process that exits at once
-    /// may leave a helper behind that holds the pipe open (a wrapper script's background job),
-    /// and its end must not wait for that helper.
-    pub(crate) async fn wait_ready(&mut self) -> Result<(), ExitStatus> {
+    async fn wait_ready_now(&mut self) -> Result<(), ExitStatus> {
+        // Both the ready pipe and the process itself are watched: a process that exits at
+        // once may leave a helper behind that holds the pipe open (a wrapper script's
+        // background job), and its end must not wait for that helper.
         let said_ready = tokio::select! {
-            said = Self::read_ready(&self.ready) => said,
+            said = said_ready(&self.ready) => said,
             () = self.exit.exited() => {
                 // It said ready and then died: that is the successor's death, handled as such
                 // by whoever follows it once it serves.
-                matches!(handoff::read_ready(self.ready.get_ref().as_fd()), ReadyPipe::Ready)
+                read_ready(self.ready.get_ref().as_fd()) == ReadyPipe::Ready
             }
         };
         if said_ready {
@@ -76,40 +224,78 @@ impl Child {
         self.done = true;
         Err(status)
     }
+}
 
-    /// Whether the ready pipe said ready (`false`: EOF, the write end is closed everywhere).
-    async fn read_ready(ready: &AsyncFd<OwnedFd>) -> bool {
-        loop {
-            let Ok(mut guard) = ready.readable().await else {
-                return false;
-            };
-            let read = guard.try_io(|fd| match handoff::read_ready(fd.get_ref().as_fd()) {
-                ReadyPipe::Pending => Err(io::ErrorKind::WouldBlock.into()),
-                other => Ok(other),
-            });
-            match read {
-                Ok(Ok(ReadyPipe::Ready)) => return true,
-                Ok(_) => return false,
-                Err(_would_block) => {}
-            }
+impl Successor for Process {
+    fn pid(&self) -> u32 {
+        self.pid.unsigned_abs()
+    }
+
+    fn hand_over(&mut self) -> Result<(), Error> {
+        let Some(control) = self.control.take() else {
+            return Ok(());
+        };
+        match sys::fd::write_all(control.as_fd(), self.manifest.as_bytes()) {
+            Ok(()) => Ok(()),
+            // Nobody reads the pipe: the process exited already (a binary that is not a flip
+            // server, say). Waiting for it reports how it ended, which says more than EPIPE.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            Err(e) => Err(Error::io("writing the handoff manifest")(e)),
         }
     }
 
-    /// Kills the child and waits until it is reaped.
-    pub(crate) async fn kill(&mut self) {
+    fn wait_ready(&mut self) -> BoxFuture<'_, Result<(), ExitStatus>> {
+        Box::pin(self.wait_ready_now())
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if !self.done {
+                self.exit.kill().await;
+                self.done = true;
+            }
+        })
+    }
+
+    fn last_stderr(&self) -> BoxFuture<'_, Vec<String>> {
+        Box::pin(self.stderr_tail.last_lines())
+    }
+
+    fn ended(&mut self) -> Option<ExitStatus> {
+        if !self.done
+            && let Ok(Some(ended)) = sys::process::try_reap(self.pid)
+        {
+            self.done = true;
+            self.ended = Some(ended.into());
+        }
+        match (self.done, self.ended) {
+            (true, Some(status)) => Some(status),
+            // Reaped elsewhere: ended, status unknown.
+            (true, None) => Some(ExitStatus::Unknown),
+            (false, _) => None,
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        sys::pidref::Stat::read(self.pid).is_some_and(|s| s.stopped)
+    }
+
+    fn binary(&self) -> Option<FileId> {
+        self.binary
+    }
+
+    fn handed(&self) -> &[(Key, FileId)] {
+        &self.handed
+    }
+
+    fn discard(mut self: Box<Self>) {
         if !self.done {
-            self.exit.kill().await;
+            launch::kill_and_reap_now(self.pid);
             self.done = true;
         }
     }
 
-    /// The child is ready and now serves. Returns the write end of the pipe that tells it when
-    /// this process exits (keep it open until then), and reaps the child in the background
-    /// should it end while this process drains, reporting how it ended to `on_exit`.
-    pub(crate) fn into_successor(
-        mut self,
-        on_exit: impl FnOnce(ExitStatus) + Send + 'static,
-    ) -> Option<OwnedFd> {
+    fn serve(mut self: Box<Self>, on_exit: OnExit) -> Option<OwnedFd> {
         let alive = self.alive.take();
         let pid = self.pid;
         self.done = true; // the task below takes over
@@ -119,269 +305,63 @@ impl Child {
                 // A clean end is a stop, or (with several generations draining) an upgrade
                 // in turn: an ordinary event. Anything else is a crash.
                 if matches!(status, ExitStatus::Code(0 | 3)) {
-                    tracing::info!(pid, %status, "the new process exited while this one was draining");
+                    tracing::info!(pid, %status, "the successor exited while this process was draining");
                 } else {
-                    tracing::error!(pid, %status, "the new process exited while this one was draining");
+                    tracing::error!(pid, %status, "the successor exited while this process was draining");
                 }
                 on_exit(status);
             });
         }
         alive
     }
-
-    /// Kills and reaps the child before returning.
-    fn discard(mut self) {
-        if !self.done {
-            launch::kill_and_reap_now(self.pid);
-            self.done = true;
-        }
-    }
 }
 
-impl Drop for Child {
+impl Drop for Process {
     fn drop(&mut self) {
         if !self.done {
-            // The upgrade future was dropped while the child was starting.
+            // The upgrade was given up (or its future dropped) while the successor started.
             launch::kill_and_reap_later(self.pid);
         }
     }
 }
 
-/// A new process that was started with every descriptor but has not been told what they are:
-/// it waits for the manifest. A fresh upgrade hands over at once; a standby waits until the
-/// next upgrade (see [`Options::standby`](crate::Options::standby)).
-///
-/// Dropping it kills and reaps the process, which would otherwise read EOF and exit by itself.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    child: Child,
-    /// Write end of the control pipe; the manifest goes here.
-    control: OwnedFd,
-    manifest: String,
-    /// What was handed over, to tell whether the registry still holds exactly this.
-    handed: Vec<(Key, FileId)>,
-    /// The file the process runs, `None` when that cannot be told.
-    binary: Option<FileId>,
-    /// How it ended, once reaped.
-    ended: Option<ExitStatus>,
-}
-
-impl Pending {
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.pid()
-    }
-
-    /// Kills the process and reaps it before returning, for a process about to exit (a reaping
-    /// task would not get to run).
-    pub(crate) fn discard(self) {
-        self.child.discard();
-    }
-
-    /// Sends the manifest: from here on the new process adopts the descriptors and starts.
-    pub(crate) fn hand_over(self) -> Result<Child, Error> {
-        match handoff::write_manifest(self.control.as_fd(), self.manifest.as_bytes()) {
-            Ok(()) => Ok(self.child),
-            // Nobody reads the pipe: the process exited already (a binary that is not a flip
-            // server, say). Waiting for it reports how it ended, which says more than EPIPE.
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(self.child),
-            // `child` is dropped here, which kills it.
-            Err(e) => Err(Error::io("writing the handoff manifest")(e)),
+/// Whether the ready pipe said ready (`false`: EOF, the write end is closed everywhere).
+async fn said_ready(ready: &AsyncFd<OwnedFd>) -> bool {
+    loop {
+        let Ok(mut guard) = ready.readable().await else {
+            return false;
+        };
+        let read = guard.try_io(|fd| match read_ready(fd.get_ref().as_fd()) {
+            ReadyPipe::Pending => Err(io::ErrorKind::WouldBlock.into()),
+            other => Ok(other),
+        });
+        match read {
+            Ok(Ok(ReadyPipe::Ready)) => return true,
+            Ok(_) => return false,
+            Err(_would_block) => {}
         }
     }
+}
 
-    /// Whether the process has ended (it is reaped then).
-    pub(crate) fn has_ended(&mut self) -> bool {
-        self.ended().is_some()
-    }
-
-    /// How it ended, once it has (reaping it then); `None` while it runs. A process reaped
-    /// elsewhere shows as ended, status unknown.
-    pub(crate) fn ended(&mut self) -> Option<ExitStatus> {
-        if !self.child.done
-            && let Ok(Some(ended)) = sys::process::try_reap(self.child.pid)
+/// Reads the ready pipe (non-blocking) once.
+fn read_ready(ready: BorrowedFd<'_>) -> ReadyPipe {
+    let mut buf = [0u8; 8];
+    match sys::fd::read(ready, &mut buf) {
+        Ok(0) => ReadyPipe::Closed,
+        Ok(_) => ReadyPipe::Ready,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+            ) =>
         {
-            self.child.done = true;
-            self.ended = Some(ended.into());
+            ReadyPipe::Pending
         }
-        match (self.child.done, self.ended) {
-            (true, Some(status)) => Some(status),
-            (true, None) => Some(ExitStatus::Unknown),
-            (false, _) => None,
-        }
-    }
-
-    /// Whether it is stopped (SIGSTOP): handed over, it would not get ready until continued.
-    pub(crate) fn is_stopped(&self) -> bool {
-        sys::pidref::Stat::read(self.child.pid).is_some_and(|s| s.stopped)
-    }
-
-    /// The file the process runs.
-    pub(crate) fn binary(&self) -> Option<FileId> {
-        self.binary
-    }
-
-    /// The sockets and files it was given, with their keys.
-    pub(crate) fn handed(&self) -> &[(Key, FileId)] {
-        &self.handed
+        Err(_) => ReadyPipe::Closed,
     }
 }
 
-/// Starts the new process with every descriptor of `fds`, without telling it yet what they
-/// are: [`Pending::hand_over`] does.
-pub(crate) fn spawn(
-    launch: &Launch,
-    fds: Vec<Registered>,
-    generation: u64,
-    ancestors: &[handoff::ProcessName],
-) -> Result<Pending, Error> {
-    let ancestors = handoff::encode_ancestors(ancestors);
-    let token = Token::generate().map_err(Error::io("generating the handoff token"))?;
-    let (control_r, control_w) = sys::fd::pipe().map_err(Error::io("creating the handoff pipe"))?;
-    let (ready_r, ready_w) = sys::fd::pipe().map_err(Error::io("creating the ready pipe"))?;
-    let (alive_r, alive_w) = sys::fd::pipe().map_err(Error::io("creating the parent pipe"))?;
-
-    let entries: Vec<Entry> = (0..)
-        .zip(&fds)
-        .map(|(i, r)| Entry {
-            key: r.key.clone(),
-            fd: FIRST_ENTRY_FD + i,
-            file: r.file,
-        })
-        .collect();
-    let handed = entries.iter().map(|e| (e.key.clone(), e.file)).collect();
-    let manifest = Manifest {
-        token,
-        parent_pid: std::process::id(),
-        ready_fd: READY_FD,
-        alive_fd: ALIVE_FD,
-        entries,
-    }
-    .encode();
-    handoff::prepare_control(control_w.as_fd(), manifest.len())
-        .map_err(Error::io("sizing the handoff pipe"))?;
-    let pipe = sys::fd::identity(&control_r).map_err(Error::io("inspecting the handoff pipe"))?;
-    let marker = Marker {
-        control_fd: CONTROL_FD,
-        pipe_inode: pipe.file.ino,
-        token,
-    };
-
-    // The new process's standard error goes through us until it is ready (see STDERR_VAR);
-    // the real one follows the entries.
-    let (stderr_r, stderr_w) = sys::fd::pipe().map_err(Error::io("creating the stderr pipe"))?;
-    let real_stderr = sys::fd::dup_stderr().map_err(Error::io("duplicating stderr"))?;
-    let real_stderr_fd = FIRST_ENTRY_FD
-        + i32::try_from(fds.len())
-            .map_err(|_| Error::io("counting descriptors")(io::Error::other("too many")))?;
-
-    // In the order of the layout: control, ready, parent pipe, then the entries.
-    let mut passed: Vec<BorrowedFd<'_>> = vec![control_r.as_fd(), ready_w.as_fd(), alive_r.as_fd()];
-    passed.extend(fds.iter().map(|r| r.fd.as_fd()));
-    passed.push(real_stderr.as_fd());
-    let started = launch
-        .start(
-            &[
-                (OsStr::new(MARKER_VAR), OsStr::new(&marker.encode())),
-                (
-                    OsStr::new(GENERATION_VAR),
-                    OsStr::new(&generation.to_string()),
-                ),
-                (
-                    OsStr::new(STDERR_VAR),
-                    OsStr::new(&real_stderr_fd.to_string()),
-                ),
-                (OsStr::new(ANCESTORS_VAR), OsStr::new(&ancestors)),
-            ],
-            &passed,
-            Some(stderr_w.as_fd()),
-        )
-        .map_err(|source| Error::Spawn {
-            program: launch.program.clone(),
-            source,
-        })?;
-    drop(passed);
-    drop((control_r, ready_w, alive_r, fds, stderr_w, real_stderr));
-
-    let pid = started.pid;
-    let stderr_tail = StderrTail::default();
-    if let Err(e) = relay_stderr(stderr_r, stderr_tail.clone()) {
-        tracing::warn!(error = %e, "cannot relay the new process's stderr");
-    }
-    let watches = prepare_ready(ready_r).and_then(|ready| Ok((ready, ExitWatch::new(pid)?)));
-    match watches {
-        Ok((ready, exit)) => Ok(Pending {
-            child: Child {
-                pid,
-                stderr_tail,
-                ready,
-                exit,
-                alive: Some(alive_w),
-                done: false,
-            },
-            control: control_w,
-            manifest,
-            handed,
-            binary: started.binary,
-            ended: None,
-        }),
-        Err(e) => {
-            launch::kill_and_reap_now(pid);
-            Err(Error::io("watching the new process")(e))
-        }
-    }
-}
-
-/// The last lines of a new process's standard error, and whether the pipe reached EOF.
-#[derive(Debug, Default)]
-struct TailState {
-    lines: std::sync::Mutex<std::collections::VecDeque<String>>,
-    closed: tokio::sync::watch::Sender<bool>,
-}
-
-type StderrTail = std::sync::Arc<TailState>;
-
-/// How many lines of a new process's standard error a failure reports.
-const TAIL_LINES: usize = 20;
-
-/// Passes what the new process writes to its standard error on to ours, and keeps the last
-/// lines in `tail`, until the pipe reaches EOF (the process put its real stderr back at ready,
-/// or exited).
-fn relay_stderr(pipe: OwnedFd, tail: StderrTail) -> io::Result<()> {
-    sys::fd::set_nonblocking(pipe.as_fd())?;
-    let pipe = sys::fd::async_readable(pipe)?;
-    tokio::spawn(async move {
-        let mut partial = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let Ok(mut guard) = pipe.readable().await else {
-                break;
-            };
-            let n = match guard.try_io(|fd| sys::fd::read(fd.get_ref().as_fd(), &mut buf)) {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => n,
-                Err(_would_block) => continue,
-            };
-            let _ = std::io::Write::write_all(&mut std::io::stderr(), &buf[..n]);
-            partial.extend_from_slice(&buf[..n]);
-            while let Some(end) = partial.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = partial.drain(..=end).collect();
-                let text = String::from_utf8_lossy(&line[..line.len() - 1]);
-                let mut t = crate::sync::lock(&tail.lines);
-                if t.len() == TAIL_LINES {
-                    t.pop_front();
-                }
-                t.push_back(text.chars().take(500).collect());
-            }
-            if partial.len() > 4096 {
-                partial.clear();
-            }
-        }
-        tail.closed.send_replace(true);
-    });
-    Ok(())
-}
-
-fn prepare_ready(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+fn async_ready(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     sys::fd::set_nonblocking(fd.as_fd())?;
     sys::fd::async_readable(fd)
 }

@@ -1,0 +1,225 @@
+//! One upgrade, as the predecessor runs it: the refusals, the deadline and the cancel; the
+//! standby or a fresh start; handing over and waiting for the successor to be ready.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use super::standby::{FreshStart, SuccessorStart};
+use super::successor::Successor;
+use super::{Phase, Upgrader};
+use crate::error::{Error, Result};
+use crate::pidfile;
+use crate::registry::Registered;
+use crate::sync::lock;
+
+impl Upgrader {
+    /// Starts the successor and resolves with its pid once it is ready.
+    ///
+    /// Refused (with nothing started) before [`ready`](Upgrader::ready), while another upgrade
+    /// runs, after a successful one, after [`stop`](Upgrader::stop), and while the process that
+    /// started this one is still alive. Fails when the new process exits or is not ready within
+    /// the upgrade timeout (it is then killed and reaped). After a failure this process keeps
+    /// serving, and a later call may succeed. Needs a tokio runtime with I/O and time enabled.
+    pub async fn upgrade(&self) -> Result<u32> {
+        let cancel = self.begin_upgrade()?;
+        // Back to Ready on every path but success, including this future being dropped.
+        let mut reset = PhaseReset {
+            phase: &self.shared.phase,
+            armed: true,
+        };
+        let started = Instant::now();
+        let timeout = self.shared.options.upgrade_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.make_room(deadline).await?;
+        let standby = self.shared.standby.take_current(
+            self.shared.spawner.as_ref(),
+            &self.shared.fds,
+            self.pid_file(),
+        );
+        let (mut child, mut start) = match standby {
+            Ok(mut standby) => {
+                let pid = standby.pid();
+                tracing::debug!(pid, "handing over to the standby process");
+                match standby.hand_over() {
+                    Ok(()) => (standby, SuccessorStart::Standby),
+                    Err(e) => {
+                        tracing::warn!(pid, error = %crate::error::Chain(&e), "the standby process is gone; starting afresh");
+                        self.reclaim_pid_file(pid);
+                        let fresh = self.start_fresh(self.snapshot()?)?;
+                        (fresh, SuccessorStart::Fresh(FreshStart::StandbyExited))
+                    }
+                }
+            }
+            Err(why) => {
+                if self.shared.options.standby {
+                    tracing::info!(%why, "starting the new process afresh");
+                }
+                let fresh = self.start_fresh(self.snapshot()?)?;
+                (fresh, SuccessorStart::Fresh(why))
+            }
+        };
+        loop {
+            let pid = child.pid();
+            tracing::debug!(pid, program = %self.shared.spawner.program().display(), "started the successor");
+            let failed = tokio::select! {
+                ready = child.wait_ready() => match ready {
+                    Ok(()) => None,
+                    Err(status) => Some(Error::ChildExited { pid, status, last_stderr: child.last_stderr().await }),
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    child.kill().await;
+                    Some(Error::Timeout { pid, timeout, last_stderr: child.last_stderr().await })
+                }
+                () = cancel.notified() => {
+                    child.kill().await;
+                    Some(Error::Terminating)
+                }
+            };
+            let Some(error) = failed else { break };
+            // The child may have died between writing the pid file and telling us it was ready:
+            // the pid file must name the process that serves, this one.
+            self.reclaim_pid_file(pid);
+            match error {
+                // Killed from outside a moment before the upgrade (so it still looked alive),
+                // say. A fresh start is what the upgrade would have done without a standby.
+                Error::ChildExited { status, .. } if start == SuccessorStart::Standby => {
+                    tracing::warn!(pid, %status, "the standby process ended before it was ready; starting afresh");
+                    child = self.start_fresh(self.snapshot()?)?;
+                    start = SuccessorStart::Fresh(FreshStart::StandbyExited);
+                }
+                error => return Err(error),
+            }
+        }
+        let pid = child.pid();
+        let shared = Arc::downgrade(&self.shared);
+        *lock(&self.shared.successor_link) = child.serve(Box::new(move |status| {
+            if let Some(shared) = shared.upgrade() {
+                shared.successor_exit.send_replace(Some(status));
+            }
+        }));
+        {
+            let mut phase = lock(&self.shared.phase);
+            reset.armed = false;
+            match *phase {
+                // stop() raced with success: the new process serves; this one exits either way.
+                Phase::Stopped => {}
+                _ => *phase = Phase::Upgraded,
+            }
+        }
+        *lock(&self.shared.last_start) = Some(start);
+        self.shared.exit.send_replace(true);
+        tracing::debug!(pid, elapsed = ?started.elapsed(), "the successor is ready");
+        Ok(pid)
+    }
+
+    /// Starts a successor with `fds` and hands them over at once.
+    fn start_fresh(&self, fds: Vec<Registered>) -> Result<Box<dyn Successor>> {
+        let mut successor = self.spawn(fds)?;
+        successor.hand_over()?;
+        Ok(successor)
+    }
+
+    /// Starts a successor with `fds`, not told yet what they are.
+    fn spawn(&self, fds: Vec<Registered>) -> Result<Box<dyn Successor>> {
+        let ancestors = self.lineage_for_successor();
+        self.shared
+            .spawner
+            .spawn(fds, self.shared.generation + 1, &ancestors)
+    }
+
+    /// Duplicates of every socket and file of the registry, for a new process.
+    fn snapshot(&self) -> Result<Vec<Registered>> {
+        self.shared
+            .fds
+            .snapshot()
+            .map_err(Error::io("duplicating the sockets to hand over"))
+    }
+
+    /// Starts a standby process if [`Options::standby`](super::Options::standby) is set and there is none that is still
+    /// current (see there); returns its pid. Does nothing (and returns `None`) without the
+    /// option, before [`ready`](Upgrader::ready), while the process that started this one still
+    /// runs unless [`Options::max_draining`](super::Options::max_draining) allows upgrades then (without it, upgrades are
+    /// refused until that process exits, and a standby should not compete with its drain for
+    /// the CPU), during an upgrade and once this process is exiting.
+    ///
+    /// [`Bootstrap`](crate::Bootstrap) calls this when its parent has exited, after a failed
+    /// upgrade, as soon as a new binary lands at the executable path (it watches the path's
+    /// directories), and every second (a binary replaced on disk makes the standby stale; this
+    /// starts one of the new binary). A program using the upgrader alone should call it when
+    /// it deploys, too. Needs a tokio runtime with I/O enabled.
+    pub fn refresh_standby(&self) -> Result<Option<u32>> {
+        if !self.shared.options.standby || !matches!(*lock(&self.shared.phase), Phase::Ready) {
+            return Ok(None);
+        }
+        // With upgrades allowed during drains (long-lived connections), the next one, a fix
+        // or a rollback say, should not have to start afresh because the last drain is long.
+        if self.shared.options.max_draining.is_none() && self.living_parent()?.is_some() {
+            return Ok(None);
+        }
+        let start = || self.spawn(self.snapshot()?);
+        self.shared.standby.refresh(
+            self.shared.spawner.as_ref(),
+            &self.shared.fds,
+            self.pid_file(),
+            start,
+            || matches!(*lock(&self.shared.phase), Phase::Ready),
+        )
+    }
+
+    /// Rewrites the pid file with this process's pid if it names `child`, which is gone.
+    fn reclaim_pid_file(&self, child: u32) {
+        let Some(path) = &self.shared.options.pid_file else {
+            return;
+        };
+        pidfile::remove_prepared_by(path, child);
+        if pidfile::read(path) == Some(child)
+            && let Err(e) =
+                pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)
+        {
+            tracing::error!(error = %crate::error::Chain(&e), "could not restore the pid file");
+        }
+    }
+
+    fn begin_upgrade(&self) -> Result<Arc<Notify>> {
+        let mut phase = lock(&self.shared.phase);
+        match *phase {
+            Phase::Starting => return Err(Error::NotReady),
+            Phase::Upgrading(_) => return Err(Error::InProgress),
+            Phase::Upgraded => return Err(Error::AlreadyUpgraded),
+            Phase::Stopped => return Err(Error::Terminating),
+            Phase::Ready => {}
+        }
+        if let Some(reason) = &self.shared.options.upgrades_would_end_service {
+            return Err(Error::WouldEndService {
+                reason: reason.clone(),
+            });
+        }
+        if let Some(parent_pid) = self.living_parent()?
+            && self.shared.options.max_draining.is_none()
+        {
+            return Err(Error::ParentAlive { parent_pid });
+        }
+        let cancel = Arc::new(Notify::new());
+        *phase = Phase::Upgrading(cancel.clone());
+        Ok(cancel)
+    }
+}
+
+/// Puts the phase back to `Ready` unless disarmed (the upgrade succeeded).
+struct PhaseReset<'a> {
+    phase: &'a Mutex<Phase>,
+    armed: bool,
+}
+
+impl Drop for PhaseReset<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut phase = lock(self.phase);
+            if let Phase::Upgrading(_) = *phase {
+                *phase = Phase::Ready;
+            }
+        }
+    }
+}
