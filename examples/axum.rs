@@ -2,9 +2,9 @@
 //! `GET /sleep/{ms}`, a WebSocket echo at `/ws`, server-sent events at `/events`, and a
 //! readiness probe at `/ready` that turns unready the moment a drain begins.
 //!
-//! Long-lived connections stay with the old process across an upgrade until they end (or the
+//! Long-lived connections stay with the predecessor across an upgrade until they end (or the
 //! grace period does); when the drain begins, the WebSocket and the event stream tell their
-//! clients to reconnect, which lands them on the new process.
+//! clients to reconnect, which lands them on the successor.
 //!
 //! `HTTP_ADDR` (default `127.0.0.1:8080`) and `FLIP_PID_FILE` (default `/tmp/flip-axum.pid`).
 

@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run --release --example grpc       # GRPC_ADDR (127.0.0.1:9090), FLIP_PID_FILE (/tmp/flip-grpc.pid)
 //! GRPC_TLS_ADDR=127.0.0.1:9443 GRPC_TLS_CERT=cert.pem GRPC_TLS_KEY=key.pem cargo run --release --example grpc
-//! kill -HUP "$(cat /tmp/flip-grpc.pid)"    # upgrade: streams in flight finish on the old process
+//! kill -HUP "$(cat /tmp/flip-grpc.pid)"    # upgrade: streams in flight finish on the predecessor
 //! ```
 
 use flip_suite::demo;

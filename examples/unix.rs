@@ -6,7 +6,7 @@
 //! kill -HUP "$(cat /tmp/flip-unix.pid)"
 //! ```
 //!
-//! The socket path is passed to the new process with the listener: it is never unlinked or
+//! The socket path is passed to the successor with the listener: it is never unlinked or
 //! rebound during an upgrade, so clients see no gap. A stale socket left by a crash is replaced
 //! at first start.
 

@@ -1,5 +1,5 @@
 //! The axum example across upgrades, with a real WebSocket client (tokio-tungstenite): sessions
-//! stay with the old process until its drain notice, then reconnect to the new one; the event
+//! stay with the predecessor until its drain notice, then reconnect to the new one; the event
 //! stream says `reconnect`; the readiness probe turns unready as the drain begins.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -86,7 +86,7 @@ async fn websocket_sessions_stay_with_the_old_process_until_its_drain_notice_the
         sessions.push(ws);
     }
     let load = Load::start(&addr, 2, Mode::Close);
-    // The old process answers some request before it is upgraded (the report asserts it).
+    // The predecessor answers some request before it is upgraded (the report asserts it).
     load.wait_for_more(20);
     let upgraded = tokio::task::spawn_blocking(move || {
         let new = server.upgrade().expect("upgrade");
@@ -95,7 +95,7 @@ async fn websocket_sessions_stay_with_the_old_process_until_its_drain_notice_the
     let (server, new) = upgraded.await.unwrap();
     assert_ne!(new, old);
     for ws in &mut sessions {
-        // Until its notice, the session is the old process's, and works.
+        // Until its notice, the session is the predecessor's, and works.
         loop {
             match tokio::time::timeout(DEADLINE, ws.next()).await {
                 Ok(Some(Ok(Message::Close(Some(frame))))) => {
@@ -111,7 +111,7 @@ async fn websocket_sessions_stay_with_the_old_process_until_its_drain_notice_the
             }
         }
     }
-    // Reconnected, every session lands on the new process.
+    // Reconnected, every session lands on the successor.
     for _ in 0..3 {
         let (mut ws, pid) = connect(&addr).await;
         assert_eq!(pid, new);
@@ -129,7 +129,7 @@ async fn websocket_sessions_stay_with_the_old_process_until_its_drain_notice_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_session_keeps_the_old_process_alive_and_working_while_it_drains() {
-    // A client that ignores the notice: the old process keeps its session until it closes.
+    // A client that ignores the notice: the predecessor keeps its session until it closes.
     let (server, addr) = axum_server("axum-hold");
     let old = server.first_pid;
     let (mut ws, _) = connect(&addr).await;
@@ -138,14 +138,14 @@ async fn an_open_session_keeps_the_old_process_alive_and_working_while_it_drains
         (server, new)
     });
     let (server, new) = upgraded.await.unwrap();
-    // The notice came; the old process still runs, holding the session.
+    // The notice came; the predecessor still runs, holding the session.
     match tokio::time::timeout(DEADLINE, ws.next()).await {
         Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(frame.code, CloseCode::Restart),
         other => panic!("expected the drain notice, got {other:?}"),
     }
     assert!(
         alive(old),
-        "the old process waits for its upgraded connection"
+        "the predecessor waits for its upgraded connection"
     );
     assert_eq!(server.pid(), Some(new));
     ws.close(None).await.ok();
@@ -161,7 +161,7 @@ async fn an_open_session_keeps_the_old_process_alive_and_working_while_it_drains
 fn the_event_stream_says_reconnect_and_the_probe_turns_unready_when_the_drain_begins() {
     let (server, addr) = axum_server("axum-sse");
     let old = server.first_pid;
-    // A keep-alive connection to the old process, for the probe after the drain began.
+    // A keep-alive connection to the predecessor, for the probe after the drain began.
     let mut probe = std::net::TcpStream::connect(&addr).unwrap();
     let ask = |c: &mut std::net::TcpStream| -> String {
         c.write_all(b"GET /ready HTTP/1.1\r\nHost: t\r\n\r\n")
@@ -203,9 +203,9 @@ fn the_event_stream_says_reconnect_and_the_probe_turns_unready_when_the_drain_be
     }
     let new = server.upgrade().expect("upgrade");
     assert_ne!(new, old);
-    // The old process answers the probe until its drain began, then: unready (and, as every
+    // The predecessor answers the probe until its drain began, then: unready (and, as every
     // answer once draining, `Connection: close`).
-    wait_for("the old process's probe to say unready", DEADLINE, || {
+    wait_for("the predecessor's probe to say unready", DEADLINE, || {
         (ask(&mut probe) == "HTTP/1.1 503 Service Unavailable").then_some(())
     });
     while !seen.contains(&format!("data: {old} drains")) {
@@ -283,7 +283,7 @@ async fn with_max_draining_2_three_upgrades_overlap_long_drains_and_the_third_wa
     let mut held = Vec::new();
     let mut server = server;
     for _ in 0..3 {
-        // Right after an upgrade the old process may still take a connection, until its drain
+        // Right after an upgrade the predecessor may still take a connection, until its drain
         // closes its listener, and answer it or refuse the upgrade (once draining): connect
         // until the newest generation answers.
         held.push(session_with(&addr, *generations.last().unwrap()).await);
@@ -455,7 +455,7 @@ async fn a_websocket_over_http2_is_served_and_told_to_reconnect_at_the_drain() {
     });
     let (server, new) = upgraded.await.unwrap();
     assert_ne!(new, old);
-    // The session stays with the old process until its notice: close, 1012 (service restart).
+    // The session stays with the predecessor until its notice: close, 1012 (service restart).
     let close = ws.next().await;
     assert_eq!(close.opcode, 0x8, "expected a close frame");
     assert_eq!(close.payload.get(..2), Some(&1012u16.to_be_bytes()[..]));
@@ -468,7 +468,7 @@ async fn a_websocket_over_http2_is_served_and_told_to_reconnect_at_the_drain() {
     let server = old_gone.await.unwrap();
     driver.abort();
 
-    // The new process serves WebSockets over HTTP/2 too.
+    // The successor serves WebSockets over HTTP/2 too.
     let (mut ws, driver) = H2Socket::connect(&addr).await;
     assert_eq!(ws.next_text().await, format!("hello from {new}"));
     ws.send(0x1, b"pong");

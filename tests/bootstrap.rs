@@ -69,7 +69,7 @@ fn a_stale_unix_socket_is_replaced_at_first_boot_and_kept_during_an_upgrade() {
     assert_eq!(
         unix_socket_inode(&path),
         Some(socket),
-        "the new process serves the parent's very socket: the path was kept, not rebound"
+        "the successor serves the predecessor's very socket: the path was kept, not rebound"
     );
 }
 
@@ -156,10 +156,10 @@ fn sigterm_during_the_grace_period_forces_the_exit() {
     let old = server.first_pid;
     let new = server.upgrade().expect("upgrade");
     server.wait_pid_file(new);
-    wait_for("the old process to start draining", DEADLINE, || {
+    wait_for("the predecessor to start draining", DEADLINE, || {
         server.log().contains("draining").then_some(())
     });
-    assert!(alive(old), "a stuck drain keeps the old process");
+    assert!(alive(old), "a stuck drain keeps the predecessor");
     signal(old, Signal::SIGTERM);
     assert_eq!(exit_code(old, DEADLINE), 3);
     assert!(
@@ -251,7 +251,7 @@ fn bad_environment_values_exit_with_code_2_naming_the_variable() {
     }
 }
 
-/// How `child` ended, waiting at most `deadline`; `None` (and the child killed) when it still
+/// How `child` ended, waiting at most `deadline`; `None` (and the successor killed) when it still
 /// runs by then.
 fn wait_for_exit(
     child: &mut std::process::Child,
@@ -427,7 +427,7 @@ fn a_new_process_accepts_only_once_ready_so_one_that_never_is_answers_nothing() 
     assert_eq!(
         report.pids,
         vec![old],
-        "only the old process answered: a new one accepts once it is ready"
+        "only the predecessor answered: a new one accepts once it is ready"
     );
     assert!(alive(old));
 }

@@ -33,7 +33,7 @@ fn serving_in(scratch: Scratch, extra: &[(&str, String)]) -> (Server, String, Lo
     (server, http, load)
 }
 
-/// With a binary that behaves again, an upgrade succeeds, the new process answers, and no
+/// With a binary that behaves again, an upgrade succeeds, the successor answers, and no
 /// request of the whole run failed.
 fn a_good_upgrade_then_nothing_lost(server: &Server, load: Load) {
     server.set_behaviour("ok");
@@ -45,7 +45,7 @@ fn a_good_upgrade_then_nothing_lost(server: &Server, load: Load) {
 }
 
 fn new_child_of(pid: u32) -> u32 {
-    wait_for("the new process to start", DEADLINE, || {
+    wait_for("the successor to start", DEADLINE, || {
         children_of(pid).first().copied()
     })
 }
@@ -72,7 +72,7 @@ fn a_new_process_killed_before_it_reads_the_handoff_or_before_ready_loses_nothin
         signal(child, Signal::SIGKILL);
         let (_, line) = server.wait_event(from, &format!("upgrade-failed {old} "));
         assert!(
-            line.ends_with("child-exited killed by signal 9 (SIGKILL)"),
+            line.ends_with("successor-exited killed by signal 9 (SIGKILL)"),
             "{behaviour}: {line}"
         );
         gone(child);
@@ -93,7 +93,7 @@ fn the_old_process_killed_right_after_ready_leaves_the_new_one_serving_and_upgra
     load.wait_for_more(20);
     let newer = server
         .upgrade()
-        .expect("the new process upgrades once its parent is gone");
+        .expect("the successor upgrades once its predecessor is gone");
     server.wait_pid_file(newer);
     load.wait_for_more(20);
     let report = load.finish();
@@ -101,7 +101,7 @@ fn the_old_process_killed_right_after_ready_leaves_the_new_one_serving_and_upgra
         "old killed right after ready: {} answered, {} lost in the killed process",
         report.answered, report.failed
     );
-    // The old process stops accepting once the new one is ready, but may still be finishing
+    // The predecessor stops accepting once the new one is ready, but may still be finishing
     // requests it had: those die with it.
     assert!(report.failed <= CLIENTS as u64, "{report:?}");
     assert!(report.pids.contains(&newer), "{report:?}");
@@ -166,7 +166,7 @@ fn fifty_crashing_binaries_in_a_row_leave_the_old_process_serving_and_stable() {
         let reason = server
             .upgrade()
             .expect_err("a crashing binary cannot take over");
-        assert_eq!(reason, "child-exited exit code 3");
+        assert_eq!(reason, "successor-exited exit code 3");
         if i == 0 {
             first = Some(load.paused(|| (settled_fd_count(old), rss_kib(old))));
         }
@@ -199,14 +199,14 @@ fn a_vanished_pid_file_directory_fails_the_upgrade_and_keeps_the_old_process() {
     std::fs::remove_dir_all(&run).unwrap();
     let reason = server
         .upgrade()
-        .expect_err("the new process cannot write the pid file");
-    assert_eq!(reason, "child-exited exit code 1");
+        .expect_err("the successor cannot write the pid file");
+    assert_eq!(reason, "successor-exited exit code 1");
     assert!(
         server
             .events()
             .iter()
             .any(|l| l.starts_with("error ") && l.contains("pid file")),
-        "the new process said why: {:?}",
+        "the successor said why: {:?}",
         server.events()
     );
     load.wait_for_more(20);
@@ -236,8 +236,8 @@ fn sigterm_during_an_upgrade_in_flight_stops_at_once_and_kills_the_new_process()
     let child = new_child_of(old);
     signal(old, Signal::SIGTERM);
     assert_eq!(exit_code(old, DEADLINE), 0);
-    // The new process dies with it (killed by the old one, or at least never left running).
-    wait_for("the new process to end", DEADLINE, || {
+    // The successor dies with it (killed by the old one, or at least never left running).
+    wait_for("the successor to end", DEADLINE, || {
         (!alive(child)).then_some(())
     });
     assert!(
@@ -311,7 +311,7 @@ fn a_new_process_killed_right_after_ready_hands_service_back_to_the_old_one() {
     let server = Server::start(
         "kill-after-ready",
         &std::path::PathBuf::from(env!("CARGO_BIN_EXE_flip-bootserver")),
-        // The greeting server's drain never ends (`TB_STUCK`): the old process is still there,
+        // The greeting server's drain never ends (`TB_STUCK`): the predecessor is still there,
         // draining, when the new one dies, as it would be with a long request in flight.
         &[
             ("TB_HTTP", http.clone()),
@@ -326,10 +326,10 @@ fn a_new_process_killed_right_after_ready_hands_service_back_to_the_old_one() {
     let new = server.upgrade().expect("upgrade");
     server.wait_pid_file(new);
     signal(new, Signal::SIGKILL);
-    // Killed after it told the old process it was ready: the old one, draining, takes service
+    // Killed after it told the predecessor it was ready: the old one, draining, takes service
     // back on the very same socket. Killed between writing the pid file and telling it: that
     // upgrade failed, the old one never stopped serving, and it reclaims the pid file. Either
-    // way the old process serves and the pid file names it.
+    // way the predecessor serves and the pid file names it.
     server.wait_pid_file(old);
     load.wait_for_more(50);
     let log = server.log();
@@ -448,7 +448,7 @@ fn a_full_pid_file_directory_is_reported_at_start_and_fails_an_upgrade() {
     assert!(stderr.contains("No space left on device"), "{stderr}");
     std::fs::remove_file(scratch.path("run").join("ballast")).unwrap();
 
-    // Full during an upgrade: the new process fails instead of claiming ready.
+    // Full during an upgrade: the successor fails instead of claiming ready.
     let (server, _, load) = serving_in(
         scratch,
         &[("FLIP_PID_FILE", pid_file.display().to_string())],
@@ -456,7 +456,7 @@ fn a_full_pid_file_directory_is_reported_at_start_and_fails_an_upgrade() {
     let old = server.first_pid;
     fs.fill();
     let reason = server.upgrade().expect_err("no room for the new pid file");
-    assert_eq!(reason, "child-exited exit code 1");
+    assert_eq!(reason, "successor-exited exit code 1");
     load.wait_for_more(20);
     assert_eq!(server.pid(), Some(old));
     std::fs::remove_file(server.scratch.path("run").join("ballast")).unwrap();
@@ -550,7 +550,7 @@ fn http_with_a_slow_request(
 #[test]
 fn sigterm_to_the_new_process_while_the_old_one_drains_stops_both_at_once_with_the_immediate_stop()
 {
-    // The old process drains a request longer than the test's deadline: only a stop ends it.
+    // The predecessor drains a request longer than the test's deadline: only a stop ends it.
     let (server, _slow) = http_with_a_slow_request(
         "stop-during-drain",
         120_000,
@@ -559,10 +559,10 @@ fn sigterm_to_the_new_process_while_the_old_one_drains_stops_both_at_once_with_t
     let first = server.first_pid;
     let new = server.upgrade().expect("the upgrade succeeds");
     server.wait_pid_file(new);
-    assert!(alive(first), "the old process drains");
+    assert!(alive(first), "the predecessor drains");
     signal(new, Signal::SIGTERM);
     wait_exit(new, DEADLINE);
-    wait_for("the old process to stop too", DEADLINE, || {
+    wait_for("the predecessor to stop too", DEADLINE, || {
         assert!(
             !server.log().contains("taking service back"),
             "a stop was taken for a crash:\n{}",
@@ -605,16 +605,12 @@ fn one_sighup_to_the_whole_process_group_makes_one_upgrade() {
     server.wait_pid_file(standby);
     wait_exit(first, DEADLINE);
     // The standby had the group's signal pending: it says it dropped it, and serves on.
-    wait_for(
-        "the new process to drop the group's SIGHUP",
-        DEADLINE,
-        || {
-            server
-                .log()
-                .contains("ignored a SIGHUP sent before this process served")
-                .then_some(())
-        },
-    );
+    wait_for("the successor to drop the group's SIGHUP", DEADLINE, || {
+        server
+            .log()
+            .contains("ignored a SIGHUP sent before this process served")
+            .then_some(())
+    });
     load.wait_for_more(20);
     assert_eq!(
         server.pid(),

@@ -193,7 +193,7 @@ fn health_and_tls_work_after_an_upgrade() {
         .domain_name("localhost");
     let check = |pid: u32| {
         rt.block_on(async {
-            // A fresh connection each time: the one before may belong to the old process.
+            // A fresh connection each time: the one before may belong to the predecessor.
             let secure = Endpoint::from_shared(format!("https://{tls_addr}"))
                 .unwrap()
                 .tls_config(tls.clone())

@@ -50,13 +50,13 @@ fn a_long_request_started_before_an_upgrade_completes_on_the_old_process() {
         .unwrap();
     conn.write_all(b"GET /sleep/5000 HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
-    // The response only comes after 1.5 s: upgrade once the old process has accepted the
+    // The response only comes after 1.5 s: upgrade once the predecessor has accepted the
     // connection, so the request is in flight there.
     let (server_port, client_port) = (
         conn.peer_addr().unwrap().port(),
         conn.local_addr().unwrap().port(),
     );
-    wait_for("the old process to accept the connection", DEADLINE, || {
+    wait_for("the predecessor to accept the connection", DEADLINE, || {
         let inode = tcp_server_socket_inode(server_port, client_port)?;
         holds_socket(old, inode).then_some(())
     });

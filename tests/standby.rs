@@ -22,7 +22,7 @@ fn server_with_standby(scratch: Scratch, program: &Path) -> (Server, String) {
 }
 
 /// Waits until `parent` has exactly one live child, its standby, started and waiting: the
-/// server logged it, which it does once `posix_spawn` returned. (Before that, the child may
+/// server logged it, which it does once `posix_spawn` returned. (Before that, the successor may
 /// still be inside `vfork`, where stopping it would stop the server too.)
 fn standby_of(server: &Server, parent: u32) -> u32 {
     wait_for(&format!("a standby process of {parent}"), DEADLINE, || {
@@ -203,13 +203,13 @@ fn a_switched_release_link_is_noticed_when_it_happens_and_the_next_upgrade_uses_
     );
     assert_eq!(running_file(new), release);
 
-    // The new process watches the path through the release it runs: switching back is seen
+    // The successor watches the path through the release it runs: switching back is seen
     // too.
     let third = standby_of(&server, new);
     switch_current(&dir, "release-1");
     let back = file_identity(&dir.join("release-1/app"));
     wait_for(
-        "the new process's watch to see the switch back",
+        "the successor's watch to see the switch back",
         DEADLINE,
         || (server.log().matches("the binary changed on disk").count() == 2).then_some(()),
     );
@@ -254,7 +254,7 @@ fn with_max_draining_the_standby_is_started_while_the_parent_drains_and_the_next
     let standby = standby_of(&server, second);
     assert!(
         alive(first),
-        "the standby of {second} started while its parent {first} still drains"
+        "the standby of {second} started while its predecessor {first} still drains"
     );
     let third = server
         .upgrade()
@@ -289,7 +289,7 @@ fn a_dead_standby_is_replaced_by_a_fresh_start_at_upgrade() {
         server
             .log()
             .contains("started=fresh: the standby had exited"),
-        "the old process says why it started afresh; log:\n{}",
+        "the predecessor says why it started afresh; log:\n{}",
         server.log()
     );
 }
@@ -313,7 +313,7 @@ fn a_standby_that_dies_after_the_handoff_is_replaced_by_a_fresh_start_in_the_sam
     // stopped standby no longer serves for this: it is not handed over to.)
     std::fs::write(&fail_once, "").unwrap();
     signal(old, Signal::SIGHUP);
-    let new = wait_for("a new process in the pid file", DEADLINE, || {
+    let new = wait_for("a successor in the pid file", DEADLINE, || {
         server.pid().filter(|&p| p != old)
     });
     assert_ne!(new, standby);

@@ -91,7 +91,7 @@ fn sigterm_to_the_new_process_while_the_old_one_drains_lets_the_old_one_finish()
     let answered = whole_answer(slow);
     assert!(
         answered.starts_with("HTTP/1.1 200") && answered.contains(&format!("hello from {first}")),
-        "the old process's request was cut: {answered:?}\n{}",
+        "the predecessor's request was cut: {answered:?}\n{}",
         server.log()
     );
     wait_exit(first, DEADLINE);

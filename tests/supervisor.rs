@@ -110,7 +110,7 @@ impl Supervised {
         let old = pid_in(&self.pid_file).expect("a serving pid");
         let old_child = children_of(supervisor);
         signal(supervisor, Signal::SIGHUP);
-        let new = wait_for("the pid file to name the new process", DEADLINE, || {
+        let new = wait_for("the pid file to name the successor", DEADLINE, || {
             pid_in(&self.pid_file).filter(|&p| p != old)
         });
         wait_for("the old generation to exit", DEADLINE, || {

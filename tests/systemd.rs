@@ -43,12 +43,12 @@ fn main_pid(b: &SystemdBox, unit: &str) -> u32 {
     b.property(unit, "MainPID").parse().expect("MainPID")
 }
 
-/// Reloads `unit` and waits until systemd follows the new process: a new MainPID, which the
-/// pid file names too, the unit active and running, and the old process gone.
+/// Reloads `unit` and waits until systemd follows the successor: a new MainPID, which the
+/// pid file names too, the unit active and running, and the predecessor gone.
 fn reload(b: &SystemdBox, unit: &str, pid_file: &Path) -> u32 {
     let old = main_pid(b, unit);
     b.systemctl_ok(&["reload", unit]);
-    let new = wait_for("systemd to follow the new process", DEADLINE, || {
+    let new = wait_for("systemd to follow the successor", DEADLINE, || {
         let main = main_pid(b, unit);
         let settled = main != old
             && pid_in(pid_file) == Some(main)
@@ -56,7 +56,7 @@ fn reload(b: &SystemdBox, unit: &str, pid_file: &Path) -> u32 {
             && b.property(unit, "SubState") == "running";
         settled.then_some(main)
     });
-    wait_for("the old process to exit", DEADLINE, || {
+    wait_for("the predecessor to exit", DEADLINE, || {
         b.host_pid(old).is_none().then_some(())
     });
     wait_for("no job left in systemd", DEADLINE, || {
@@ -246,7 +246,7 @@ fn a_new_binary_that_crashes_leaves_the_unit_active_on_the_old_process() {
     assert_eq!(
         main_pid(&b, UNIT),
         old,
-        "the old process is still the main one"
+        "the predecessor is still the main one"
     );
     assert_eq!(b.property(UNIT, "ActiveState"), "active");
     assert_eq!(pid_in(&pid_file), Some(old));
@@ -275,7 +275,7 @@ fn systemctl_stop_under_load_lets_every_generation_finish_what_it_accepted() {
     // loaded machine too.
     let slow_first = slow_request_to(&addr, 8_000, b.host_pid(first).unwrap());
     b.systemctl_ok(&["reload", UNIT]);
-    let second = wait_for("systemd to follow the new process", DEADLINE, || {
+    let second = wait_for("systemd to follow the successor", DEADLINE, || {
         let main = main_pid(&b, UNIT);
         (main != first && pid_in(&pid_file) == Some(main)).then_some(main)
     });

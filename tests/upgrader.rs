@@ -58,13 +58,9 @@ fn every_kind_of_socket_and_file_reaches_the_new_process() {
 
     let new = server.upgrade_ok();
     assert_ne!(new, old);
-    assert_eq!(
-        server.pid(),
-        Some(new),
-        "the pid file names the new process"
-    );
-    assert!(!alive(old), "the old process exited");
-    // Every socket, the unix socket paths included, now serves in the new process.
+    assert_eq!(server.pid(), Some(new), "the pid file names the successor");
+    assert!(!alive(old), "the predecessor exited");
+    // Every socket, the unix socket paths included, now serves in the successor.
     answers(new);
     server.wait_event(0, &format!("file {new} inherited"));
     assert_eq!(
@@ -90,15 +86,15 @@ fn failed_upgrades_leave_the_old_process_serving() {
     );
     let old = server.first_pid;
     for (behaviour, expected) in [
-        ("crash", "child-exited exit code 3"),
-        ("exit0", "child-exited exit code 0"),
+        ("crash", "successor-exited exit code 3"),
+        ("exit0", "successor-exited exit code 0"),
         ("hang", "timeout "),
     ] {
         server.set_behaviour(behaviour);
         let reason = server.upgrade().expect_err(behaviour);
         assert!(reason.starts_with(expected), "{behaviour}: {reason}");
         if let Some(child) = reason.strip_prefix("timeout ") {
-            // The child that never became ready was killed and reaped: no zombie.
+            // The successor that never became ready was killed and reaped: no zombie.
             let proc_dir = format!("/proc/{child}");
             wait_for("the timed-out child to be reaped", DEADLINE, || {
                 (!Path::new(&proc_dir).exists()).then_some(())
@@ -123,7 +119,7 @@ fn a_concurrent_upgrade_is_refused() {
     let old = server.first_pid;
     server.set_behaviour("hang");
     signal(old, Signal::SIGHUP);
-    let hanging = wait_for("the new process to start", DEADLINE, || {
+    let hanging = wait_for("the successor to start", DEADLINE, || {
         children_of(old).first().copied()
     });
     assert_eq!(server.upgrade(), Err("in-progress".into()));
@@ -132,7 +128,7 @@ fn a_concurrent_upgrade_is_refused() {
     signal(hanging, Signal::SIGKILL);
     server.wait_event(
         0,
-        &format!("upgrade-failed {old} child-exited killed by signal 9"),
+        &format!("upgrade-failed {old} successor-exited killed by signal 9"),
     );
     server.set_behaviour("ok");
     let new = server.upgrade_ok();
@@ -143,21 +139,23 @@ fn a_concurrent_upgrade_is_refused() {
 fn an_upgrade_is_refused_while_the_parent_is_alive() {
     let tcp = format!("127.0.0.1:{}", free_port());
     let server = Server::start(
-        "parent-alive",
+        "predecessor-alive",
         &testserver(),
         &[("TS_TCP", tcp.clone()), ("TS_LINGER_MS", "600000".into())],
     );
     let old = server.first_pid;
     let new = server.upgrade().expect("first upgrade");
     server.wait_pid_file(new);
-    // The old process stops accepting once told; it lingers, as if draining.
+    // The predecessor stops accepting once told; it lingers, as if draining.
     server.wait_event(0, &format!("upgraded {old} {new}"));
-    assert!(alive(old), "the old process lingers, as if draining");
-    assert_eq!(server.upgrade(), Err("parent-alive".into()));
+    assert!(alive(old), "the predecessor lingers, as if draining");
+    assert_eq!(server.upgrade(), Err("predecessor-alive".into()));
     assert_eq!(tcp_pid(&tcp), Some(new));
     signal(old, Signal::SIGKILL);
     wait_exit(old, DEADLINE);
-    let newer = server.upgrade().expect("upgrade once the parent is gone");
+    let newer = server
+        .upgrade()
+        .expect("upgrade once the predecessor is gone");
     server.wait_event(0, &format!("upgraded {new} {newer}"));
     assert_eq!(tcp_pid(&tcp), Some(newer));
 }
@@ -171,7 +169,7 @@ fn inherited_sockets_nobody_claimed_are_closed_at_ready() {
     let needle = format!("socket:[{inode}]");
     assert!(
         !fd_links(new).iter().any(|(_, t)| *t == needle),
-        "the new process still holds the unclaimed socket: {:?}",
+        "the successor still holds the unclaimed socket: {:?}",
         fd_links(new)
     );
     assert!(!unix.exists(), "the unclaimed socket's path was removed");
@@ -208,10 +206,10 @@ fn processes_spawned_by_the_server_inherit_neither_fds_nor_the_marker() {
         signal(child, Signal::SIGKILL);
     };
 
-    // While an upgrade is in flight, the old process spawns something.
+    // While an upgrade is in flight, the predecessor spawns something.
     server.set_behaviour("hang");
     signal(old, Signal::SIGHUP);
-    let hanging = wait_for("the new process to start", DEADLINE, || {
+    let hanging = wait_for("the successor to start", DEADLINE, || {
         children_of(old)
             .into_iter()
             .find(|&p| environ(p).iter().any(|v| v.starts_with("FLIP_HANDOFF=")))
@@ -225,10 +223,10 @@ fn processes_spawned_by_the_server_inherit_neither_fds_nor_the_marker() {
     assert_clean(old);
 
     signal(hanging, Signal::SIGKILL);
-    server.wait_event(0, &format!("upgrade-failed {old} child-exited"));
+    server.wait_event(0, &format!("upgrade-failed {old} successor-exited"));
     server.set_behaviour("ok");
     let new = server.upgrade_ok();
-    // The new process was started with the marker, consumed it, and passes it on to nobody.
+    // The successor was started with the marker, consumed it, and passes it on to nobody.
     assert!(environ(new).iter().any(|v| v.starts_with("FLIP_HANDOFF=")));
     assert_clean(new);
 }
@@ -307,10 +305,10 @@ fn an_early_sighup_does_not_kill_a_starting_process() {
     server.set_behaviour("slow");
     let from = server.events().len();
     signal(old, Signal::SIGHUP);
-    let child = wait_for("the new process to start", DEADLINE, || {
+    let child = wait_for("the successor to start", DEADLINE, || {
         children_of(old).first().copied()
     });
-    // The child sleeps before installing its handler: these arrive while SIGHUP's default
+    // The successor sleeps before installing its handler: these arrive while SIGHUP's default
     // action would still kill it.
     for _ in 0..5 {
         signal(child, Signal::SIGHUP);
@@ -319,8 +317,8 @@ fn an_early_sighup_does_not_kill_a_starting_process() {
     let (_, line) = server.wait_event(from, &format!("upgraded {old} "));
     assert_eq!(line, format!("upgraded {old} {child}"));
     wait_exit(old, DEADLINE);
-    // The pending SIGHUP reached the child's handler once it was ready; whatever came of it
-    // (refused while the parent lived, or a further upgrade), the server keeps serving.
+    // The pending SIGHUP reached the successor's handler once it was ready; whatever came of it
+    // (refused while the predecessor lived, or a further upgrade), the server keeps serving.
     let serving = wait_for("a serving process", DEADLINE, || {
         let pid = server.pid()?;
         (tcp_pid(&tcp) == Some(pid)).then_some(pid)
@@ -340,7 +338,7 @@ fn stop_cancels_an_upgrade_in_flight() {
     let old = server.first_pid;
     server.set_behaviour("hang");
     signal(old, Signal::SIGHUP);
-    let child = wait_for("the new process to start", DEADLINE, || {
+    let child = wait_for("the successor to start", DEADLINE, || {
         children_of(old).first().copied()
     });
     signal(old, Signal::SIGUSR2);

@@ -69,7 +69,7 @@ fn upgrade_reports_the_new_pid_and_status_the_generation_and_listeners() {
     load.wait_for_more(20);
     load.finish().assert_lossless_across(&[old, new]);
 
-    // The control socket's path works across the upgrade: the new process answers.
+    // The control socket's path works across the upgrade: the successor answers.
     let out = run(&["status", "--pid-file", &pid_file(&server)]);
     assert!(out.status.success(), "{}", text(&out));
     let status = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -119,7 +119,7 @@ fn a_failed_upgrade_says_why_and_exits_1_and_the_old_process_serves_on() {
     assert!(said.contains("upgrade failed"), "{said}");
     assert!(said.contains("exit code 3"), "{said}");
     assert!(
-        said.contains("the new process's last lines on stderr:\n  broken build"),
+        said.contains("the successor's last lines on stderr:\n  broken build"),
         "{said}"
     );
     assert_eq!(server.pid(), Some(server.first_pid));
@@ -135,7 +135,7 @@ fn a_failed_upgrade_says_why_and_exits_1_and_the_old_process_serves_on() {
 #[test]
 fn an_upgrade_while_the_parent_drains_is_refused_with_exit_2() {
     // Each old process drains for 3 s (a 3 s request in flight), so the next upgrade comes
-    // while its parent still runs.
+    // while its predecessor still runs.
     let (server, addr) = http_server("cli-refused", &[]);
     let mut slow = std::net::TcpStream::connect(&addr).unwrap();
     slow.write_all(b"GET /sleep/3000 HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -1,5 +1,5 @@
 //! `ExecReload=flip upgrade --pid-file ...` under a real systemd (the box of
-//! flip_suite::SystemdBox): `systemctl reload` returns once the new process is ready, and
+//! flip_suite::SystemdBox): `systemctl reload` returns once the successor is ready, and
 //! fails when the upgrade fails.
 
 use std::os::unix::fs::PermissionsExt;
@@ -46,7 +46,7 @@ fn systemctl_reload_waits_for_the_new_process_and_fails_when_the_upgrade_fails()
 
     for _ in 0..3 {
         let old = b.property(UNIT, "MainPID");
-        // Returns only when `flip upgrade` did: the new process is ready and systemd follows it.
+        // Returns only when `flip upgrade` did: the successor is ready and systemd follows it.
         b.systemctl_ok(&["reload", UNIT]);
         let new = b.property(UNIT, "MainPID");
         assert_ne!(new, old);
@@ -64,7 +64,7 @@ fn systemctl_reload_waits_for_the_new_process_and_fails_when_the_upgrade_fails()
     assert_eq!(
         b.property(UNIT, "MainPID"),
         serving,
-        "the old process still serves"
+        "the predecessor still serves"
     );
     assert_eq!(b.property(UNIT, "ActiveState"), "active");
     let journal = b.journal();

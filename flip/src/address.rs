@@ -2,14 +2,14 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use crate::error::Error;
+use crate::error::{Error, Repr};
 
 pub(crate) fn address_error(network: &str, address: &str, reason: impl Into<String>) -> Error {
-    Error::Address {
+    Error::from(Repr::Address {
         network: network.to_owned(),
         address: address.to_owned(),
         reason: reason.into(),
-    }
+    })
 }
 
 /// Turns `host:port` into one socket address fitting the network (`tcp4` wants IPv4, `tcp6`

@@ -1,4 +1,5 @@
-//! The error type of flip.
+//! The error type of flip: an opaque [`Error`] with a [`kind`](Error::kind) to act on and its
+//! cause through [`source`](std::error::Error::source), as hyper's.
 
 use std::fmt;
 use std::io;
@@ -7,155 +8,224 @@ use std::time::Duration;
 
 /// Everything that can go wrong in flip.
 ///
-/// Upgrade refusals and failures are distinct variants so a caller can tell "try again later"
-/// ([`Error::is_refusal`]: nothing was started) from "the new binary is broken"
-/// ([`Error::ChildExited`], [`Error::Timeout`]). After any upgrade error the old process still
-/// owns every socket and keeps serving; a later upgrade may succeed.
+/// An error says what flip was doing (`Display`, its own level only) and why
+/// ([`source`](std::error::Error::source)); [`Error::chain`] prints both. Act on its
+/// [`kind`](Error::kind), never on its text: upgrade refusals ([`Error::is_refusal`]: nothing
+/// was started, asking again later may succeed) are told from an upgrade whose successor
+/// failed ([`Error::is_failed_upgrade`]). After any upgrade error the predecessor still owns
+/// every socket and keeps serving; a later upgrade may succeed.
 ///
-/// As in hyper, an error's `Display` says what flip was doing and its
-/// [`source`](std::error::Error::source) says why; [`Error::chain`] prints both.
-///
+/// ```no_run
+/// # async fn demo(upgrader: &flip::Upgrader) {
+/// match upgrader.upgrade().await {
+///     Ok(pid) => println!("upgraded to {pid}"),
+///     Err(e) if e.kind() == flip::ErrorKind::InProgress => {} // the one running will do
+///     Err(e) if e.is_failed_upgrade() => {
+///         eprintln!("the new build is broken: {}", e.chain());
+///         for line in e.last_stderr() {
+///             eprintln!("  | {line}");
+///         }
+///     }
+///     Err(e) => eprintln!("upgrade failed: {}", e.chain()),
+/// }
+/// # }
 /// ```
-/// let e = flip::Error::Io {
-///     context: "creating the ready pipe",
-///     source: std::io::Error::from_raw_os_error(24),
-/// };
-/// assert_eq!(e.to_string(), "creating the ready pipe");
-/// assert!(e.chain().to_string().starts_with("creating the ready pipe: Too many open files"));
-/// ```
-#[derive(Debug, thiserror::Error)]
+pub struct Error {
+    inner: Box<Repr>,
+}
+
+/// What kind of error an [`Error`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Error {
-    /// `upgrade()` was called before `ready()`.
-    #[error("upgrade refused: this process is not ready yet")]
+pub enum ErrorKind {
+    /// An upgrade was asked for before [`ready`](crate::Upgrader::ready).
     NotReady,
     /// Another upgrade is running; only one runs at a time.
-    #[error("upgrade refused: an upgrade is already in progress")]
     InProgress,
     /// Upgrades are disabled (`<PREFIX>_UPGRADES_ENABLED=0`).
-    #[error("upgrade refused: upgrades are disabled")]
     UpgradesDisabled,
-    /// An upgrade already succeeded: the new process serves and this one is draining.
-    #[error("upgrade refused: this process was already upgraded")]
+    /// An upgrade already succeeded: the successor serves and this process drains.
     AlreadyUpgraded,
-    /// `stop()` was called; no upgrade will start and the one in flight was cancelled.
-    #[error("upgrade refused: the upgrader is terminating")]
+    /// The upgrader is stopping: no upgrade starts, and the one in flight was cancelled.
     Terminating,
-    /// This process was started by an upgrade and its parent has not exited yet: upgrading now
-    /// would leave three generations alive.
-    #[error("upgrade refused: the parent process {parent_pid} has not exited yet")]
-    ParentAlive {
-        /// Pid of the process that started this one.
-        parent_pid: u32,
-    },
-    /// An upgrade would end the service: this process is PID 1 of its pid namespace, or its
-    /// parent (a container init, a process supervisor) follows its pid. The supervisor mode
-    /// (`FLIP_SUPERVISE=1`) is what works there.
-    #[error("upgrade refused: {reason}")]
-    WouldEndService {
-        /// What follows this process, and what to set.
-        reason: String,
-    },
-    /// The new process ended before it declared itself ready (even with exit status 0).
-    #[error("the new process {pid} exited before it was ready ({status})")]
-    ChildExited {
-        /// Pid of the new process.
-        pid: u32,
-        /// How it ended.
-        status: ExitStatus,
-        /// The last lines it wrote to its standard error (at most 20).
-        last_stderr: Vec<String>,
-    },
-    /// The new process did not declare itself ready in time; it was killed and reaped.
-    #[error("the new process {pid} was not ready within {timeout:?}; it was killed")]
-    Timeout {
-        /// Pid of the new process.
-        pid: u32,
-        /// The upgrade timeout in force.
-        timeout: Duration,
-        /// The last lines it wrote to its standard error (at most 20).
-        last_stderr: Vec<String>,
-    },
-    /// The new process could not be started at all.
-    #[error("could not start {program}")]
-    Spawn {
-        /// The executable flip tried to start.
-        program: PathBuf,
-        /// What the system said.
-        source: io::Error,
-    },
-    /// The handoff from the parent process is unusable. Nothing from it was adopted.
-    #[error("invalid handoff from the parent process")]
-    Handoff(#[from] HandoffError),
+    /// This process was started by an upgrade and its predecessor has not exited yet:
+    /// upgrading now would leave three generations alive. [`Error::pid`] names it.
+    PredecessorAlive,
+    /// An upgrade would end the service: this process is PID 1 of its pid namespace, or what
+    /// started it (a container init, a process supervisor) follows its pid. The supervisor
+    /// mode (`FLIP_SUPERVISE=1`) is what works there.
+    WouldEndService,
+    /// The successor ended before it said it was ready (even with exit status 0).
+    /// [`Error::pid`], [`Error::exit_status`] and [`Error::last_stderr`] say more.
+    SuccessorExited,
+    /// The successor was not ready within the upgrade timeout; it was killed and reaped.
+    Timeout,
+    /// The successor could not be started at all.
+    Spawn,
+    /// The handoff from the predecessor is unusable; nothing from it was adopted. The source
+    /// is a [`HandoffError`].
+    Handoff,
     /// The pid file could not be written.
-    #[error("pid file {path}")]
-    PidFile {
-        /// The pid file path.
-        path: PathBuf,
-        /// What the system said.
-        source: io::Error,
-    },
-    /// An address or network name given to the fd registry is not valid.
-    #[error("invalid address {address:?} for network {network:?}: {reason}")]
-    Address {
-        /// The network asked for (`tcp`, `unix`, ...).
-        network: String,
-        /// The address asked for.
-        address: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    PidFile,
+    /// An address or network name given to the registry is not valid.
+    Address,
     /// Opening, binding or adopting a socket or file failed.
-    #[error("{network} {address}")]
-    Socket {
-        /// The network (`tcp`, `unix`, ... or `file`).
-        network: String,
-        /// The address or name.
-        address: String,
-        /// What the system said.
-        source: io::Error,
-    },
+    Socket,
     /// A second [`Upgrader`](crate::Upgrader) was created in one process.
-    #[error("an Upgrader already exists in this process")]
     AlreadyCreated,
     /// The sockets systemd passed (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`) are unusable.
-    #[error("socket activation: {0}")]
-    Activation(String),
+    Activation,
     /// [`Upgrader::resume`](crate::Upgrader::resume) was called, but this process was not
     /// upgraded, or its successor still runs.
+    NotResumable,
+    /// Any other system error.
+    Io,
+}
+
+/// What an [`Error`] holds: one variant per kind, with what it reports.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Repr {
+    #[error("upgrade refused: this process is not ready yet")]
+    NotReady,
+    #[error("upgrade refused: an upgrade is already in progress")]
+    InProgress,
+    #[error("upgrade refused: upgrades are disabled")]
+    UpgradesDisabled,
+    #[error("upgrade refused: this process was already upgraded")]
+    AlreadyUpgraded,
+    #[error("upgrade refused: the upgrader is terminating")]
+    Terminating,
+    #[error("upgrade refused: the predecessor {pid} has not exited yet")]
+    PredecessorAlive { pid: u32 },
+    #[error("upgrade refused: {reason}")]
+    WouldEndService { reason: String },
+    #[error("the successor {pid} exited before it was ready ({status})")]
+    SuccessorExited {
+        pid: u32,
+        status: ExitStatus,
+        last_stderr: Vec<String>,
+    },
+    #[error("the successor {pid} was not ready within {timeout:?}; it was killed")]
+    Timeout {
+        pid: u32,
+        timeout: Duration,
+        last_stderr: Vec<String>,
+    },
+    #[error("could not start {program}")]
+    Spawn { program: PathBuf, source: io::Error },
+    #[error("invalid handoff from the predecessor")]
+    Handoff(#[from] HandoffError),
+    #[error("pid file {path}")]
+    PidFile { path: PathBuf, source: io::Error },
+    #[error("invalid address {address:?} for network {network:?}: {reason}")]
+    Address {
+        network: String,
+        address: String,
+        reason: String,
+    },
+    #[error("{network} {address}")]
+    Socket {
+        network: String,
+        address: String,
+        source: io::Error,
+    },
+    #[error("an Upgrader already exists in this process")]
+    AlreadyCreated,
+    #[error("socket activation: {0}")]
+    Activation(String),
     #[error("cannot take service back: no successor of this process has exited")]
     NotResumable,
-    /// Any other system error, with what flip was doing.
     #[error("{context}")]
     Io {
-        /// What flip was doing.
         context: &'static str,
-        /// What the system said.
         source: io::Error,
     },
 }
 
 impl Error {
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        match &*self.inner {
+            Repr::NotReady => ErrorKind::NotReady,
+            Repr::InProgress => ErrorKind::InProgress,
+            Repr::UpgradesDisabled => ErrorKind::UpgradesDisabled,
+            Repr::AlreadyUpgraded => ErrorKind::AlreadyUpgraded,
+            Repr::Terminating => ErrorKind::Terminating,
+            Repr::PredecessorAlive { .. } => ErrorKind::PredecessorAlive,
+            Repr::WouldEndService { .. } => ErrorKind::WouldEndService,
+            Repr::SuccessorExited { .. } => ErrorKind::SuccessorExited,
+            Repr::Timeout { .. } => ErrorKind::Timeout,
+            Repr::Spawn { .. } => ErrorKind::Spawn,
+            Repr::Handoff(_) => ErrorKind::Handoff,
+            Repr::PidFile { .. } => ErrorKind::PidFile,
+            Repr::Address { .. } => ErrorKind::Address,
+            Repr::Socket { .. } => ErrorKind::Socket,
+            Repr::AlreadyCreated => ErrorKind::AlreadyCreated,
+            Repr::Activation(_) => ErrorKind::Activation,
+            Repr::NotResumable => ErrorKind::NotResumable,
+            Repr::Io { .. } => ErrorKind::Io,
+        }
+    }
+
     /// Whether an upgrade was refused without starting anything: before ready, while another
-    /// runs, after one succeeded, after stop, or while the parent still drains. Asking again
-    /// later may succeed; the binary was not tried.
+    /// runs, after one succeeded, after stop, or while the predecessor still drains. Asking
+    /// again later may succeed; the binary was not tried.
     pub fn is_refusal(&self) -> bool {
         matches!(
-            self,
-            Error::NotReady
-                | Error::UpgradesDisabled
-                | Error::InProgress
-                | Error::AlreadyUpgraded
-                | Error::Terminating
-                | Error::ParentAlive { .. }
-                | Error::WouldEndService { .. }
+            self.kind(),
+            ErrorKind::NotReady
+                | ErrorKind::UpgradesDisabled
+                | ErrorKind::InProgress
+                | ErrorKind::AlreadyUpgraded
+                | ErrorKind::Terminating
+                | ErrorKind::PredecessorAlive
+                | ErrorKind::WouldEndService
         )
     }
 
-    /// Whether a new process was started and failed: it exited before it was ready, or was not
+    /// Whether a successor was started and failed: it exited before it was ready, or was not
     /// ready in time.
     pub fn is_failed_upgrade(&self) -> bool {
-        matches!(self, Error::ChildExited { .. } | Error::Timeout { .. })
+        matches!(self.kind(), ErrorKind::SuccessorExited | ErrorKind::Timeout)
+    }
+
+    /// The process the error is about: the successor that failed
+    /// ([`SuccessorExited`](ErrorKind::SuccessorExited), [`Timeout`](ErrorKind::Timeout)), or
+    /// the predecessor that still drains ([`PredecessorAlive`](ErrorKind::PredecessorAlive)).
+    pub fn pid(&self) -> Option<u32> {
+        match &*self.inner {
+            Repr::SuccessorExited { pid, .. }
+            | Repr::Timeout { pid, .. }
+            | Repr::PredecessorAlive { pid } => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// How the successor ended, for [`SuccessorExited`](ErrorKind::SuccessorExited).
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        match &*self.inner {
+            Repr::SuccessorExited { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The last lines a successor that failed wrote to its standard error (at most 20).
+    pub fn last_stderr(&self) -> &[String] {
+        match &*self.inner {
+            Repr::SuccessorExited { last_stderr, .. } | Repr::Timeout { last_stderr, .. } => {
+                last_stderr
+            }
+            _ => &[],
+        }
+    }
+
+    /// The handoff's own error, for [`Handoff`](ErrorKind::Handoff) (also its
+    /// [`source`](std::error::Error::source)).
+    pub fn handoff(&self) -> Option<&HandoffError> {
+        match &*self.inner {
+            Repr::Handoff(e) => Some(e),
+            _ => None,
+        }
     }
 
     /// Displays this error followed by each of its sources: `a: b: c`.
@@ -163,22 +233,46 @@ impl Error {
         Chain(self)
     }
 
-    /// The last lines a new process that failed wrote to its standard error.
-    pub fn last_stderr(&self) -> &[String] {
-        match self {
-            Error::ChildExited { last_stderr, .. } | Error::Timeout { last_stderr, .. } => {
-                last_stderr
-            }
-            _ => &[],
-        }
-    }
-
+    /// An I/O error with what flip was doing: `.map_err(Error::io("creating the ready pipe"))`.
     pub(crate) fn io(context: &'static str) -> impl FnOnce(io::Error) -> Error {
-        move |source| Error::Io { context, source }
+        move |source| Repr::Io { context, source }.into()
     }
 }
 
-/// Why a handoff from the parent process was rejected.
+impl From<Repr> for Error {
+    fn from(repr: Repr) -> Error {
+        Error {
+            inner: Box::new(repr),
+        }
+    }
+}
+
+impl From<HandoffError> for Error {
+    fn from(e: HandoffError) -> Error {
+        Repr::Handoff(e).into()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("flip::Error").field(&self.inner).finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&*self.inner)
+    }
+}
+
+/// Why a handoff from the predecessor was rejected: the source of an [`Error`] of kind
+/// [`Handoff`](ErrorKind::Handoff).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum HandoffError {
@@ -207,7 +301,7 @@ pub enum HandoffError {
         /// What did not match.
         reason: String,
     },
-    /// The manifest sent by the parent is malformed.
+    /// The manifest sent by the predecessor is malformed.
     #[error("malformed manifest at line {line}: {reason}")]
     Manifest {
         /// Line number (1-based).
@@ -229,9 +323,9 @@ pub enum HandoffError {
     #[error("reading the handoff")]
     Io(#[source] io::Error),
     /// This process was started as a standby (see [`Options::standby`](crate::Options::standby))
-    /// and its parent let it go without handing anything over: the binary changed, the parent
+    /// and its predecessor let it go without handing anything over: the binary changed, the predecessor
     /// is stopping, or it exited. Nothing is wrong; the process should exit quietly.
-    #[error("the parent withdrew this standby process before handing anything over")]
+    #[error("the predecessor withdrew this standby process before handing anything over")]
     Withdrawn,
 }
 

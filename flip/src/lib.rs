@@ -1,8 +1,8 @@
 //! Zero-downtime binary upgrades for network servers.
 //!
 //! A running server gets SIGHUP, starts its new binary, hands it every listening socket, waits
-//! until the new process says it is ready, then drains its in-flight work and exits. No
-//! connection is refused: the new process accepts from the very same sockets, accept queues
+//! until the successor says it is ready, then drains its in-flight work and exits. No
+//! connection is refused: the successor accepts from the very same sockets, accept queues
 //! included.
 //!
 //! The core is [`Upgrader`]: open sockets through its registry ([`Upgrader::fds`]), call
@@ -85,7 +85,7 @@ pub use bootstrap::{
     Bootstrap, BoxError, BoxFuture, DEFAULT_GRACE_PERIOD, Drain, ErrorSender, Observer, Outcome,
     Shutdown, ShutdownTrigger, StartContext, StartError, StopMode, UpgradeRequester, UpgradeResult,
 };
-pub use error::{Chain, Error, ExitStatus, HandoffError, Result};
+pub use error::{Chain, Error, ErrorKind, ExitStatus, HandoffError, Result};
 pub use flip_macros::{main, starter};
 /// The environment variable that tells a process it was started by an upgrade (the handoff
 /// marker). flip removes it at startup, so nothing the server spawns sees it.

@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::Error;
+use crate::error::{Error, Repr};
 
 /// Default mode of a new pid file: readable by all, writable by the owner.
 pub const DEFAULT_MODE: u32 = 0o644;
@@ -37,9 +37,11 @@ pub(crate) fn prepare(path: &Path, mode: u32) -> Result<Prepared, Error> {
 }
 
 fn prepare_for(path: &Path, pid: u32, mode: u32) -> Result<Prepared, Error> {
-    let fail = |source: io::Error| Error::PidFile {
-        path: path.to_owned(),
-        source,
+    let fail = |source: io::Error| {
+        Error::from(Repr::PidFile {
+            path: path.to_owned(),
+            source,
+        })
     };
     let tmp = temp_path(path, pid).map_err(fail)?;
     let prepared = Prepared {
@@ -57,11 +59,12 @@ impl Prepared {
     /// Puts the pid file in place. The file it replaced (if any) is returned, to be removed
     /// with [`remove_replaced`] once nobody waits.
     pub(crate) fn commit(mut self) -> Result<Option<PathBuf>, Error> {
-        let exchanged =
-            crate::sys::fs::exchange(&self.tmp, &self.path).map_err(|source| Error::PidFile {
+        let exchanged = crate::sys::fs::exchange(&self.tmp, &self.path).map_err(|source| {
+            Error::from(Repr::PidFile {
                 path: self.path.clone(),
                 source,
-            })?;
+            })
+        })?;
         self.committed = true;
         Ok(exchanged.then(|| self.tmp.clone()))
     }
@@ -97,9 +100,11 @@ pub(crate) fn remove_prepared_by(path: &Path, pid: u32) {
 /// read-only or full directory is reported before anything starts rather than when the
 /// process declares itself ready.
 pub(crate) fn check_writable(path: &Path, mode: u32) -> Result<(), Error> {
-    let fail = |source: io::Error| Error::PidFile {
-        path: path.to_owned(),
-        source,
+    let fail = |source: io::Error| {
+        Error::from(Repr::PidFile {
+            path: path.to_owned(),
+            source,
+        })
     };
     let pid = std::process::id();
     let tmp = temp_path(path, pid).map_err(fail)?;

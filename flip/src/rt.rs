@@ -9,7 +9,7 @@ use std::time::Duration;
 pub use inventory;
 
 use crate::bootstrap::{Bootstrap, BoxError, BoxFuture, Outcome, StartContext, StopMode};
-use crate::error::{Chain, Error, HandoffError};
+use crate::error::{Chain, ErrorKind, HandoffError};
 use crate::upgrader::Options;
 
 /// A starter collected by `#[flip::starter]`.
@@ -314,7 +314,7 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
             return ExitCode::from(2);
         }
     };
-    // A process an upgrade started gets its parent's sockets, systemd's included.
+    // A process an upgrade started gets its predecessor's sockets, systemd's included.
     let activated = match upgraded {
         true => Vec::new(),
         false => match crate::registry::take_activated() {
@@ -372,13 +372,13 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     }
     let mut bootstrap = match Bootstrap::with_options(options, env.upgrades_enabled) {
         Ok(b) => b,
-        Err(Error::Handoff(HandoffError::Withdrawn)) => {
+        Err(e) if matches!(e.handoff(), Some(HandoffError::Withdrawn)) => {
             tracing::debug!("standby process no longer needed");
             runtime.shutdown_background();
             return ExitCode::SUCCESS;
         }
         // A bad pid file, or a handoff marker this process cannot use: bad environment.
-        Err(e @ (Error::PidFile { .. } | Error::Handoff(_))) => {
+        Err(e) if matches!(e.kind(), ErrorKind::PidFile | ErrorKind::Handoff) => {
             tracing::error!("{}", e.chain());
             eprintln!("error: {}", e.chain());
             return ExitCode::from(2);
@@ -421,7 +421,7 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
         }
         outcome.exit_code()
     });
-    // Do not wait for stray tasks or blocking threads: the old process must really exit.
+    // Do not wait for stray tasks or blocking threads: the predecessor must really exit.
     runtime.shutdown_background();
     ExitCode::from(code)
 }

@@ -128,14 +128,14 @@ fn supervise(executable: Option<std::path::PathBuf>, stop: StopMode) -> std::io:
                 return Ok(ended);
             }
         }
-        // The serving process ended, and it was not our child: its parent, an older
+        // The serving process ended, and it was not our child: its predecessor, an older
         // generation still draining, reaped it and decides. It takes service back (and says
         // so with MAINPID=), or finishes its drain and exits; when no child is left, the
         // supervisor ends the way the last of them did.
         if serving.process.as_ref().is_some_and(|p| !p.runs()) {
             tracing::debug!(
                 pid = serving.pid,
-                "the serving process ended; its parent decides what follows"
+                "the serving process ended; its predecessor decides what follows"
             );
             serving.process = None;
         }
@@ -223,7 +223,7 @@ impl Inbox {
         if pidref::descends_from(sender.pid, self.me) {
             return Ok(());
         }
-        // A generation that sent its last message and exited (and was reaped by its parent)
+        // A generation that sent its last message and exited (and was reaped by its predecessor)
         // before the message was read: no longer in /proc, but of our user.
         if pidref::Stat::read(sender.pid).is_none() && sender.uid == self.uid {
             return Ok(());

@@ -4,8 +4,8 @@
 //! What a unit sees, with the default `NotifyAccess=main`:
 //! - `READY=1` once the first process is ready;
 //! - at `SIGHUP`, `RELOADING=1` with `MONOTONIC_USEC=` from the serving (main) process;
-//! - once the new process is ready, `MAINPID=<new>` and `READY=1` in one datagram from the old
-//!   one, so systemd follows the new process before the old one exits; a failed upgrade ends
+//! - once the successor is ready, `MAINPID=<new>` and `READY=1` in one datagram from the old
+//!   one, so systemd follows the successor before the old one exits; a failed upgrade ends
 //!   the reload with `READY=1` and a `STATUS=` line saying why;
 //! - `STOPPING=1` on a real stop only, never from a process that drains after an upgrade.
 //!
@@ -60,7 +60,7 @@ impl Notify {
 
 impl Observer for Notify {
     fn ready(&self, first: bool) {
-        // A process an upgrade started is not the unit's main process yet: its parent sends
+        // A process an upgrade started is not the unit's main process yet: its predecessor sends
         // MAINPID and READY for it.
         if first {
             self.send(&[
@@ -74,7 +74,7 @@ impl Observer for Notify {
         self.send(&[
             "RELOADING=1".into(),
             format!("MONOTONIC_USEC={}", sys::process::monotonic_usec()),
-            // Room for the new process to become ready (the upgrade timeout), and a margin.
+            // Room for the successor to become ready (the upgrade timeout), and a margin.
             format!(
                 "EXTEND_TIMEOUT_USEC={}",
                 (self.upgrade_timeout + Duration::from_secs(5)).as_micros()
@@ -111,7 +111,7 @@ impl Observer for Notify {
             format!("MAINPID={}", std::process::id()),
             "READY=1".into(),
             notify::status(&format!(
-                "serving again (pid {}): the new process died",
+                "serving again (pid {}): the successor died",
                 std::process::id()
             )),
         ]);

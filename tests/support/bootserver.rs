@@ -8,7 +8,7 @@
 //! - `TB_ERROR_DURING_DRAIN=1`: each server reports an error when the drain begins;
 //! - `TB_FAIL_AFTER_MS`: a runtime error is reported this long after start;
 //! - `TS_EVENTS`: event log (`start <starter> <pid>`);
-//! - `TS_BEHAVIOUR`: a file; `hang` makes a new process never become ready.
+//! - `TS_BEHAVIOUR`: a file; `hang` makes a successor never become ready.
 
 use flip_suite::events;
 

@@ -1,5 +1,5 @@
 //! A deliberately lossy server, for the test that `flip check` can fail: on `SIGHUP` it closes
-//! its listener, starts itself again (the new process binds the address anew) and exits at
+//! its listener, starts itself again (the successor binds the address anew) and exits at
 //! once, dropping what it was serving. Connections that arrive in between are refused.
 //!
 //! Environment: `HTTP_ADDR` (the address), `FLIP_PID_FILE` (written by each process once it
@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn main() -> std::io::Result<()> {
     let addr = std::env::var("HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:18099".into());
     let pid_file = std::env::var_os("FLIP_PID_FILE");
-    // The old process may still hold the address for a moment: retry.
+    // The predecessor may still hold the address for a moment: retry.
     let listener = loop {
         match tokio::net::TcpListener::bind(&addr).await {
             Ok(l) => break l,

@@ -8,7 +8,7 @@
 //! - `TS_HTTP`: an HTTP listener (`flip::http`) answering `hello from <pid>`;
 //! - `TS_TCP`, `TS_TCP6`, `TS_UNIX`, `TS_UDP`, `TS_UNIXGRAM`, `TS_FILE`: sockets and a file to
 //!   open through the registry (each optional).
-//! - `FLIP_PID_FILE`, `TS_UPGRADE_TIMEOUT_MS`, `TS_LINGER_MS` (how long the old process stays
+//! - `FLIP_PID_FILE`, `TS_UPGRADE_TIMEOUT_MS`, `TS_LINGER_MS` (how long the predecessor stays
 //!   after an upgrade, as if draining).
 //!
 //! Every stream socket answers each connection with `pid <pid>\n`; every datagram socket answers
@@ -216,7 +216,7 @@ async fn serve(
             () = &mut exit => break,
         }
     }
-    // Stop serving: the new process accepts from the same sockets now.
+    // Stop serving: the successor accepts from the same sockets now.
     tasks.abort_all();
     trigger.trigger();
     if let Some(http) = http {
@@ -239,14 +239,15 @@ fn tcp(l: flip::Listener) -> std::net::TcpListener {
 }
 
 fn reason(e: &flip::Error) -> String {
-    match e {
-        flip::Error::NotReady => "not-ready".into(),
-        flip::Error::InProgress => "in-progress".into(),
-        flip::Error::AlreadyUpgraded => "already-upgraded".into(),
-        flip::Error::Terminating => "terminating".into(),
-        flip::Error::ParentAlive { .. } => "parent-alive".into(),
-        flip::Error::ChildExited { status, .. } => format!("child-exited {status}"),
-        flip::Error::Timeout { pid, .. } => format!("timeout {pid}"),
-        other => format!("other {other}"),
+    use flip::ErrorKind;
+    match (e.kind(), e.pid(), e.exit_status()) {
+        (ErrorKind::NotReady, ..) => "not-ready".into(),
+        (ErrorKind::InProgress, ..) => "in-progress".into(),
+        (ErrorKind::AlreadyUpgraded, ..) => "already-upgraded".into(),
+        (ErrorKind::Terminating, ..) => "terminating".into(),
+        (ErrorKind::PredecessorAlive, ..) => "predecessor-alive".into(),
+        (ErrorKind::SuccessorExited, _, Some(status)) => format!("successor-exited {status}"),
+        (ErrorKind::Timeout, Some(pid), _) => format!("timeout {pid}"),
+        _ => format!("other {e}"),
     }
 }

@@ -2,7 +2,7 @@
 //! standby process is replaced before the reload a deploy sends next, not up to a second later.
 //!
 //! A deploy puts the new binary in place and asks for the reload right away: a standby started
-//! from the previous binary is stale then, and the upgrade would start the new process from
+//! from the previous binary is stale then, and the upgrade would start the successor from
 //! scratch. The watch covers every directory on the way to the binary, both along the path as
 //! given and along its resolved form, so a switched `current -> release-N` link is seen as
 //! well as a file renamed over the binary. Events for other names are ignored; the

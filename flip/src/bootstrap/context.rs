@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, watch};
 use super::BoxError;
 use super::group::DrainGroup;
 use super::shutdown::{Shutdown, Stage};
-use crate::error::Error;
+use crate::error::{Error, Repr};
 use crate::registry::Listener;
 use crate::upgrader::Upgrader;
 
@@ -55,20 +55,24 @@ impl StartContext {
     /// A tokio TCP listener on `address` from the registry.
     pub fn tcp_listener(&self, address: &str) -> Result<tokio::net::TcpListener, Error> {
         let l = self.upgrader.fds().tcp_listener(address)?;
-        tokio::net::TcpListener::from_std(l).map_err(|source| Error::Socket {
-            network: "tcp".into(),
-            address: address.into(),
-            source,
+        tokio::net::TcpListener::from_std(l).map_err(|source| {
+            Error::from(Repr::Socket {
+                network: "tcp".into(),
+                address: address.into(),
+                source,
+            })
         })
     }
 
     /// A tokio unix listener at `path` from the registry.
     pub fn unix_listener(&self, path: &str) -> Result<tokio::net::UnixListener, Error> {
         let l = self.upgrader.fds().unix_listener(path)?;
-        tokio::net::UnixListener::from_std(l).map_err(|source| Error::Socket {
-            network: "unix".into(),
-            address: path.into(),
-            source,
+        tokio::net::UnixListener::from_std(l).map_err(|source| {
+            Error::from(Repr::Socket {
+                network: "unix".into(),
+                address: path.into(),
+                source,
+            })
         })
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::error::Error;
+use crate::error::{Error, Repr};
 use crate::upgrader::Options;
 use crate::upgrader::Upgrader;
 
@@ -30,7 +30,7 @@ pub(crate) use shutdown::Stage;
 pub use shutdown::{Shutdown, ShutdownTrigger};
 use signals::{Signals, Throttle};
 
-/// Default time the old process has to drain after an upgrade.
+/// Default time the predecessor has to drain after an upgrade.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(60);
 
 /// Any error a starter or a server reports.
@@ -158,7 +158,7 @@ impl Bootstrap {
         self.upgrades_enabled
     }
 
-    /// How long the old process may drain after an upgrade (default 60 s).
+    /// How long the predecessor may drain after an upgrade (default 60 s).
     pub fn set_grace_period(&mut self, grace: Duration) -> &mut Self {
         self.grace = grace;
         self
@@ -262,7 +262,7 @@ impl Bootstrap {
     /// cut short by a second SIGTERM/SIGINT.
     ///
     /// If readiness cannot be declared (the pid file cannot be written), this returns
-    /// [`Outcome::Failed`] at once, and the parent, if any, keeps serving.
+    /// [`Outcome::Failed`] at once, and the predecessor, if any, keeps serving.
     pub async fn wait(mut self) -> Outcome {
         let mut signals = match Signals::subscribe() {
             Ok(signals) => signals,
@@ -274,7 +274,7 @@ impl Bootstrap {
         // received later is this process's to act on.
         signals.discard_early_hups();
         if let Err(e) = self.upgrader.ready() {
-            // The servers may have accepted connections already: serve those (the parent, still
+            // The servers may have accepted connections already: serve those (the predecessor, still
             // serving, takes every new one) before giving up.
             tracing::error!(error = %crate::error::Chain(&e), "cannot declare readiness; draining what was accepted");
             let mut group = self.start_drain();
@@ -338,7 +338,7 @@ impl Bootstrap {
                         // One at a time; observers hear nothing of it, so a reload in progress
                         // is not reported as ended.
                         if let Some(more) = ignored_hups.log_now() {
-                            tracing::warn!(more_since_last = more, "SIGHUP ignored: {}", Error::InProgress);
+                            tracing::warn!(more_since_last = more, "SIGHUP ignored: {}", Error::from(Repr::InProgress));
                         }
                     } else {
                         in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone(), "SIGHUP")));
@@ -346,9 +346,9 @@ impl Bootstrap {
                 }
                 Some(reply) = self.requests_rx.recv() => {
                     if !self.upgrades_enabled {
-                        let _ = reply.send(UpgradeResult::refused(Error::UpgradesDisabled));
+                        let _ = reply.send(UpgradeResult::refused(Error::from(Repr::UpgradesDisabled)));
                     } else if in_flight.is_some() {
-                        let _ = reply.send(UpgradeResult::refused(Error::InProgress));
+                        let _ = reply.send(UpgradeResult::refused(Error::from(Repr::InProgress)));
                     } else {
                         in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone(), "requested")));
                         asked = Some(reply);
@@ -384,7 +384,7 @@ impl Bootstrap {
         Ok(new_pid)
     }
 
-    /// Drains within the grace period, or takes service back when the new process died.
+    /// Drains within the grace period, or takes service back when the successor died.
     async fn drain(&mut self, signals: &mut Signals) -> DrainEnd {
         tracing::info!(grace = ?self.grace, "draining");
         let action = self.stop_action.clone();
@@ -424,27 +424,27 @@ impl Bootstrap {
                 }
                 status = &mut successor_exited, if watching_successor => {
                     watching_successor = false;
-                    // With several generations draining, the new process may have upgraded in
+                    // With several generations draining, the successor may have upgraded in
                     // turn and drained: someone else serves.
                     let clean = matches!(status, crate::error::ExitStatus::Code(0 | 3));
                     if clean && self.upgrader.options().max_draining.is_some() {
                         // It may have been stopped too: then it told us (SIGTERM) as it went.
-                        tracing::info!(%status, "the new process upgraded in turn or was stopped, and exited; still draining");
+                        tracing::info!(%status, "the successor upgraded in turn or was stopped, and exited; still draining");
                         continue;
                     }
                     if clean {
                         // It cannot have upgraded while we run: it was stopped, and a stop
                         // stops every generation. Only an abnormal end hands service back.
                         if self.stop_mode == StopMode::Drain {
-                            tracing::info!(%status, "the new process was stopped; finishing the drain");
+                            tracing::info!(%status, "the successor was stopped; finishing the drain");
                             self.give_up_service();
                             continue;
                         }
-                        tracing::info!(%status, "the new process was stopped; stopping too");
-                        return DrainEnd::Ended(Drain::Forced("the new process's stop"));
+                        tracing::info!(%status, "the successor was stopped; stopping too");
+                        return DrainEnd::Ended(Drain::Forced("the successor's stop"));
                     }
                     // Nobody serves now but us: take service back on the same sockets.
-                    tracing::error!(%status, "the new process died; taking service back");
+                    tracing::error!(%status, "the successor died; taking service back");
                     return match self.resume().await {
                         Ok(()) => DrainEnd::Resumed,
                         Err(e) => DrainEnd::Failed(e),
@@ -497,11 +497,11 @@ where
 
 /// The signals [`Bootstrap::wait`] handles.
 enum DrainEnd {
-    /// The old process exits.
+    /// The predecessor exits.
     Ended(Drain),
-    /// The new process died and this one serves again.
+    /// The successor died and this one serves again.
     Resumed,
-    /// The new process died and this one could not serve again.
+    /// The successor died and this one could not serve again.
     Failed(BoxError),
 }
 
@@ -529,7 +529,7 @@ async fn upgrade(upgrader: Upgrader, observers: Observers, why: &'static str) ->
 /// How an upgrade ended: the new pid, or why not; and how long it took.
 #[derive(Debug)]
 pub struct UpgradeResult {
-    /// The new process's pid, or the error (a refusal when [`Error::is_refusal`]).
+    /// The successor's pid, or the error (a refusal when [`Error::is_refusal`]).
     pub result: Result<u32, Error>,
     /// From the start of the upgrade to its end.
     pub elapsed: Duration,
@@ -560,9 +560,9 @@ impl UpgradeRequester {
     pub async fn upgrade(&self) -> UpgradeResult {
         let (tx, rx) = oneshot::channel();
         if self.0.send(tx).is_err() {
-            return UpgradeResult::refused(Error::Terminating);
+            return UpgradeResult::refused(Error::from(Repr::Terminating));
         }
         rx.await
-            .unwrap_or_else(|_| UpgradeResult::refused(Error::Terminating))
+            .unwrap_or_else(|_| UpgradeResult::refused(Error::from(Repr::Terminating)))
     }
 }

@@ -19,7 +19,7 @@ use crate::error::Error;
 /// ```
 pub trait Observer: Send + Sync + 'static {
     /// This process declared itself ready. `first` is true on a first start, false in a
-    /// process an upgrade started (its parent reports [`upgraded`](Observer::upgraded) next).
+    /// process an upgrade started (its predecessor reports [`upgraded`](Observer::upgraded) next).
     fn ready(&self, first: bool) {
         let _ = first;
     }
@@ -27,7 +27,7 @@ pub trait Observer: Send + Sync + 'static {
     /// `SIGHUP` arrived and an upgrade begins.
     fn upgrade_started(&self) {}
 
-    /// The new process `new_pid` is ready and serves; this one drains next.
+    /// The successor `new_pid` is ready and serves; this one drains next.
     fn upgraded(&self, new_pid: u32) {
         let _ = new_pid;
     }

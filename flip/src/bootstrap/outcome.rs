@@ -18,9 +18,9 @@ pub enum Outcome {
         /// How the drain ended.
         drain: Drain,
     },
-    /// A new process took over; this one drained.
+    /// A successor took over; this one drained.
     Upgraded {
-        /// Pid of the new process.
+        /// Pid of the successor.
         new_pid: Option<u32>,
         /// How the drain ended.
         drain: Drain,

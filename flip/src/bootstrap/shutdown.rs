@@ -22,12 +22,12 @@ pub(crate) enum Stage {
 /// [`StartContext::shutdown`](crate::StartContext::shutdown), hand it to the server
 /// (`flip::http::HttpServer::serve` with the `hyper` feature, or your own accept loop), and run
 /// the server with [`StartContext::serve`](crate::StartContext::serve). The Bootstrap then
-/// starts the drain when a new process took over and waits for the server to finish. For a
+/// starts the drain when a successor took over and waits for the server to finish. For a
 /// server with a graceful-shutdown future of its own (axum's `with_graceful_shutdown`, tonic's
 /// `serve_with_shutdown`), pass it [`Shutdown::signal`].
 ///
-/// A new process begins accepting once it has declared itself ready: until then its
-/// predecessor serves every connection, and the new process's CPU goes to getting ready, which
+/// A successor begins accepting once it has declared itself ready: until then its
+/// predecessor serves every connection, and the successor's CPU goes to getting ready, which
 /// under load shortens the upgrade severalfold. Connections that arrive meanwhile wait in the
 /// shared accept queue; none is refused.
 ///

@@ -1,5 +1,5 @@
 //! When the Bootstrap starts or checks its standby process (see
-//! [`Options::standby`](crate::Options::standby)): once the parent has exited (at once, with
+//! [`Options::standby`](crate::Options::standby)): once the predecessor has exited (at once, with
 //! [`Options::max_draining`](crate::Options::max_draining)), as soon as a new
 //! binary is in place at the path an upgrade starts, and every second after that, since a
 //! binary replaced on disk makes the standby stale.
@@ -18,7 +18,7 @@ use crate::upgrader::Upgrader;
 /// up, a file system without inotify).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// The standby's timer and the watch on the parent, armed only when a standby is wanted: without
+/// The standby's timer and the watch on the predecessor, armed only when a standby is wanted: without
 /// one, no timer wakes the process and no descriptor is held.
 pub(super) struct Schedule {
     armed: Option<Armed>,

@@ -40,14 +40,14 @@ pub enum ControlError {
         /// Why, in the server's words.
         reason: String,
     },
-    /// A new process was started and did not become ready; the server serves on.
+    /// A successor was started and did not become ready; the server serves on.
     #[error("upgrade failed: {reason}")]
     Failed {
         /// Why, in the server's words (exit status or timeout).
         reason: String,
-        /// The new process's pid.
+        /// The successor's pid.
         new_pid: Option<u32>,
-        /// The last lines the new process wrote to its standard error.
+        /// The last lines the successor wrote to its standard error.
         stderr: Vec<String>,
     },
 }
@@ -60,13 +60,13 @@ pub struct UpgradeReport {
     pub old_pid: u32,
     /// The process that serves now.
     pub new_pid: u32,
-    /// From the request to the new process's readiness.
+    /// From the request to the successor's readiness.
     pub ready_after: Duration,
-    /// The old process's binary: path and build identity.
+    /// The predecessor's binary: path and build identity.
     pub old_binary: String,
-    /// The new process's binary: path and build identity.
+    /// The successor's binary: path and build identity.
     pub new_binary: String,
-    /// How the new process was started: `standby`, or `fresh: ` and why (see
+    /// How the successor was started: `standby`, or `fresh: ` and why (see
     /// [`SuccessorStart`](crate::SuccessorStart)). `None` from a server that does not say.
     pub started: Option<String>,
 }
@@ -77,7 +77,7 @@ pub struct UpgradeReport {
 pub struct LastUpgrade {
     /// `succeeded`, `failed` or `refused`.
     pub result: String,
-    /// The new process, when one was started.
+    /// The successor, when one was started.
     pub new_pid: Option<u32>,
     /// How long it took.
     pub elapsed: Duration,

@@ -3,7 +3,7 @@
 //! failed). The `flip` command speaks it; [`Client`] is the same for Rust programs.
 //!
 //! The socket is opened through the registry, so it is handed to every generation like any
-//! other socket and its path keeps working across upgrades; a new process answers on it once
+//! other socket and its path keeps working across upgrades; a successor answers on it once
 //! it is ready.
 //!
 //! Who may use it: its path gets mode `0600`, so only the server's user (and root) can
@@ -34,7 +34,7 @@ mod protocol;
 pub use client::{Client, ControlError, LastUpgrade, Status, UpgradeReport};
 
 use crate::bootstrap::{Bootstrap, Observer, Shutdown, UpgradeRequester, UpgradeResult};
-use crate::error::{Chain, Error};
+use crate::error::{Chain, Error, Repr};
 use crate::upgrader::Upgrader;
 use protocol::{MAX_REQUEST, Request, Writer};
 
@@ -119,10 +119,7 @@ impl Observer for Follow {
 }
 
 fn failed_pid(error: &Error) -> Option<u32> {
-    match error {
-        Error::ChildExited { pid, .. } | Error::Timeout { pid, .. } => Some(*pid),
-        _ => None,
-    }
+    error.is_failed_upgrade().then(|| error.pid()).flatten()
 }
 
 /// The binary process `pid` runs: its path and build identity.
@@ -157,10 +154,12 @@ pub fn serve(bootstrap: &mut Bootstrap, path: PathBuf) {
                 .upgrader()
                 .fds()
                 .unix_listener_with_mode(&address, CONTROL_SOCKET_MODE)?;
-            let listener = UnixListener::from_std(listener).map_err(|source| Error::Socket {
-                network: "unix".into(),
-                address,
-                source,
+            let listener = UnixListener::from_std(listener).map_err(|source| {
+                Error::from(Repr::Socket {
+                    network: "unix".into(),
+                    address,
+                    source,
+                })
             })?;
             let server = Server {
                 upgrader: ctx.upgrader().clone(),

@@ -1,4 +1,4 @@
-//! The manifest: what the parent tells the new process about the descriptors it placed.
+//! The manifest: what the predecessor tells the successor about the descriptors it placed.
 
 use std::os::fd::RawFd;
 
@@ -20,18 +20,18 @@ pub(crate) const MAX_MANIFEST_BYTES: usize = 1 << 20;
 pub(crate) struct Entry {
     pub(crate) key: Key,
     pub(crate) fd: RawFd,
-    /// The file the parent handed over at `fd`.
+    /// The file the predecessor handed over at `fd`.
     pub(crate) file: FileId,
 }
 
-/// Everything the parent tells the child besides the descriptors.
+/// Everything the predecessor tells the successor besides the descriptors.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Manifest {
     pub(crate) token: Token,
     pub(crate) parent_pid: u32,
-    /// Write end of the pipe on which the child says it is ready.
+    /// Write end of the pipe on which the successor says it is ready.
     pub(crate) ready_fd: RawFd,
-    /// Read end of the pipe the parent holds open until it exits.
+    /// Read end of the pipe the predecessor holds open until it exits.
     pub(crate) alive_fd: RawFd,
     pub(crate) entries: Vec<Entry>,
 }
@@ -216,7 +216,7 @@ fn first_repeat<T: Ord + Copy>(mut seen: Vec<(T, usize)>) -> Option<(T, usize)> 
         .min_by_key(|&(_, line)| line)
 }
 
-/// An address must be what the parent's registry could have produced for its network: the
+/// An address must be what the predecessor's registry could have produced for its network: the
 /// canonical form of an IP socket address, or a non-empty path or name.
 fn check_address(network: &str, address: &str) -> Result<(), String> {
     if address.is_empty() {

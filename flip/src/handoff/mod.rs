@@ -8,15 +8,15 @@
 //!   the ready pipe at [`READY_FD`], the parent pipe at [`ALIVE_FD`], then every socket and file
 //!   from [`FIRST_ENTRY_FD`] on;
 //! - the marker, in the environment variable [`MARKER_VAR`]: `1:<control fd>:<pipe inode>:<token>`.
-//!   The child checks that the control fd is a pipe with that inode before it reads anything,
+//!   The successor checks that the control fd is a pipe with that inode before it reads anything,
 //!   so a process that merely inherited the variable never touches a descriptor of its own;
-//! - the manifest, a small text document the parent writes into the control pipe after the
+//! - the manifest, a small text document the predecessor writes into the control pipe after the
 //!   spawn: at once for a fresh start, at the upgrade for a standby that waits for it. It repeats
 //!   the token, so a marker that leaked into some other process (which cannot have that pipe) is
-//!   never mistaken for a handoff. The parent closing the pipe before any manifest withdraws a
+//!   never mistaken for a handoff. The predecessor closing the pipe before any manifest withdraws a
 //!   standby;
-//! - readiness: the child writes [`READY_BYTE`] into the ready pipe. The parent pipe is never
-//!   written: it reaches EOF in the child when the parent exits.
+//! - readiness: the successor writes [`READY_BYTE`] into the ready pipe. The predecessor pipe is never
+//!   written: it reaches EOF in the successor when the predecessor exits.
 //!
 //! ```text
 //! flip-handoff/1
@@ -30,7 +30,7 @@
 //! ```
 //!
 //! Each `entry` is kind, network, address (percent-encoded), fd, and the device and inode the
-//! parent saw, which the child checks with `fstat` before adopting the descriptor. Decoding opens
+//! parent saw, which the successor checks with `fstat` before adopting the descriptor. Decoding opens
 //! nothing and trusts nothing it parses.
 
 use std::os::fd::RawFd;
@@ -50,12 +50,12 @@ pub(crate) use marker::{Marker, Token};
 /// The environment variable that tells a process it was started by an upgrade.
 pub const MARKER_VAR: &str = "FLIP_HANDOFF";
 
-/// The environment variable that carries the new process's generation number (1 for the
+/// The environment variable that carries the successor's generation number (1 for the
 /// first start). Beside the marker, not in it: a binary that does not know it ignores it.
 pub(crate) const GENERATION_VAR: &str = "FLIP_GENERATION";
 
 /// The environment variable that lists the older generations still running when the new
-/// process was started (oldest first, its parent last), for
+/// process was started (oldest first, its predecessor last), for
 /// [`Options::max_draining`](crate::Options::max_draining): `pid:start,pid:start`, each the
 /// pid and the start time (clock ticks after boot, `/proc/<pid>/stat`), so that a recycled pid
 /// is never taken for a generation. Read only beside a verified marker: on its own it is
@@ -88,23 +88,23 @@ pub(crate) fn decode_ancestors(value: &str) -> Vec<ProcessName> {
         .collect()
 }
 
-/// The environment variable that names the descriptor of the new process's real standard
-/// error. Until it is ready, the new process's standard error is a pipe the old process reads:
+/// The environment variable that names the descriptor of the successor's real standard
+/// error. Until it is ready, the successor's standard error is a pipe the predecessor reads:
 /// it passes everything on, and keeps the last lines to report a failure with. At ready, the
 /// new process puts the real one back (`dup2`). A binary that does not know the variable keeps
 /// the pipe.
 pub(crate) const STDERR_VAR: &str = "FLIP_STDERR_FD";
 
-/// The control pipe's read end in the new process: the manifest arrives here.
+/// The control pipe's read end in the successor: the manifest arrives here.
 pub(crate) const CONTROL_FD: RawFd = FIRST_CHILD_FD;
-/// The ready pipe's write end in the new process.
+/// The ready pipe's write end in the successor.
 pub(crate) const READY_FD: RawFd = FIRST_CHILD_FD + 1;
-/// The parent pipe's read end in the new process: EOF once the parent exited.
+/// The predecessor pipe's read end in the successor: EOF once the predecessor exited.
 pub(crate) const ALIVE_FD: RawFd = FIRST_CHILD_FD + 2;
-/// The first handed-over socket or file in the new process; the others follow in order.
+/// The first handed-over socket or file in the successor; the others follow in order.
 pub(crate) const FIRST_ENTRY_FD: RawFd = FIRST_CHILD_FD + 3;
 
-/// What the new process writes on the ready pipe.
+/// What the successor writes on the ready pipe.
 pub(crate) const READY_BYTE: &[u8] = b"R";
 
 /// Whether `bytes` hold a whole manifest (its final `end` line), or more than any manifest

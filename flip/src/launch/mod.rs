@@ -20,7 +20,7 @@ mod stderr;
 
 pub(crate) use stderr::StderrTail;
 
-/// How the new process is started: captured once, when the first `Upgrader` is built.
+/// How the successor is started: captured once, when the first `Upgrader` is built.
 #[derive(Debug, Clone)]
 pub(crate) struct Launch {
     pub(crate) program: PathBuf,

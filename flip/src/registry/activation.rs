@@ -8,7 +8,7 @@ use std::os::unix::net::UnixListener;
 
 use super::{Fds, Listener, socket_error};
 use crate::address;
-use crate::error::Error;
+use crate::error::{Error, Repr};
 use crate::key::{ACTIVATED_NETWORK, Key, Kind};
 use crate::sys;
 use crate::sys::socket::{LocalAddr, SocketInfo, SocketType};
@@ -50,7 +50,7 @@ pub(crate) fn take_activated() -> Result<Vec<Activated>, Error> {
         return Ok(Vec::new());
     };
     let bad = |name: &str, value: &OsString, reason: &'static str| {
-        Error::Activation(format!("{name}={value:?}: {reason}"))
+        Error::from(Repr::Activation(format!("{name}={value:?}: {reason}")))
     };
     let Some(pid) = pid.to_str().and_then(|p| p.parse::<u32>().ok()) else {
         return Err(bad("LISTEN_PID", &pid, "not a pid"));
@@ -76,7 +76,7 @@ pub(crate) fn take_activated() -> Result<Vec<Activated>, Error> {
     for i in 0..count {
         let raw = sys::spawn::FIRST_CHILD_FD + i;
         let fd = sys::fd::adopt(raw)
-            .map_err(|e| Error::Activation(format!("LISTEN_FDS: fd {raw}: {e}")))?;
+            .map_err(|e| Error::from(Repr::Activation(format!("LISTEN_FDS: fd {raw}: {e}"))))?;
         let name = names
             .get(i as usize)
             .filter(|n| !n.is_empty() && n.as_str() != "unknown")
@@ -94,11 +94,15 @@ impl Fds {
         for s in sockets {
             let what = s.name.as_deref().unwrap_or("unnamed");
             let info = sys::socket::inspect(&s.fd).map_err(|e| {
-                Error::Activation(format!("a passed descriptor ({what}) is not a socket: {e}"))
+                Error::from(Repr::Activation(format!(
+                    "a passed descriptor ({what}) is not a socket: {e}"
+                )))
             })?;
             // systemd passes blocking sockets; tokio wants them non-blocking.
             sys::fd::set_nonblocking(s.fd.as_fd()).map_err(|e| {
-                Error::Activation(format!("making the passed socket {what} non-blocking: {e}"))
+                Error::from(Repr::Activation(format!(
+                    "making the passed socket {what} non-blocking: {e}"
+                )))
             })?;
             checked.push(ActivatedSocket {
                 name: s.name,

@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::error::Error;
+use crate::error::{Error, Repr};
 use crate::key::Key;
 use crate::sys;
 use crate::sys::fd::FileId;
@@ -21,18 +21,15 @@ pub use open::{Listener, PacketSocket};
 /// Every socket and file that is handed to the next process on upgrade.
 ///
 /// Ask it for sockets instead of binding them yourself: on first start it binds a new one, and
-/// in a process started by an upgrade it returns the very socket the old process was serving on,
+/// in a process started by an upgrade it returns the very socket the predecessor was serving on,
 /// with its accept queue intact, so no connection is refused. Each call returns a new descriptor
 /// for the socket; the registry keeps its own, so the socket survives even when the application
 /// drops what it was given.
 ///
 /// ```no_run
-/// # fn demo(upgrader: &flip::Upgrader) -> Result<(), flip::Error> {
+/// # fn demo(upgrader: &flip::Upgrader) -> Result<(), Box<dyn std::error::Error>> {
 /// let listener = upgrader.fds().tcp_listener("127.0.0.1:8080")?;
-/// let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| flip::Error::Io {
-///     context: "registering the listener with tokio",
-///     source,
-/// })?;
+/// let listener = tokio::net::TcpListener::from_std(listener)?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -53,7 +50,7 @@ pub(crate) struct SocketSettings {
 
 #[derive(Debug, Default)]
 struct Registry {
-    /// Handed over by the parent and not asked for yet.
+    /// Handed over by the predecessor and not asked for yet.
     inherited: HashMap<Key, Held>,
     /// Passed by systemd (socket activation) on a first start and not asked for yet.
     activated: Vec<ActivatedSocket>,
@@ -62,7 +59,7 @@ struct Registry {
 }
 
 impl Registry {
-    /// Everything used or inherited, in the order of the keys: what a new process is handed.
+    /// Everything used or inherited, in the order of the keys: what a successor is handed.
     fn in_order(&self) -> Vec<(&Key, &Held)> {
         let mut all: Vec<(&Key, &Held)> = self.used.iter().chain(self.inherited.iter()).collect();
         all.sort_by(|a, b| a.0.cmp(b.0));
@@ -85,7 +82,7 @@ impl Held {
     }
 }
 
-/// One descriptor of the registry with its key and file: what a new process is handed, and
+/// One descriptor of the registry with its key and file: what a successor is handed, and
 /// what it receives.
 #[derive(Debug)]
 pub(crate) struct Registered {
@@ -96,10 +93,12 @@ pub(crate) struct Registered {
 
 fn socket_error(network: &str, address: &str) -> impl FnOnce(io::Error) -> Error {
     let (network, address) = (network.to_owned(), address.to_owned());
-    move |source| Error::Socket {
-        network,
-        address,
-        source,
+    move |source| {
+        Error::from(Repr::Socket {
+            network,
+            address,
+            source,
+        })
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use super::{Fds, Held, socket_error};
 use crate::address;
-use crate::error::Error;
+use crate::error::{Error, Repr};
 use crate::key::{ACTIVATED_NETWORK, FILE_NETWORK, Key, Kind};
 use crate::sys;
 use crate::sys::socket::LocalAddr;
@@ -45,11 +45,11 @@ impl Fds {
     ///
     /// On first start, an existing unix socket path that nobody listens on (left by a crash) is
     /// removed before binding; a live socket, or a path that is not a socket, is an error. In a
-    /// process started by an upgrade nothing is ever removed: the parent still serves there.
+    /// process started by an upgrade nothing is ever removed: the predecessor still serves there.
     ///
     /// A socket systemd passed (socket activation) is used in place of a new one when its
     /// address is the one asked for; with `network` `systemd`, `address` is the name
-    /// systemd gave it (`FileDescriptorName=`). After an upgrade, the new process gets the very
+    /// systemd gave it (`FileDescriptorName=`). After an upgrade, the successor gets the very
     /// same socket through the handoff.
     pub fn listen(&self, network: &str, address: &str) -> Result<Listener, Error> {
         match network {
@@ -142,7 +142,7 @@ impl Fds {
         }
     }
 
-    /// The file registered under `name` by this process or its parent, if any.
+    /// The file registered under `name` by this process or its predecessor, if any.
     pub fn file(&self, name: &str) -> Result<Option<File>, Error> {
         let key = Key::new(Kind::File, FILE_NETWORK, name);
         Ok(self.claim(&key)?.map(File::from))
@@ -192,11 +192,11 @@ impl Fds {
         bind: impl Fn(&Path) -> io::Result<OwnedFd>,
     ) -> Result<OwnedFd, Error> {
         if path.is_empty() {
-            return Err(Error::Address {
+            return Err(Error::from(Repr::Address {
                 network: network.to_owned(),
                 address: path.to_owned(),
                 reason: "the socket path is empty".into(),
-            });
+            }));
         }
         let key = Key::new(kind, network, path);
         if let Some(fd) = self.claim(&key)? {
@@ -220,11 +220,11 @@ impl Fds {
 }
 
 fn unreachable_kind<T>(network: &str, address: &str) -> Result<T, Error> {
-    Err(Error::Address {
+    Err(Error::from(Repr::Address {
         network: network.to_owned(),
         address: address.to_owned(),
         reason: "the registry returned a socket of another family".into(),
-    })
+    }))
 }
 
 /// Removes a unix socket left behind by a process that no longer runs. Refuses when a server

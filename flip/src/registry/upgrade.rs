@@ -86,7 +86,7 @@ impl Fds {
         taken.0.len() + taken.1.len() + taken.2.len()
     }
 
-    /// New descriptors for everything this process uses, for handing to a new process, in the
+    /// New descriptors for everything this process uses, for handing to a successor, in the
     /// order of their keys.
     pub(crate) fn snapshot(&self) -> io::Result<Vec<Registered>> {
         let reg = self.lock();
@@ -103,7 +103,7 @@ impl Fds {
     }
 
     /// Whether [`snapshot`](Fds::snapshot) would hand over exactly `handed`: the same keys,
-    /// each with the same file. No system call, no copy: at `SIGHUP` the old process asks
+    /// each with the same file. No system call, no copy: at `SIGHUP` the predecessor asks
     /// this of its standby, on the way to ready.
     pub(crate) fn holds_exactly(&self, handed: &[(Key, FileId)]) -> bool {
         let reg = self.lock();

@@ -46,14 +46,14 @@ impl Identity {
     }
 }
 
-/// A descriptor number received from the parent process that was open and is now
+/// A descriptor number received from the predecessor process that was open and is now
 /// close-on-exec, not owned by anything yet: [`Marked::adopt`] takes ownership.
 ///
 /// Not `Clone`: each number is adopted at most once.
 #[derive(Debug)]
 pub(crate) struct Marked(RawFd);
 
-/// Marks a descriptor number received from the parent process close-on-exec, which also checks
+/// Marks a descriptor number received from the predecessor process close-on-exec, which also checks
 /// that it is open: fails with `EBADF` when it is not, so a handoff that names a closed number
 /// cannot make us own (and later close) something else.
 pub(crate) fn mark(raw: RawFd) -> io::Result<Marked> {
@@ -86,7 +86,7 @@ impl AsFd for Marked {
     }
 }
 
-/// Takes ownership of a descriptor number received from the parent process, made close-on-exec
+/// Takes ownership of a descriptor number received from the predecessor process, made close-on-exec
 /// (see [`mark`]).
 pub(crate) fn adopt(raw: RawFd) -> io::Result<OwnedFd> {
     Ok(mark(raw)?.adopt())

@@ -68,7 +68,7 @@ pub(crate) fn kill_hard(pid: i32) -> io::Result<()> {
     }
 }
 
-/// Unblocks SIGHUP in the calling thread. A new process starts with SIGHUP blocked (see
+/// Unblocks SIGHUP in the calling thread. A successor starts with SIGHUP blocked (see
 /// `spawn`); once a handler is in place, the signal can be let in.
 pub(crate) fn unblock_sighup() -> io::Result<()> {
     let mut set = SigSet::empty();

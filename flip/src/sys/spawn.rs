@@ -1,8 +1,8 @@
 //! Starting the new binary with `posix_spawn`.
 //!
-//! Why not `fork`: its cost grows with the parent's memory (tens of milliseconds for a 1 GiB
+//! Why not `fork`: its cost grows with the predecessor's memory (tens of milliseconds for a 1 GiB
 //! server, see BENCHMARKS.md), while `posix_spawn` costs the same at any size. Why not std's `Command`: it
-//! cannot place extra descriptors in the child, and a `pre_exec` closure silently turns it back
+//! cannot place extra descriptors in the successor, and a `pre_exec` closure silently turns it back
 //! into `fork`. Why dup2 file actions: the handed-over descriptors stay close-on-exec in the
 //! parent, and only the spawned child receives copies without the flag, so a process that another
 //! thread spawns at the same moment inherits none of them.
@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr;
 
-/// First descriptor number in the child; 0, 1 and 2 stay stdin, stdout and stderr.
+/// First descriptor number in the successor; 0, 1 and 2 stay stdin, stdout and stderr.
 pub(crate) const FIRST_CHILD_FD: RawFd = 3;
 
 /// What to start and what to give it.
@@ -24,11 +24,11 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) argv: &'a [CString],
     /// The complete environment, as `NAME=value`.
     pub(crate) envp: &'a [CString],
-    /// Working directory of the child.
+    /// Working directory of the successor.
     pub(crate) cwd: &'a CStr,
-    /// Descriptors placed in the child at 3, 4, 5, ... in this order, without close-on-exec.
+    /// Descriptors placed in the successor at 3, 4, 5, ... in this order, without close-on-exec.
     pub(crate) fds: &'a [BorrowedFd<'a>],
-    /// The child's standard error, in place of this process's.
+    /// The successor's standard error, in place of this process's.
     pub(crate) stderr: Option<BorrowedFd<'a>>,
 }
 
@@ -62,9 +62,9 @@ fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
     }
 }
 
-/// Starts the child and returns its pid.
+/// Starts the successor and returns its pid.
 ///
-/// The child starts with SIGHUP blocked: a SIGHUP that arrives before it installed its handler
+/// The successor starts with SIGHUP blocked: a SIGHUP that arrives before it installed its handler
 /// stays pending instead of killing it (`Upgrader` unblocks it once a handler is in place).
 /// SIGPIPE and SIGHUP start with their default action, as after a fresh start.
 pub(crate) fn spawn(req: &SpawnRequest<'_>) -> io::Result<i32> {

@@ -11,7 +11,7 @@ use crate::control::Client;
 /// How the check asks for each upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
-    /// Through the control socket (`flip upgrade`): the server reports when the new process
+    /// Through the control socket (`flip upgrade`): the server reports when the successor
     /// was ready.
     Control,
     /// `SIGHUP` to the pid the pid file names, then the pid file followed: works for servers
@@ -39,17 +39,17 @@ pub enum CheckError {
 pub struct UpgradeTiming {
     /// The process upgraded from.
     pub old_pid: u32,
-    /// The new process, when the upgrade succeeded.
+    /// The successor, when the upgrade succeeded.
     pub new_pid: Option<u32>,
-    /// From the request (or `SIGHUP`) to the new process's readiness.
+    /// From the request (or `SIGHUP`) to the successor's readiness.
     pub to_ready: Option<Duration>,
-    /// From the request to the old process's exit.
+    /// From the request to the predecessor's exit.
     pub to_old_exit: Option<Duration>,
     /// Why the upgrade failed, if it did.
     pub error: Option<String>,
     /// When it was asked for, from the start of the check.
     pub at: Duration,
-    /// How the server started the new process (`standby`, or `fresh: ` and why), as it said
+    /// How the server started the successor (`standby`, or `fresh: ` and why), as it said
     /// through the control socket; `None` with [`Via::Signal`].
     pub started: Option<String>,
 }
@@ -151,7 +151,7 @@ impl Check {
         self
     }
 
-    /// How long each upgrade, and the old process's exit, may take.
+    /// How long each upgrade, and the predecessor's exit, may take.
     pub fn timeout(mut self, timeout: Duration) -> Check {
         self.timeout = timeout;
         self
@@ -358,7 +358,7 @@ impl CheckReport {
         (percentiles(&mut outside), percentiles(&mut during))
     }
 
-    /// SIGHUP (or request) to ready, p50 and p99; then to the old process's exit.
+    /// SIGHUP (or request) to ready, p50 and p99; then to the predecessor's exit.
     pub fn upgrade_times(&self) -> ((Duration, Duration), (Duration, Duration)) {
         let mut ready: Vec<Duration> = self.upgrades.iter().filter_map(|u| u.to_ready).collect();
         let mut exit: Vec<Duration> = self.upgrades.iter().filter_map(|u| u.to_old_exit).collect();

@@ -2,8 +2,8 @@
 //!
 //! [`Check`] drives HTTP load at a running server while upgrading it again and again, through
 //! its control socket or with `SIGHUP`, and returns a [`CheckReport`]: requests answered and
-//! failed by kind, keep-alive close races, time from the upgrade request to the new process's
-//! readiness and to the old process's exit, latency during and outside upgrades. `flip check`
+//! failed by kind, keep-alive close races, time from the upgrade request to the successor's
+//! readiness and to the predecessor's exit, latency during and outside upgrades. `flip check`
 //! is this, on the command line. [`TestServer`] starts a binary for a `cargo test`:
 //!
 //! ```no_run

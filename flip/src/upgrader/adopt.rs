@@ -130,7 +130,7 @@ fn check_identity(
         && id.file != want
     {
         return Err(bad(format!(
-            "device/inode {}/{}, the parent handed over {}/{}",
+            "device/inode {}/{}, the predecessor handed over {}/{}",
             id.file.dev, id.file.ino, want.dev, want.ino
         )));
     }
@@ -140,7 +140,7 @@ fn check_identity(
 /// Checks that an inherited socket is what its key says, and returns the address it is really
 /// bound to (canonical form), or why it is not.
 ///
-/// A listener systemd passed and the parent asked for by name is keyed by that name, not its
+/// A listener systemd passed and the predecessor asked for by name is keyed by that name, not its
 /// address: only its type is checked.
 fn check_socket(info: io::Result<SocketInfo>, key: &Key) -> Result<String, String> {
     let (kind, network) = (key.kind, key.network.as_str());

@@ -3,14 +3,14 @@
 //! service back).
 
 use super::{Phase, Upgrader};
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, ExitStatus, Repr, Result};
 use crate::pidfile;
 use crate::sync::lock;
 use crate::sys::pidref::ProcessRef;
 
 impl Upgrader {
     /// The pid of the process that started this one, while it still runs.
-    pub(super) fn living_parent(&self) -> Result<Option<u32>> {
+    pub(super) fn living_predecessor(&self) -> Result<Option<u32>> {
         let mut parent = lock(&self.shared.parent);
         let Some(link) = parent.as_ref() else {
             return Ok(None);
@@ -21,7 +21,7 @@ impl Upgrader {
                 Ok(None)
             }
             Ok(false) => Ok(Some(link.pid)),
-            Err(e) => Err(Error::io("checking whether the parent exited")(e)),
+            Err(e) => Err(Error::io("checking whether the predecessor exited")(e)),
         }
     }
 
@@ -49,7 +49,7 @@ impl Upgrader {
     pub fn resume(&self) -> Result<()> {
         let mut phase = lock(&self.shared.phase);
         if !matches!(*phase, Phase::Upgraded) || self.shared.successor_exit.borrow().is_none() {
-            return Err(Error::NotResumable);
+            return Err(Error::from(Repr::NotResumable));
         }
         if let Some(path) = &self.shared.options.pid_file {
             pidfile::write(path, std::process::id(), self.shared.options.pid_file_mode)?;
@@ -68,7 +68,9 @@ impl Upgrader {
             let parent = lock(&self.shared.parent);
             match parent.as_ref() {
                 None => return Ok(()),
-                Some(link) => link.watch_fd().map_err(Error::io("watching the parent"))?,
+                Some(link) => link
+                    .watch_fd()
+                    .map_err(Error::io("watching the predecessor"))?,
             }
         };
         loop {
@@ -79,7 +81,7 @@ impl Upgrader {
                     Some(link)
                         if link
                             .parent_exited()
-                            .map_err(Error::io("watching the parent"))? =>
+                            .map_err(Error::io("watching the predecessor"))? =>
                     {
                         return Ok(());
                     }
@@ -89,7 +91,7 @@ impl Upgrader {
             let mut guard = afd
                 .readable()
                 .await
-                .map_err(Error::io("watching the parent"))?;
+                .map_err(Error::io("watching the predecessor"))?;
             guard.clear_ready();
         }
     }

@@ -1,8 +1,8 @@
 //! One upgrade, both sides, and the phases of the process that runs it.
 //!
 //! The running process (the predecessor) goes `Starting → Ready → Upgrading → Upgraded`
-//! (`upgrade.rs`, with the standby in `standby.rs` and its handle on the new process in
-//! `successor.rs`); the new process (the successor) reads its handoff in `predecessor.rs`,
+//! (`upgrade.rs`, with the standby in `standby.rs` and its handle on the successor in
+//! `successor.rs`); the successor (the successor) reads its handoff in `predecessor.rs`,
 //! checking every descriptor in `adopt.rs`, and follows the generations around it in
 //! `lineage.rs`. `successor.rs` and `predecessor.rs` never import each other: the wire
 //! between them is `handoff`.
@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, watch};
 
-use crate::error::{Error, ExitStatus, Result};
+use crate::error::{Error, ExitStatus, Repr, Result};
 use crate::launch::Launch;
 use crate::pidfile;
 use crate::registry::{Fds, SocketSettings};
@@ -35,7 +35,7 @@ pub(crate) use predecessor::{has_marker, stash_marker};
 pub use standby::{FreshStart, SuccessorStart};
 
 use predecessor::Inherited;
-use predecessor::ParentLink;
+use predecessor::PredecessorLink;
 use standby::Standby;
 use successor::Spawner;
 
@@ -60,7 +60,7 @@ struct Shared {
     /// Starts successors.
     spawner: Box<dyn Spawner>,
     phase: Mutex<Phase>,
-    parent: Mutex<Option<ParentLink>>,
+    parent: Mutex<Option<PredecessorLink>>,
     /// This process's pid file, written ahead of time when an upgrade started it.
     prepared_pid_file: Mutex<Option<pidfile::Prepared>>,
     /// The next process, started ahead of time (`Options::standby`).
@@ -88,13 +88,13 @@ struct Shared {
 /// 1. [`upgrade`](Upgrader::upgrade) starts the executable again (see [`Options::executable`])
 ///    with the same arguments, the working directory of the first start, the same environment
 ///    plus the handoff marker, and every socket of [`fds`](Upgrader::fds);
-/// 2. the new process builds its `Upgrader`, gets the very same sockets from its registry, and
+/// 2. the successor builds its `Upgrader`, gets the very same sockets from its registry, and
 ///    calls [`ready`](Upgrader::ready): unclaimed sockets are closed, the pid file names it;
-/// 3. `upgrade` resolves with the new pid and [`exit`](Upgrader::exit) resolves: the old process
+/// 3. `upgrade` resolves with the new pid and [`exit`](Upgrader::exit) resolves: the predecessor
 ///    stops accepting, drains, and exits;
-/// 4. the new process notices its parent is gone and accepts upgrades itself.
+/// 4. the successor notices its predecessor is gone and accepts upgrades itself.
 ///
-/// If the new process exits or is not ready within the upgrade timeout, `upgrade` fails and the
+/// If the successor exits or is not ready within the upgrade timeout, `upgrade` fails and the
 /// old process simply keeps serving.
 ///
 /// With [`Options::standby`], step 1 happens ahead of time ([`refresh_standby`]) and `upgrade`
@@ -123,11 +123,11 @@ impl Upgrader {
     ///
     /// Fails when the handoff is unusable, the pid file's directory does not exist, or an
     /// upgrader already exists in this process. Needs no tokio runtime. In a standby process
-    /// (see [`Options::standby`]) this waits until the parent hands over, or fails with
+    /// (see [`Options::standby`]) this waits until the predecessor hands over, or fails with
     /// [`HandoffError::Withdrawn`](crate::HandoffError::Withdrawn) when it lets the standby go.
     pub fn new(options: Options) -> Result<Upgrader> {
         if CREATED.swap(true, Ordering::SeqCst) {
-            return Err(Error::AlreadyCreated);
+            return Err(Error::from(Repr::AlreadyCreated));
         }
         let result = Self::build(options);
         if result.is_err() {
@@ -153,8 +153,8 @@ impl Upgrader {
         };
         let inherited = predecessor::take_handoff()?;
         // At first start a bad pid file path is reported before anything starts. During an
-        // upgrade the write at `ready()` reports it just as clearly (and the parent keeps
-        // serving), so the new process skips the probe: it is on the upgrade's critical path.
+        // upgrade the write at `ready()` reports it just as clearly (and the predecessor keeps
+        // serving), so the successor skips the probe: it is on the upgrade's critical path.
         if let (Some(path), None) = (&options.pid_file, &inherited) {
             pidfile::check_writable(path, options.pid_file_mode)?;
         }
@@ -257,7 +257,7 @@ impl Upgrader {
         self.shared.spawner.program()
     }
 
-    /// How the new process of the last successful [`upgrade`](Upgrader::upgrade) was
+    /// How the successor of the last successful [`upgrade`](Upgrader::upgrade) was
     /// started: through the standby, or afresh and why. `None` before one succeeded.
     pub fn last_successor_start(&self) -> Option<SuccessorStart> {
         *lock(&self.shared.last_start)
@@ -277,19 +277,19 @@ impl Upgrader {
     /// The process that started this one, while it still runs (drains): upgrades are refused
     /// until it exits.
     pub fn draining_parent(&self) -> Result<Option<u32>> {
-        self.living_parent()
+        self.living_predecessor()
     }
 
     /// Declares this process ready to serve: closes inherited sockets nobody asked for (removing
-    /// their unix socket paths), writes the pid file, and tells the parent, which then exits.
+    /// their unix socket paths), writes the pid file, and tells the predecessor, which then exits.
     ///
-    /// Call it once every listener is open. If the pid file cannot be written the parent is not
+    /// Call it once every listener is open. If the pid file cannot be written the predecessor is not
     /// told, so it keeps serving, and the error is returned. Calling it again does nothing.
     pub fn ready(&self) -> Result<()> {
         let mut phase = lock(&self.shared.phase);
         match *phase {
             Phase::Starting => {}
-            Phase::Stopped => return Err(Error::Terminating),
+            Phase::Stopped => return Err(Error::from(Repr::Terminating)),
             _ => return Ok(()),
         }
         for key in self.shared.fds.close_unclaimed() {
@@ -307,10 +307,10 @@ impl Upgrader {
         if let Some(parent) = lock(&self.shared.parent).as_mut()
             && let Err(e) = parent.notify_ready()
         {
-            // The parent is gone already; this process serves either way.
-            tracing::warn!(parent = parent.pid, error = %crate::error::Chain(&e), "could not tell the parent that we are ready");
+            // The predecessor is gone already; this process serves either way.
+            tracing::warn!(parent = parent.pid, error = %crate::error::Chain(&e), "could not tell the predecessor that we are ready");
         }
-        // Off the way to ready: the parent is on its way out already.
+        // Off the way to ready: the predecessor is on its way out already.
         pidfile::remove_replaced(replaced);
         *phase = Phase::Ready;
         Ok(())
@@ -344,7 +344,7 @@ impl Upgrader {
         self.shared.options.pid_file.as_deref()
     }
 
-    /// Resolves when this process should exit: a new process took over, or
+    /// Resolves when this process should exit: a successor took over, or
     /// [`stop`](Upgrader::stop) was called.
     pub fn exit(&self) -> impl Future<Output = ()> + Send + 'static {
         let mut rx = self.shared.exit.subscribe();
@@ -358,7 +358,7 @@ impl Upgrader {
         *self.shared.exit.borrow()
     }
 
-    /// Cancels an upgrade in flight (killing the new process), refuses later ones, and resolves
+    /// Cancels an upgrade in flight (killing the successor), refuses later ones, and resolves
     /// [`exit`](Upgrader::exit).
     pub fn stop(&self) {
         let mut phase = lock(&self.shared.phase);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::Upgrader;
 use crate::pidfile;
 
-/// Default time a new process has to become ready.
+/// Default time a successor has to become ready.
 pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default mode of new unix socket paths: owner and group may connect.
@@ -77,7 +77,7 @@ impl Options {
         self
     }
 
-    /// How long a new process has to become ready before it is killed (default 60 s).
+    /// How long a successor has to become ready before it is killed (default 60 s).
     pub fn upgrade_timeout(mut self, timeout: Duration) -> Options {
         self.upgrade_timeout = timeout;
         self
@@ -105,12 +105,12 @@ impl Options {
     /// Keep the next process started ahead of time (default off here; on under
     /// `#[flip::main]`, where `FLIP_STANDBY=0` or `standby = false` turns it off).
     ///
-    /// A new process spends most of its start in `exec`, the dynamic loader and runtime setup
+    /// A successor spends most of its start in `exec`, the dynamic loader and runtime setup
     /// (a few milliseconds of CPU for the examples here, and several times that on a loaded
     /// machine; BENCHMARKS.md has the figures).
     /// With a standby, the serving process starts its successor as soon as it is ready and
     /// [`Upgrader::refresh_standby`] is called; the standby does all of that, then waits for the
-    /// handoff. An upgrade only sends it the manifest, so the new process is ready in a
+    /// handoff. An upgrade only sends it the manifest, so the successor is ready in a
     /// fraction of the time.
     ///
     /// The standby is used only while it is still what an upgrade would start: it runs the file

@@ -1,5 +1,5 @@
-//! The new process's link to the old one: receiving the handoff, checking every descriptor
-//! before adopting any, telling the parent we are ready, and learning when it has exited.
+//! The successor's link to the old one: receiving the handoff, checking every descriptor
+//! before adopting any, telling the predecessor we are ready, and learning when it has exited.
 
 use std::ffi::OsString;
 use std::io;
@@ -62,7 +62,7 @@ pub(crate) fn take_ancestors() -> Vec<handoff::ProcessName> {
         .unwrap_or_default()
 }
 
-/// The real standard error the parent passed (see [`handoff::STDERR_VAR`]), adopted.
+/// The real standard error the predecessor passed (see [`handoff::STDERR_VAR`]), adopted.
 fn take_real_stderr(taken: &[RawFd]) -> Option<OwnedFd> {
     let value = take_stashed(STDERR_VAR)?;
     let raw: RawFd = value.to_str()?.parse().ok()?;
@@ -109,28 +109,28 @@ fn take_marker() -> Option<OsString> {
 #[derive(Debug)]
 pub(crate) struct Inherited {
     pub(crate) fds: Vec<Registered>,
-    pub(crate) parent: ParentLink,
+    pub(crate) parent: PredecessorLink,
 }
 
-/// The pipes that connect a new process with the one that started it.
+/// The pipes that connect a successor with the one that started it.
 #[derive(Debug)]
-pub(crate) struct ParentLink {
+pub(crate) struct PredecessorLink {
     pub(crate) pid: u32,
     /// Write end of the ready pipe; `None` once readiness was sent.
     ready: Option<OwnedFd>,
-    /// Read end of the pipe the parent holds open until it exits; EOF means it is gone.
+    /// Read end of the pipe the predecessor holds open until it exits; EOF means it is gone.
     alive: OwnedFd,
-    /// The real standard error, put back in place at ready; until then the parent relays ours.
+    /// The real standard error, put back in place at ready; until then the predecessor relays ours.
     real_stderr: Option<OwnedFd>,
 }
 
-impl ParentLink {
-    /// Tells the parent that this process is ready. Sent once; later calls do nothing.
+impl PredecessorLink {
+    /// Tells the predecessor that this process is ready. Sent once; later calls do nothing.
     pub(crate) fn notify_ready(&mut self) -> io::Result<()> {
         if let Some(real) = self.real_stderr.take()
             && let Err(e) = sys::fd::set_stderr(real.as_fd())
         {
-            tracing::warn!(error = %e, "could not put the real stderr back; the parent relays it");
+            tracing::warn!(error = %e, "could not put the real stderr back; the predecessor relays it");
         }
         match self.ready.take() {
             Some(fd) => sys::fd::write_all(fd.as_fd(), READY_BYTE),
@@ -138,12 +138,12 @@ impl ParentLink {
         }
     }
 
-    /// Whether the parent has exited, without blocking.
+    /// Whether the predecessor has exited, without blocking.
     pub(crate) fn parent_exited(&self) -> io::Result<bool> {
         parent_exited(self.alive.as_fd())
     }
 
-    /// A descriptor of the parent pipe registered with tokio, to wait for the parent's exit
+    /// A descriptor of the parent pipe registered with tokio, to wait for the predecessor's exit
     /// (readable at EOF). Needs a tokio runtime with I/O enabled.
     pub(crate) fn watch_fd(&self) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
         sys::fd::async_readable(sys::fd::dup(self.alive.as_fd())?)
@@ -161,7 +161,7 @@ pub(crate) fn take_handoff() -> Result<Option<Inherited>, HandoffError> {
         return Ok(None);
     };
     let result = read_handoff(&value);
-    // A withdrawn standby (its handoff pipe, checked, reached EOF) may have lost its parent,
+    // A withdrawn standby (its handoff pipe, checked, reached EOF) may have lost its predecessor,
     // and with it the relay of its stderr: the real one goes back. Other errors leave stderr
     // alone: the marker may not be ours, and neither the descriptor it names.
     if let Err(HandoffError::Withdrawn) = &result
@@ -176,7 +176,7 @@ fn read_handoff(value: &std::ffi::OsStr) -> Result<Inherited, HandoffError> {
     let marker = Marker::decode(value)?;
     let not_for_us = |reason: String| HandoffError::NotForUs { reason };
 
-    // Only a pipe with the inode the parent wrote into the marker is read: a process that
+    // Only a pipe with the inode the predecessor wrote into the marker is read: a process that
     // inherited the variable by accident has another file (or nothing) at that number.
     match sys::fd::identity_raw(marker.control_fd) {
         Ok(id) if id.is_pipe() && id.file.ino == marker.pipe_inode => {}
@@ -215,7 +215,7 @@ fn read_handoff(value: &std::ffi::OsStr) -> Result<Inherited, HandoffError> {
     let real_stderr = take_real_stderr(&taken);
     Ok(Inherited {
         fds: adopted.fds,
-        parent: ParentLink {
+        parent: PredecessorLink {
             pid: adopted.parent_pid,
             ready: Some(adopted.ready),
             alive: adopted.alive,
@@ -226,7 +226,7 @@ fn read_handoff(value: &std::ffi::OsStr) -> Result<Inherited, HandoffError> {
 
 /// Reads until the manifest's final `end` line, EOF or the size limit.
 ///
-/// There is no deadline: a standby waits here until its parent upgrades, and the parent always
+/// There is no deadline: a standby waits here until its predecessor upgrades, and the predecessor always
 /// either writes the manifest or closes its end (exiting closes it too), so this cannot hang.
 fn read_manifest(control: BorrowedFd<'_>) -> Result<Vec<u8>, HandoffError> {
     let mut bytes = Vec::with_capacity(4096);
@@ -250,7 +250,7 @@ fn read_manifest(control: BorrowedFd<'_>) -> Result<Vec<u8>, HandoffError> {
     }
 }
 
-/// Whether the parent pipe says the parent exited (EOF), without blocking.
+/// Whether the parent pipe says the predecessor exited (EOF), without blocking.
 fn parent_exited(alive: BorrowedFd<'_>) -> io::Result<bool> {
     let mut buf = [0u8; 16];
     loop {

@@ -13,7 +13,7 @@ use crate::registry::Fds;
 use crate::sync::lock;
 use crate::sys::fd::FileId;
 
-/// How the new process of an upgrade was started: [`Upgrader::last_successor_start`] after a
+/// How the successor of an upgrade was started: [`Upgrader::last_successor_start`] after a
 /// successful upgrade, the `started` field of `flip upgrade`, and the `upgrade succeeded` log
 /// line. Its `Display` is short: `standby`, or `fresh: ` and the reason.
 ///
@@ -23,7 +23,7 @@ use crate::sys::fd::FileId;
 pub enum SuccessorStart {
     /// The standby process, started ahead of time, took over: the fast path.
     Standby,
-    /// The new process was started at the upgrade.
+    /// The successor was started at the upgrade.
     Fresh(FreshStart),
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use tokio::io::unix::AsyncFd;
 
-use crate::error::{Error, ExitStatus};
+use crate::error::{Error, ExitStatus, Repr};
 use crate::handoff::{Handing, Layout, ProcessName, ReadyPipe, Token};
 use crate::key::Key;
 use crate::launch::{self, ExitWatch, Launch, StderrTail};
@@ -171,9 +171,11 @@ impl Process {
             .collect();
         let started = launch
             .start(&vars, &passed, Some(stderr_w.as_fd()))
-            .map_err(|source| Error::Spawn {
-                program: launch.program.clone(),
-                source,
+            .map_err(|source| {
+                Error::from(Repr::Spawn {
+                    program: launch.program.clone(),
+                    source,
+                })
             })?;
         drop(passed);
         drop((control_r, ready_w, alive_r, fds, stderr_w, real_stderr));

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::successor::{OnExit, Spawner, Successor};
 use super::{FreshStart, Options, Start, SuccessorStart, Upgrader};
-use crate::error::{Error, ExitStatus};
+use crate::error::{Error, ErrorKind, ExitStatus, Repr};
 use crate::handoff::ProcessName;
 use crate::key::Key;
 use crate::registry::Registered;
@@ -140,10 +140,11 @@ impl Spawner for FakeSpawner {
     ) -> Result<Box<dyn Successor>, Error> {
         let world = &self.0;
         if world.fail_spawn.load(Ordering::SeqCst) {
-            return Err(Error::Spawn {
+            return Err(Repr::Spawn {
                 program: "/fake/app".into(),
                 source: std::io::Error::other("no such binary"),
-            });
+            }
+            .into());
         }
         let then = lock(&world.script).pop_front().unwrap_or(Then::Ready);
         let proc = Arc::new(Proc {
@@ -288,17 +289,12 @@ fn with_standby() -> Options {
 async fn a_successor_that_exits_before_ready_fails_the_upgrade_and_the_next_one_succeeds() {
     let world = World::new(&[Then::Exit(1), Then::Ready]);
     let up = upgrader(&world, without_standby());
-    match up.upgrade().await {
-        Err(Error::ChildExited {
-            pid,
-            status,
-            last_stderr,
-        }) => {
-            assert_eq!((pid, status), (100, ExitStatus::Code(1)));
-            assert_eq!(last_stderr, ["fake stderr"]);
-        }
-        other => panic!("expected the successor's exit, got {other:?}"),
-    }
+    let err = up.upgrade().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::SuccessorExited, "{err:?}");
+    assert_eq!(err.pid(), Some(100));
+    assert_eq!(err.exit_status(), Some(ExitStatus::Code(1)));
+    assert_eq!(err.last_stderr(), ["fake stderr"]);
+    assert!(err.is_failed_upgrade() && !err.is_refusal());
     assert!(!up.is_exiting(), "the predecessor serves on");
     assert_eq!(up.last_successor_start(), None);
     assert_eq!(up.upgrade().await.unwrap(), 101);
@@ -307,7 +303,7 @@ async fn a_successor_that_exits_before_ready_fails_the_upgrade_and_the_next_one_
         up.last_successor_start(),
         Some(SuccessorStart::Fresh(FreshStart::NoStandby))
     );
-    assert!(matches!(up.upgrade().await, Err(Error::AlreadyUpgraded)));
+    assert!(matches!(up.upgrade().await, Err(e) if e.kind() == ErrorKind::AlreadyUpgraded));
 }
 
 #[tokio::test]
@@ -316,7 +312,7 @@ async fn a_spawn_that_fails_is_reported_and_changes_nothing() {
     world.fail_spawn.store(true, Ordering::SeqCst);
     let up = upgrader(&world, without_standby());
     let err = up.upgrade().await.unwrap_err();
-    assert!(matches!(err, Error::Spawn { .. }), "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::Spawn, "{err:?}");
     assert!(!up.is_exiting());
     world.fail_spawn.store(false, Ordering::SeqCst);
     assert!(up.upgrade().await.is_ok());
@@ -330,7 +326,11 @@ async fn a_successor_that_is_not_ready_in_time_is_killed() {
         without_standby().upgrade_timeout(Duration::from_millis(50)),
     );
     let err = up.upgrade().await.unwrap_err();
-    assert!(matches!(err, Error::Timeout { pid: 100, .. }), "{err:?}");
+    assert_eq!(
+        (err.kind(), err.pid()),
+        (ErrorKind::Timeout, Some(100)),
+        "{err:?}"
+    );
     assert!(world.process(100).killed());
     assert!(!up.is_exiting());
 }
@@ -344,7 +344,7 @@ async fn a_second_upgrade_during_an_upgrade_is_refused_and_the_first_goes_on() {
         async move { up.upgrade().await }
     });
     let proc = world.until_spawned(1).await;
-    assert!(matches!(up.upgrade().await, Err(Error::InProgress)));
+    assert!(matches!(up.upgrade().await, Err(e) if e.kind() == ErrorKind::InProgress));
     assert_eq!(world.spawned().len(), 1, "nothing more was started");
     proc.say_ready();
     assert_eq!(first.await.unwrap().unwrap(), 100);
@@ -361,10 +361,10 @@ async fn a_stop_during_an_upgrade_kills_the_successor_and_refuses_later_ones() {
     });
     let proc = world.until_spawned(1).await;
     up.stop();
-    assert!(matches!(upgrade.await.unwrap(), Err(Error::Terminating)));
+    assert!(matches!(upgrade.await.unwrap(), Err(e) if e.kind() == ErrorKind::Terminating));
     assert!(proc.killed());
     assert!(up.is_exiting());
-    assert!(matches!(up.upgrade().await, Err(Error::Terminating)));
+    assert!(matches!(up.upgrade().await, Err(e) if e.kind() == ErrorKind::Terminating));
 }
 
 #[tokio::test]
@@ -372,7 +372,7 @@ async fn a_successor_that_crashes_during_the_drain_is_reported_and_service_can_b
     let world = World::new(&[Then::Ready, Then::Ready]);
     let up = upgrader(&world, without_standby());
     let exited = up.successor_exited();
-    assert!(matches!(up.resume(), Err(Error::NotResumable)));
+    assert!(matches!(up.resume(), Err(e) if e.kind() == ErrorKind::NotResumable));
     let pid = up.upgrade().await.unwrap();
     assert!(up.is_exiting());
     world.process(pid).crash(ExitStatus::Signal(9));
@@ -511,6 +511,6 @@ async fn no_upgrade_before_ready() {
             prepared_pid_file: None,
         },
     );
-    assert!(matches!(up.upgrade().await, Err(Error::NotReady)));
+    assert!(matches!(up.upgrade().await, Err(e) if e.kind() == ErrorKind::NotReady));
     assert!(world.spawned().is_empty());
 }

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use super::standby::{FreshStart, SuccessorStart};
 use super::successor::Successor;
 use super::{Phase, Upgrader};
-use crate::error::{Error, Result};
+use crate::error::{Error, Repr, Result};
 use crate::pidfile;
 use crate::registry::Registered;
 use crate::sync::lock;
@@ -19,7 +19,7 @@ impl Upgrader {
     ///
     /// Refused (with nothing started) before [`ready`](Upgrader::ready), while another upgrade
     /// runs, after a successful one, after [`stop`](Upgrader::stop), and while the process that
-    /// started this one is still alive. Fails when the new process exits or is not ready within
+    /// started this one is still alive. Fails when the successor exits or is not ready within
     /// the upgrade timeout (it is then killed and reaped). After a failure this process keeps
     /// serving, and a later call may succeed. Needs a tokio runtime with I/O and time enabled.
     pub async fn upgrade(&self) -> Result<u32> {
@@ -54,7 +54,7 @@ impl Upgrader {
             }
             Err(why) => {
                 if self.shared.options.standby {
-                    tracing::info!(%why, "starting the new process afresh");
+                    tracing::info!(%why, "starting the successor afresh");
                 }
                 let fresh = self.start_fresh(self.snapshot()?)?;
                 (fresh, SuccessorStart::Fresh(why))
@@ -66,30 +66,30 @@ impl Upgrader {
             let failed = tokio::select! {
                 ready = child.wait_ready() => match ready {
                     Ok(()) => None,
-                    Err(status) => Some(Error::ChildExited { pid, status, last_stderr: child.last_stderr().await }),
+                    Err(status) => Some(Error::from(Repr::SuccessorExited { pid, status, last_stderr: child.last_stderr().await })),
                 },
                 () = tokio::time::sleep_until(deadline) => {
                     child.kill().await;
-                    Some(Error::Timeout { pid, timeout, last_stderr: child.last_stderr().await })
+                    Some(Error::from(Repr::Timeout { pid, timeout, last_stderr: child.last_stderr().await }))
                 }
                 () = cancel.notified() => {
                     child.kill().await;
-                    Some(Error::Terminating)
+                    Some(Error::from(Repr::Terminating))
                 }
             };
             let Some(error) = failed else { break };
-            // The child may have died between writing the pid file and telling us it was ready:
+            // The successor may have died between writing the pid file and telling us it was ready:
             // the pid file must name the process that serves, this one.
             self.reclaim_pid_file(pid);
-            match error {
+            match error.exit_status() {
                 // Killed from outside a moment before the upgrade (so it still looked alive),
                 // say. A fresh start is what the upgrade would have done without a standby.
-                Error::ChildExited { status, .. } if start == SuccessorStart::Standby => {
+                Some(status) if start == SuccessorStart::Standby => {
                     tracing::warn!(pid, %status, "the standby process ended before it was ready; starting afresh");
                     child = self.start_fresh(self.snapshot()?)?;
                     start = SuccessorStart::Fresh(FreshStart::StandbyExited);
                 }
-                error => return Err(error),
+                _ => return Err(error),
             }
         }
         let pid = child.pid();
@@ -103,7 +103,7 @@ impl Upgrader {
             let mut phase = lock(&self.shared.phase);
             reset.armed = false;
             match *phase {
-                // stop() raced with success: the new process serves; this one exits either way.
+                // stop() raced with success: the successor serves; this one exits either way.
                 Phase::Stopped => {}
                 _ => *phase = Phase::Upgraded,
             }
@@ -129,7 +129,7 @@ impl Upgrader {
             .spawn(fds, self.shared.generation + 1, &ancestors)
     }
 
-    /// Duplicates of every socket and file of the registry, for a new process.
+    /// Duplicates of every socket and file of the registry, for a successor.
     fn snapshot(&self) -> Result<Vec<Registered>> {
         self.shared
             .fds
@@ -144,7 +144,7 @@ impl Upgrader {
     /// refused until that process exits, and a standby should not compete with its drain for
     /// the CPU), during an upgrade and once this process is exiting.
     ///
-    /// [`Bootstrap`](crate::Bootstrap) calls this when its parent has exited, after a failed
+    /// [`Bootstrap`](crate::Bootstrap) calls this when its predecessor has exited, after a failed
     /// upgrade, as soon as a new binary lands at the executable path (it watches the path's
     /// directories), and every second (a binary replaced on disk makes the standby stale; this
     /// starts one of the new binary). A program using the upgrader alone should call it when
@@ -155,7 +155,7 @@ impl Upgrader {
         }
         // With upgrades allowed during drains (long-lived connections), the next one, a fix
         // or a rollback say, should not have to start afresh because the last drain is long.
-        if self.shared.options.max_draining.is_none() && self.living_parent()?.is_some() {
+        if self.shared.options.max_draining.is_none() && self.living_predecessor()?.is_some() {
             return Ok(None);
         }
         let start = || self.spawn(self.snapshot()?);
@@ -185,21 +185,21 @@ impl Upgrader {
     fn begin_upgrade(&self) -> Result<Arc<Notify>> {
         let mut phase = lock(&self.shared.phase);
         match *phase {
-            Phase::Starting => return Err(Error::NotReady),
-            Phase::Upgrading(_) => return Err(Error::InProgress),
-            Phase::Upgraded => return Err(Error::AlreadyUpgraded),
-            Phase::Stopped => return Err(Error::Terminating),
+            Phase::Starting => return Err(Error::from(Repr::NotReady)),
+            Phase::Upgrading(_) => return Err(Error::from(Repr::InProgress)),
+            Phase::Upgraded => return Err(Error::from(Repr::AlreadyUpgraded)),
+            Phase::Stopped => return Err(Error::from(Repr::Terminating)),
             Phase::Ready => {}
         }
         if let Some(reason) = &self.shared.options.upgrades_would_end_service {
-            return Err(Error::WouldEndService {
+            return Err(Error::from(Repr::WouldEndService {
                 reason: reason.clone(),
-            });
+            }));
         }
-        if let Some(parent_pid) = self.living_parent()?
+        if let Some(parent_pid) = self.living_predecessor()?
             && self.shared.options.max_draining.is_none()
         {
-            return Err(Error::ParentAlive { parent_pid });
+            return Err(Error::from(Repr::PredecessorAlive { pid: parent_pid }));
         }
         let cancel = Arc::new(Notify::new());
         *phase = Phase::Upgrading(cancel.clone());

@@ -146,7 +146,7 @@ impl Server {
         })
     }
 
-    /// Upgrade that must succeed: waits until the new process serves and the old one exited.
+    /// Upgrade that must succeed: waits until the successor serves and the old one exited.
     pub fn upgrade_ok(&self) -> u32 {
         let old = self.pid().expect("serving pid");
         let new = self
@@ -207,7 +207,7 @@ impl Drop for Server {
         }
         // Every process of this family carries our event log path in its environment: the
         // generations we saw, processes they were starting, and any that an upgrade started
-        // after we looked (re-parented to this test process, the subreaper, once its parent
+        // after we looked (re-parented to this test process, the subreaper, once its predecessor
         // is killed). Kill until none is left.
         let marker = format!("TS_EVENTS={}", self.events.display());
         let ours = |pid: u32| environ(pid).contains(&marker);

@@ -4,7 +4,7 @@
 //! was not read yet, and closes idle keep-alive connections at once, racing with a client that
 //! is sending its next request. The drain here avoids both:
 //!
-//! - the listener stops accepting (connections still queued are the new process's);
+//! - the listener stops accepting (connections still queued are the successor's);
 //! - every request already read, and every connection already accepted, is served: on HTTP/1.1
 //!   each response from now on says `Connection: close`, and a connection that sends a request
 //!   within the linger window (default 1 s) is served, then closed;
@@ -177,7 +177,7 @@ impl HttpServer {
             }
         }
         // Every connection learns of the drain before the listener closes: whoever sees the
-        // listener gone (a client, or the new process) can count on responses saying
+        // listener gone (a client, or the successor) can count on responses saying
         // `Connection: close` from then on.
         for (_, handle) in drains.drain() {
             handle.start();
