@@ -184,7 +184,7 @@ fn upgrade(a: &Args) -> Outcome {
             if let ControlError::Failed { stderr, .. } = &e
                 && !stderr.is_empty()
             {
-                message.push_str("\nthe new process's last lines on stderr:");
+                message.push_str("\nthe successor's last lines on stderr:");
                 for line in stderr {
                     message.push_str("\n  ");
                     message.push_str(line);
