@@ -252,3 +252,22 @@ fn the_check_catches_sys_importing_the_bootstrap() {
         "a circle: both directions are named: {found:?}"
     );
 }
+
+/// Inside `upgrader/`, the two sides of the handoff never import each other: the wire between
+/// them is `handoff`, and each owns its own I/O.
+#[test]
+fn the_two_sides_of_the_handoff_do_not_import_each_other() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/upgrader");
+    for (file, other) in [
+        ("successor.rs", "predecessor"),
+        ("predecessor.rs", "successor"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        for line in text.lines().filter(|l| !l.trim_start().starts_with("//")) {
+            assert!(
+                !line.contains(&format!("super::{other}")),
+                "upgrader/{file} imports {other}: {line}"
+            );
+        }
+    }
+}

@@ -25,9 +25,11 @@ mod check;
 pub mod grpc;
 pub mod load;
 mod plot;
+mod report;
 mod server;
 
-pub use check::{Check, CheckError, CheckReport, UpgradeTiming, Via, json_string};
+pub use check::{Check, CheckError, UpgradeTiming, Via};
+pub use report::{CheckReport, json_string};
 pub use server::{TestServer, TestServerBuilder};
 
 /// Whether process `pid` runs (a zombie does not), whoever its parent is.

@@ -4,11 +4,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::time::Duration;
 
 pub use inventory;
 
-use crate::bootstrap::{Bootstrap, BoxError, BoxFuture, Outcome, StartContext, StopMode};
+mod environment;
+
+pub use environment::{EnvError, Environment, MainConfig, parse_duration, read_environment};
+
+use crate::bootstrap::{Bootstrap, BoxError, BoxFuture, Outcome, StartContext};
 use crate::error::{Chain, ErrorKind, HandoffError};
 use crate::upgrader::Options;
 
@@ -77,194 +80,6 @@ impl<E: Into<BoxError>> MainResult for Result<(), E> {
 
 /// The future of the user's `main` body.
 pub type BodyFuture<'a> = Pin<Box<dyn Future<Output = Result<(), BoxError>> + 'a>>;
-
-/// Arguments of `#[flip::main]`.
-#[derive(Debug, Clone, Copy)]
-pub struct MainConfig {
-    /// `pidfile = "..."`
-    pub pid_file: Option<&'static str>,
-    /// `env_prefix = "..."` (default `FLIP`)
-    pub env_prefix: &'static str,
-    /// `grace = "..."`
-    pub grace: Option<Duration>,
-    /// `upgrade_timeout = "..."`
-    pub upgrade_timeout: Option<Duration>,
-    /// `standby = false|true`: the default of `<PREFIX>_STANDBY` (on unless said).
-    pub standby: bool,
-    /// `supervise = true|false`: the default of `<PREFIX>_SUPERVISE`; without either, the
-    /// supervisor runs when the process is PID 1.
-    pub supervise: Option<bool>,
-    /// `control = "..."`: the control socket's path (`""` or `"off"`: none); the default of
-    /// `<PREFIX>_CONTROL_SOCKET`. Without either, beside the pid file.
-    pub control: Option<&'static str>,
-    /// `stop = "drain"|"immediate"`: the default of `<PREFIX>_STOP`; without either, drain.
-    pub stop: Option<StopMode>,
-}
-
-/// What the environment says, read once before any thread exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Environment {
-    /// The pid file, after `<PREFIX>_PID_FILE` (an empty value means none).
-    pub pid_file: Option<std::path::PathBuf>,
-    /// `<PREFIX>_UPGRADES_ENABLED`, default true.
-    pub upgrades_enabled: bool,
-    /// `<PREFIX>_STANDBY`, default the attribute's `standby` (on unless said): keep the next
-    /// process started ahead of time (see [`Options::standby`]).
-    pub standby: bool,
-    /// `<PREFIX>_SUPERVISE`, or the attribute's `supervise`; `None` when neither says.
-    pub supervise: Option<bool>,
-    /// `<PREFIX>_MAX_DRAINING`: see [`Options::max_draining`].
-    pub max_draining: Option<usize>,
-    /// The control socket: `<PREFIX>_CONTROL_SOCKET`, the attribute's `control`, or the pid
-    /// file's path with the extension `ctl`; `None` when turned off or without a pid file.
-    pub control_socket: Option<std::path::PathBuf>,
-    /// `<PREFIX>_EXECUTABLE`: the path an upgrade starts, the one the operator deploys to
-    /// (a wrapper script's, say); without it, the path this process was started by.
-    pub executable: Option<std::path::PathBuf>,
-    /// `<PREFIX>_STOP` (`drain` or `immediate`), or the attribute's `stop`; drain unless
-    /// said: what SIGTERM and SIGINT do (see [`StopMode`]).
-    pub stop: StopMode,
-    /// `<PREFIX>_UPGRADE_TIMEOUT` (`"30s"`, `"1500ms"`, `"2m"`, `"1h"`); `None` when unset,
-    /// and then the attribute's `upgrade_timeout` or [`Options::upgrade_timeout`]'s default.
-    pub upgrade_timeout: Option<Duration>,
-}
-
-/// A duration as flip's variables and attributes write it: a whole number and a unit, `ms`,
-/// `s`, `m` or `h` (`"1500ms"`, `"30s"`, `"2m"`, `"1h"`).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let digits_end = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(digits_end);
-    let n: u64 = number.parse().ok()?;
-    let factor = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return None,
-    };
-    n.checked_mul(factor).map(Duration::from_millis)
-}
-
-/// A bad environment variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{name}={value:?}: {reason}")]
-pub struct EnvError {
-    /// The variable.
-    pub name: String,
-    /// Its value (lossy).
-    pub value: String,
-    /// What is wrong.
-    pub reason: &'static str,
-}
-
-/// Reads `<prefix>_PID_FILE` and `<prefix>_UPGRADES_ENABLED` through `get`.
-pub fn read_environment(
-    config: &MainConfig,
-    get: impl Fn(&str) -> Option<std::ffi::OsString>,
-) -> Result<Environment, EnvError> {
-    let pid_var = format!("{}_PID_FILE", config.env_prefix);
-    let pid_file = match get(&pid_var) {
-        Some(v) if v.is_empty() => None,
-        Some(v) => Some(v.into()),
-        None => config.pid_file.map(Into::into),
-    };
-    let control_var = format!("{}_CONTROL_SOCKET", config.env_prefix);
-    let control_socket = match get(&control_var)
-        .map(|v| v.to_string_lossy().into_owned())
-        .or(config.control.map(str::to_owned))
-    {
-        Some(v) if v.is_empty() || v == "off" => None,
-        Some(v) if !v.starts_with('/') => {
-            return Err(EnvError {
-                name: control_var,
-                value: v,
-                reason: "expected an absolute path, or off",
-            });
-        }
-        Some(v) => Some(v.into()),
-        None => pid_file.as_deref().map(crate::control::default_socket_path),
-    };
-    let draining_var = format!("{}_MAX_DRAINING", config.env_prefix);
-    let max_draining = match get(&draining_var) {
-        None => None,
-        Some(v) if v.is_empty() => None,
-        Some(v) => match v.to_string_lossy().trim().parse::<usize>() {
-            Ok(n) if n >= 1 => Some(n),
-            _ => {
-                return Err(EnvError {
-                    name: draining_var,
-                    value: v.to_string_lossy().into_owned(),
-                    reason: "expected a number of generations, 1 or more",
-                });
-            }
-        },
-    };
-    let timeout_var = format!("{}_UPGRADE_TIMEOUT", config.env_prefix);
-    let upgrade_timeout = match get(&timeout_var) {
-        None => None,
-        Some(v) if v.is_empty() => None,
-        Some(v) => match parse_duration(&v.to_string_lossy()) {
-            Some(d) if !d.is_zero() => Some(d),
-            _ => {
-                return Err(EnvError {
-                    name: timeout_var,
-                    value: v.to_string_lossy().into_owned(),
-                    reason: "expected a duration above 0 such as 1500ms, 30s, 2m or 1h",
-                });
-            }
-        },
-    };
-    let executable = get(&format!("{}_EXECUTABLE", config.env_prefix))
-        .filter(|v| !v.is_empty())
-        .map(std::path::PathBuf::from);
-    let stop_var = format!("{}_STOP", config.env_prefix);
-    let stop = match get(&stop_var) {
-        None => config.stop.unwrap_or(StopMode::Drain),
-        Some(v) => v
-            .to_string_lossy()
-            .parse::<StopMode>()
-            .map_err(|reason| EnvError {
-                name: stop_var,
-                value: v.to_string_lossy().into_owned(),
-                reason,
-            })?,
-    };
-    let flag = |name: String, default: Option<bool>| match get(&name) {
-        None => Ok(default),
-        Some(v) => {
-            let text = v.to_string_lossy().to_ascii_lowercase();
-            match text.trim() {
-                "1" | "true" | "yes" | "on" => Ok(Some(true)),
-                "0" | "false" | "no" | "off" => Ok(Some(false)),
-                _ => Err(EnvError {
-                    name,
-                    value: v.to_string_lossy().into_owned(),
-                    reason: "expected 1, true, yes, on (enabled) or 0, false, no, off (disabled)",
-                }),
-            }
-        }
-    };
-    Ok(Environment {
-        pid_file,
-        upgrades_enabled: flag(
-            format!("{}_UPGRADES_ENABLED", config.env_prefix),
-            Some(true),
-        )?
-        .unwrap_or(true),
-        standby: flag(
-            format!("{}_STANDBY", config.env_prefix),
-            Some(config.standby),
-        )?
-        .unwrap_or(false),
-        supervise: flag(format!("{}_SUPERVISE", config.env_prefix), config.supervise)?,
-        control_socket,
-        max_draining,
-        upgrade_timeout,
-        stop,
-        executable,
-    })
-}
 
 fn init_logging() {
     #[cfg(feature = "subscriber")]
@@ -429,7 +244,9 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bootstrap::StopMode;
     use std::ffi::OsString;
+    use std::time::Duration;
 
     fn config(prefix: &'static str) -> MainConfig {
         MainConfig {
