@@ -209,14 +209,15 @@ fn status(a: &Args) -> Outcome {
 
 fn status_text(s: &Status) -> String {
     let mut out = format!(
-        "pid {} (generation {}), serving since {} (unix)\nbinary: {}\nflip {}\nupgrades: {} succeeded, {} failed\n",
+        "pid {} (generation {}), serving since {} (unix)\nbinary: {}\nflip {}\nupgrades: {} succeeded, {} failed, {} rolled back\n",
         s.pid,
         s.generation,
         s.started_unix,
         s.binary,
         s.flip_version,
         s.upgrades_succeeded,
-        s.upgrades_failed
+        s.upgrades_failed,
+        s.upgrades_rolled_back
     );
     if let Some(last) = &s.last_upgrade {
         out.push_str(&format!(
@@ -271,12 +272,13 @@ fn status_json(s: &Status) -> String {
     };
     let listeners: Vec<String> = s.listeners.iter().map(|l| json(l)).collect();
     format!(
-        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"last_upgrade\":{},\"upgrading_ms\":{},\"draining_parent\":{},\"standby_pid\":{},\"standby_none\":{},\"listeners\":[{}],\"binary\":{},\"flip_version\":{}}}",
+        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"upgrades_rolled_back\":{},\"last_upgrade\":{},\"upgrading_ms\":{},\"draining_parent\":{},\"standby_pid\":{},\"standby_none\":{},\"listeners\":[{}],\"binary\":{},\"flip_version\":{}}}",
         s.pid,
         s.generation,
         s.started_unix,
         s.upgrades_succeeded,
         s.upgrades_failed,
+        s.upgrades_rolled_back,
         last,
         s.upgrading_for.map_or("null".into(), |d| format!(
             "{:.3}",

@@ -15,7 +15,7 @@ use syn::{Expr, ExprLit, FnArg, ItemFn, Lit, LitStr, Meta, MetaNameValue, Path, 
 
 const ALLOWED_ARGS: &str = "the arguments of #[flip::main] are pidfile = \"/run/app.pid\", \
                             env_prefix = \"APP\", grace = \"30s\", upgrade_timeout = \"10s\", \
-                            standby = true, supervise = true, control = \"/run/app.ctl\", \
+                            probation = \"10s\", standby = true, supervise = true, control = \"/run/app.ctl\", \
                             stop = \"drain\" and crate = \"path::to::flip\"";
 const ALLOWED_FORMS: &str = "#[flip::main] takes `fn main()` or `fn main(bootstrap: &mut flip::Bootstrap)`, \
                              each also as `async fn`, returning `()` or `Result<(), E>`";
@@ -47,6 +47,7 @@ struct Args {
     env_prefix: Option<LitStr>,
     grace: Option<u64>,
     upgrade_timeout: Option<u64>,
+    probation: Option<u64>,
     standby: Option<bool>,
     supervise: Option<bool>,
     control: Option<LitStr>,
@@ -261,6 +262,9 @@ fn parse_args(args: TokenStream, errors: &mut Errors) -> Args {
             "env_prefix" => set_once(&mut out.env_prefix, nv, &name, env_prefix),
             "grace" => set_once(&mut out.grace, nv, &name, grace),
             "upgrade_timeout" => set_once(&mut out.upgrade_timeout, nv, &name, upgrade_timeout),
+            "probation" => set_once(&mut out.probation, nv, &name, |v| {
+                duration_ms(&string_value(v, "probation")?, "probation")
+            }),
             "standby" => set_once(&mut out.standby, nv, &name, |v| bool_value(v, "standby")),
             "supervise" => set_once(&mut out.supervise, nv, &name, |v| {
                 bool_value(v, "supervise")
@@ -384,6 +388,7 @@ fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
     };
     let grace = millis(args.grace);
     let upgrade_timeout = millis(args.upgrade_timeout);
+    let probation = millis(args.probation);
     let standby = args.standby.unwrap_or(true);
     let control = match &args.control {
         Some(c) => quote!(::core::option::Option::Some(#c)),
@@ -422,6 +427,7 @@ fn expand(args: &Args, form: &Form, func: ItemFn) -> TokenStream {
                     env_prefix: #prefix,
                     grace: #grace,
                     upgrade_timeout: #upgrade_timeout,
+                    probation: #probation,
                     standby: #standby,
                     supervise: #supervise,
                     control: #control,

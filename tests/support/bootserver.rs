@@ -8,7 +8,8 @@
 //! - `TB_ERROR_DURING_DRAIN=1`: each server reports an error when the drain begins;
 //! - `TB_FAIL_AFTER_MS`: a runtime error is reported this long after start;
 //! - `TS_EVENTS`: event log (`start <starter> <pid>`);
-//! - `TS_BEHAVIOUR`: a file; `hang` makes a successor never become ready.
+//! - `TS_BEHAVIOUR`: a file; `hang` makes a successor never become ready, `crash-after <ms>`
+//!   makes it abort (SIGABRT) that long after its `main` body ran, right before ready.
 
 use flip_suite::events;
 
@@ -120,6 +121,18 @@ async fn main(bootstrap: &mut flip::Bootstrap) {
     if behaviour.as_deref().map(str::trim) == Some("hang") {
         // Never ready: the upgrade that started us stays in flight.
         std::future::pending::<()>().await;
+    }
+    // A build that says ready and crashes a little later.
+    if let Some(ms) = behaviour
+        .as_deref()
+        .and_then(|b| b.trim().strip_prefix("crash-after "))
+        .and_then(|ms| ms.parse().ok())
+    {
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            event(&format!("crashing {}", std::process::id()));
+            std::process::abort();
+        });
     }
     if let Some(grace) = env_ms("TB_GRACE_MS") {
         bootstrap.set_grace_period(grace);

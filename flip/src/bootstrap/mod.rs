@@ -72,6 +72,7 @@ pub struct Bootstrap {
     upgrader: Upgrader,
     upgrades_enabled: bool,
     grace: Duration,
+    probation: Duration,
     stop_mode: StopMode,
     starters: Vec<(String, StarterFn)>,
     /// flip's own starters, run after the application's.
@@ -135,6 +136,7 @@ impl Bootstrap {
             upgrader,
             upgrades_enabled,
             grace: DEFAULT_GRACE_PERIOD,
+            probation: Duration::ZERO,
             stop_mode: StopMode::default(),
             starters: Vec::new(),
             services: Vec::new(),
@@ -163,6 +165,32 @@ impl Bootstrap {
     pub fn set_grace_period(&mut self, grace: Duration) -> &mut Self {
         self.grace = grace;
         self
+    }
+
+    /// How long after an upgrade this process stays, once it drained, ready to take service
+    /// back should the successor exit or be killed: the probation (zero, the default, turns
+    /// it off).
+    ///
+    /// The window starts when the successor said it was ready. This process stops accepting
+    /// and drains at once, as without probation, but keeps its sockets; once its drain is over
+    /// it tells the successor (which may then start its standby) and waits. If the successor
+    /// ends within the window, this process serves again on the same sockets (nothing is
+    /// refused) and logs `upgrade rolled back` at WARN with the cause. At the end of the window,
+    /// or as soon as the successor upgrades in turn, the upgrade is committed and this process
+    /// exits.
+    ///
+    /// `#[flip::main]` sets it from `<PREFIX>_PROBATION` (a duration such as `10s`; `0` turns
+    /// it off) or the attribute's `probation = "10s"`; without either it is off. 10 s is a good
+    /// window: long enough for a build that crashes on its first requests or timers, short
+    /// enough to give the previous generation's memory back soon.
+    pub fn set_probation(&mut self, window: Duration) -> &mut Self {
+        self.probation = window;
+        self
+    }
+
+    /// The probation in force.
+    pub fn probation(&self) -> Duration {
+        self.probation
     }
 
     /// The grace period in force.

@@ -37,6 +37,13 @@ pub trait Observer: Send + Sync + 'static {
         let _ = error;
     }
 
+    /// The successor ended within the probation (see
+    /// [`Bootstrap::set_probation`](crate::Bootstrap::set_probation)): the upgrade is rolled
+    /// back, for `cause`; [`serving_again`](Observer::serving_again) follows.
+    fn rolled_back(&self, cause: &str) {
+        let _ = cause;
+    }
+
     /// The process that took over died during the drain, and this one serves again.
     fn serving_again(&self) {}
 

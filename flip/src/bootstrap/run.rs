@@ -56,7 +56,7 @@ impl Bootstrap {
                 Ok(new_pid) => new_pid,
                 Err(stopped) => return stopped,
             };
-            match self.drain(&mut signals).await {
+            match self.drain(&mut signals, new_pid).await {
                 DrainEnd::Ended(drain) => return Outcome::Upgraded { new_pid, drain },
                 DrainEnd::Resumed => {}
                 DrainEnd::Failed(e) => return Outcome::Failed(e),
@@ -142,9 +142,13 @@ impl Bootstrap {
         Ok(new_pid)
     }
 
-    /// Drains within the grace period, or takes service back when the successor died.
-    async fn drain(&mut self, signals: &mut Signals) -> DrainEnd {
-        tracing::info!(grace = ?self.grace, "draining");
+    /// Drains within the grace period, then waits out the probation (if any); takes service
+    /// back when the successor died meanwhile.
+    async fn drain(&mut self, signals: &mut Signals, successor: Option<u32>) -> DrainEnd {
+        let ready_at = tokio::time::Instant::now();
+        let window_end = ready_at + self.probation;
+        let on_probation = !self.probation.is_zero();
+        tracing::info!(grace = ?self.grace, probation = ?self.probation, "draining");
         let action = self.stop_action.clone();
         let mut group = self.start_drain();
         // A task of its own, so the drain goes on should this process take service back.
@@ -161,21 +165,54 @@ impl Bootstrap {
         let mut watching_successor = true;
         // A draining stop reached this process while it drains (StopMode::Drain).
         let mut stopping = None;
+        let committed = self.upgrader.successor_committed();
+        tokio::pin!(committed);
+        let mut verdict_pending = on_probation;
+        // The drain is over, and this process waits out the probation.
+        let mut drained = false;
         loop {
             tokio::select! {
-                _ = &mut drain => return DrainEnd::Ended(Drain::Completed),
+                _ = &mut drain, if !drained => {
+                    if !(verdict_pending && watching_successor) {
+                        return DrainEnd::Ended(Drain::Completed);
+                    }
+                    drained = true;
+                    let left = window_end.saturating_duration_since(tokio::time::Instant::now());
+                    tracing::info!(?left, "drained; on probation, ready to take service back");
+                    self.upgrader.on_probation();
+                }
+                () = tokio::time::sleep_until(window_end), if verdict_pending => {
+                    verdict_pending = false;
+                    tracing::info!(successor, probation = ?self.probation, "upgrade committed: the probation is over");
+                    if drained {
+                        return DrainEnd::Ended(Drain::Completed);
+                    }
+                }
+                () = &mut committed, if verdict_pending => {
+                    verdict_pending = false;
+                    tracing::info!(successor, "upgrade committed: the successor upgrades in turn");
+                    if drained {
+                        return DrainEnd::Ended(Drain::Completed);
+                    }
+                }
                 () = &mut deadline => return DrainEnd::Ended(Drain::GracePeriodExpired),
                 _ = signals.term.recv() => {
                     if let Some(forced) = self.stop_while_draining(&mut stopping, "SIGTERM") {
                         return DrainEnd::Ended(forced);
                     }
                     watching_successor = false;
+                    if drained {
+                        return DrainEnd::Ended(Drain::Completed);
+                    }
                 }
                 _ = signals.int.recv() => {
                     if let Some(forced) = self.stop_while_draining(&mut stopping, "SIGINT") {
                         return DrainEnd::Ended(forced);
                     }
                     watching_successor = false;
+                    if drained {
+                        return DrainEnd::Ended(Drain::Completed);
+                    }
                 }
                 Some(e) = self.errors_rx.recv() => {
                     tracing::debug!(error = %crate::error::Chain(&*e), "error while draining, ignored");
@@ -193,6 +230,10 @@ impl Bootstrap {
                     if clean {
                         // It cannot have upgraded while we run: it was stopped, and a stop
                         // stops every generation. Only an abnormal end hands service back.
+                        if drained {
+                            tracing::info!(%status, "the successor was stopped; the probation ends");
+                            return DrainEnd::Ended(Drain::Completed);
+                        }
                         if self.stop_mode == StopMode::Drain {
                             tracing::info!(%status, "the successor was stopped; finishing the drain");
                             self.give_up_service();
@@ -202,7 +243,17 @@ impl Bootstrap {
                         return DrainEnd::Ended(Drain::Forced("the successor's stop"));
                     }
                     // Nobody serves now but us: take service back on the same sockets.
-                    tracing::error!(%status, "the successor died; taking service back");
+                    if verdict_pending {
+                        let cause = format!(
+                            "the successor{} ended ({status}) {} ms after it said ready",
+                            successor.map(|p| format!(" {p}")).unwrap_or_default(),
+                            ready_at.elapsed().as_millis()
+                        );
+                        tracing::warn!(%cause, "upgrade rolled back: serving again on the same sockets");
+                        self.observers.each(|o| o.rolled_back(&cause));
+                    } else {
+                        tracing::error!(%status, "the successor died; taking service back");
+                    }
                     return match self.resume().await {
                         Ok(()) => DrainEnd::Resumed,
                         Err(e) => DrainEnd::Failed(e),

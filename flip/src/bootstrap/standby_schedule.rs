@@ -48,8 +48,9 @@ impl Schedule {
         let parent = upgrader.has_parent().then(|| {
             let upgrader = upgrader.clone();
             Box::pin(async move {
-                // An error watching it: the periodic check starts the standby instead.
-                let _ = upgrader.parent_exited().await;
+                // Once it exited, or only waits out its probation. An error watching it: the
+                // periodic check starts the standby instead.
+                let _ = upgrader.predecessor_drained().await;
             }) as BoxFuture<()>
         });
         let binary = BinaryWatch::new(upgrader.executable(), upgrader.fds(), inherited_watch)

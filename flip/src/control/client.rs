@@ -99,6 +99,9 @@ pub struct Status {
     pub upgrades_succeeded: u64,
     /// Upgrades that failed in this process.
     pub upgrades_failed: u64,
+    /// Upgrades of this process that were rolled back: the successor ended within the
+    /// probation and this process took service back (0 from a server without probation).
+    pub upgrades_rolled_back: u64,
     /// The last upgrade this process tried.
     pub last_upgrade: Option<LastUpgrade>,
     /// The previous generation, while it still drains (upgrades are refused until it exits).
@@ -244,6 +247,7 @@ fn parse_status(r: &Response) -> Result<Status, String> {
         started_unix: r.number("started_unix")?,
         upgrades_succeeded: r.number("upgrades_succeeded")?,
         upgrades_failed: r.number("upgrades_failed")?,
+        upgrades_rolled_back: r.number("upgrades_rolled_back").unwrap_or(0),
         last_upgrade,
         draining_parent: r.number("draining_parent").ok(),
         upgrading_for: r

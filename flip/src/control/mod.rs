@@ -57,6 +57,7 @@ struct State {
     binary: String,
     succeeded: u64,
     failed: u64,
+    rolled_back: u64,
     upgrade_began: Option<Instant>,
     last: Option<Last>,
 }
@@ -93,6 +94,23 @@ impl Observer for Follow {
             new_pid: Some(new_pid),
             elapsed,
             detail,
+        });
+    }
+
+    fn rolled_back(&self, cause: &str) {
+        let mut s = crate::sync::lock(&self.0);
+        s.succeeded = s.succeeded.saturating_sub(1);
+        s.rolled_back += 1;
+        let (new_pid, elapsed) = s
+            .last
+            .as_ref()
+            .map(|l| (l.new_pid, l.elapsed))
+            .unwrap_or_default();
+        s.last = Some(Last {
+            result: "rolled back",
+            new_pid,
+            elapsed,
+            detail: cause.to_owned(),
         });
     }
 
@@ -141,6 +159,7 @@ pub fn serve(bootstrap: &mut Bootstrap, path: PathBuf) {
         binary: binary_of(std::process::id()),
         succeeded: 0,
         failed: 0,
+        rolled_back: 0,
         upgrade_began: None,
         last: None,
     }));
@@ -241,7 +260,8 @@ impl Server {
             .field("generation", self.upgrader.generation())
             .field("started_unix", s.started_unix)
             .field("upgrades_succeeded", s.succeeded)
-            .field("upgrades_failed", s.failed);
+            .field("upgrades_failed", s.failed)
+            .field("upgrades_rolled_back", s.rolled_back);
         if let Some(last) = &s.last {
             w.field("last_result", last.result)
                 .field("last_elapsed_ms", protocol::ms(last.elapsed))

@@ -15,8 +15,12 @@
 //!   the token, so a marker that leaked into some other process (which cannot have that pipe) is
 //!   never mistaken for a handoff. The predecessor closing the pipe before any manifest withdraws a
 //!   standby;
-//! - readiness: the successor writes [`READY_BYTE`] into the ready pipe. The predecessor pipe is never
-//!   written: it reaches EOF in the successor when the predecessor exits.
+//! - readiness: the successor writes [`READY_BYTE`] into the ready pipe. The parent pipe
+//!   reaches EOF in the successor when the predecessor exits.
+//! - probation, after readiness: the predecessor writes [`DRAINED_BYTE`] into the parent pipe
+//!   once its drain is over and it only waits, ready to take service back; the successor writes
+//!   [`COMMIT_BYTE`] into the ready pipe when it upgrades in turn. Both are single bytes that
+//!   a side which does not know them reads past.
 //!
 //! ```text
 //! flip-handoff/1
@@ -106,6 +110,16 @@ pub(crate) const FIRST_ENTRY_FD: RawFd = FIRST_CHILD_FD + 3;
 
 /// What the successor writes on the ready pipe.
 pub(crate) const READY_BYTE: &[u8] = b"R";
+
+/// What the successor writes on the ready pipe, after [`READY_BYTE`], to commit an upgrade on
+/// probation: it is about to upgrade in turn, so its predecessor must not take service back
+/// and may exit. A predecessor without probation never reads it.
+pub(crate) const COMMIT_BYTE: u8 = b'C';
+
+/// What the predecessor writes on the parent pipe once its drain is over and it only waits
+/// out the probation: the successor may start its standby and may commit. A successor that
+/// does not know it reads past it, waiting for EOF as before.
+pub(crate) const DRAINED_BYTE: u8 = b'D';
 
 /// Whether `bytes` hold a whole manifest (its final `end` line), or more than any manifest
 /// may: a reader stops there and lets [`Manifest::decode`] judge.

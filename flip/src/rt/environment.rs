@@ -16,6 +16,8 @@ pub struct MainConfig {
     pub grace: Option<Duration>,
     /// `upgrade_timeout = "..."`
     pub upgrade_timeout: Option<Duration>,
+    /// `probation = "..."`: the default of `<PREFIX>_PROBATION`.
+    pub probation: Option<Duration>,
     /// `standby = false|true`: the default of `<PREFIX>_STANDBY` (on unless said).
     pub standby: bool,
     /// `supervise = true|false`: the default of `<PREFIX>_SUPERVISE`; without either, the
@@ -54,6 +56,9 @@ pub struct Environment {
     /// `<PREFIX>_UPGRADE_TIMEOUT` (`"30s"`, `"1500ms"`, `"2m"`, `"1h"`); `None` when unset,
     /// and then the attribute's `upgrade_timeout` or [`Options::upgrade_timeout`](crate::Options::upgrade_timeout)'s default.
     pub upgrade_timeout: Option<Duration>,
+    /// `<PREFIX>_PROBATION` (a duration; `0` turns it off); `None` when unset, and then the
+    /// attribute's `probation` (see [`Bootstrap::set_probation`](crate::Bootstrap::set_probation)).
+    pub probation: Option<Duration>,
 }
 
 /// A duration as flip's variables and attributes write it: a whole number and a unit, `ms`,
@@ -127,6 +132,21 @@ pub fn read_environment(
             }
         },
     };
+    let probation_var = format!("{}_PROBATION", config.env_prefix);
+    let probation = match get(&probation_var) {
+        None => None,
+        Some(v) if v.is_empty() => None,
+        Some(v) => match parse_duration(&v.to_string_lossy()) {
+            Some(d) => Some(d),
+            None => {
+                return Err(EnvError {
+                    name: probation_var,
+                    value: v.to_string_lossy().into_owned(),
+                    reason: "expected a duration such as 0, 1500ms, 10s or 2m",
+                });
+            }
+        },
+    };
     let timeout_var = format!("{}_UPGRADE_TIMEOUT", config.env_prefix);
     let upgrade_timeout = match get(&timeout_var) {
         None => None,
@@ -188,6 +208,7 @@ pub fn read_environment(
         control_socket,
         max_draining,
         upgrade_timeout,
+        probation,
         stop,
         executable,
     })

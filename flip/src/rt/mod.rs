@@ -213,6 +213,9 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     if let Some(n) = notify {
         bootstrap.observe(n);
     }
+    if let Some(window) = env.probation.or(config.probation) {
+        bootstrap.set_probation(window);
+    }
     if let Some(g) = config.grace {
         bootstrap.set_grace_period(g);
     }
@@ -254,6 +257,7 @@ mod tests {
             env_prefix: prefix,
             grace: None,
             upgrade_timeout: None,
+            probation: None,
             standby: false,
             supervise: None,
             control: None,

@@ -2,25 +2,57 @@
 //! lives) and the one it upgraded to (should it die during the drain, this process takes
 //! service back).
 
+use std::os::fd::AsFd;
+
+use super::predecessor::PredecessorState;
 use super::{Phase, Upgrader};
 use crate::error::{Error, ExitStatus, Repr, Result};
+use crate::handoff::DRAINED_BYTE;
 use crate::pidfile;
 use crate::sync::lock;
 use crate::sys::pidref::ProcessRef;
 
 impl Upgrader {
-    /// The pid of the process that started this one, while it still runs.
-    pub(super) fn living_predecessor(&self) -> Result<Option<u32>> {
+    /// The process that started this one and where it stands, while it runs.
+    pub(super) fn predecessor(&self) -> Result<Option<(u32, PredecessorState)>> {
         let mut parent = lock(&self.shared.parent);
-        let Some(link) = parent.as_ref() else {
+        let Some(link) = parent.as_mut() else {
             return Ok(None);
         };
-        match link.parent_exited() {
-            Ok(true) => {
+        match link.state() {
+            Ok(PredecessorState::Exited) => {
                 *parent = None;
                 Ok(None)
             }
-            Ok(false) => Ok(Some(link.pid)),
+            Ok(state) => Ok(Some((link.pid, state))),
+            Err(e) => Err(Error::io("checking whether the predecessor exited")(e)),
+        }
+    }
+
+    /// The pid of the process that started this one, while it drains: upgrades are refused
+    /// then (without [`Options::max_draining`](super::Options::max_draining)). A predecessor
+    /// whose drain is over and that only waits out its probation does not count.
+    pub(super) fn living_predecessor(&self) -> Result<Option<u32>> {
+        Ok(self
+            .predecessor()?
+            .filter(|(_, state)| *state == PredecessorState::Draining)
+            .map(|(pid, _)| pid))
+    }
+
+    /// Commits the upgrade that started this process, if its predecessor waits out a
+    /// probation: it will not take service back, and exits. Returns its pid when it did.
+    pub(super) fn commit_predecessor(&self) -> Result<Option<u32>> {
+        let mut parent = lock(&self.shared.parent);
+        let Some(link) = parent.as_mut() else {
+            return Ok(None);
+        };
+        match link.state() {
+            Ok(PredecessorState::OnProbation) => {
+                link.commit()
+                    .map_err(Error::io("committing the predecessor's upgrade"))?;
+                Ok(Some(link.pid))
+            }
+            Ok(_) => Ok(None),
             Err(e) => Err(Error::io("checking whether the predecessor exited")(e)),
         }
     }
@@ -43,6 +75,28 @@ impl Upgrader {
         }
     }
 
+    /// Resolves once the successor committed the upgrade (see [`Upgrader::on_probation`]): it
+    /// is upgrading in turn, and this process should not take service back.
+    pub(crate) fn successor_committed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shared.successor_committed.subscribe();
+        async move {
+            if rx.wait_for(|c| *c).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Tells the successor that this process's drain is over and that it only waits out its
+    /// probation, ready to take service back should the successor fail: the successor may
+    /// start its standby, and an upgrade it runs commits this one.
+    pub(crate) fn on_probation(&self) {
+        if let Some(link) = lock(&self.shared.successor_link).as_ref()
+            && let Err(e) = crate::sys::fd::write_all(link.as_fd(), &[DRAINED_BYTE])
+        {
+            tracing::debug!(error = %e, "cannot tell the successor that the drain is over");
+        }
+    }
+
     /// Takes service back after the successor died: this process is ready again (upgrades are
     /// accepted, [`exit`](Upgrader::exit) is pending again) and the pid file names it again.
     /// Only valid after a successful upgrade whose successor has exited.
@@ -56,6 +110,7 @@ impl Upgrader {
         }
         *lock(&self.shared.successor_link) = None;
         self.shared.successor_exit.send_replace(None);
+        self.shared.successor_committed.send_replace(false);
         self.shared.exit.send_replace(false);
         *phase = Phase::Ready;
         Ok(())
@@ -64,6 +119,18 @@ impl Upgrader {
     /// Resolves once the process that started this one has exited (at once on a first start).
     /// Upgrades are refused until then.
     pub async fn parent_exited(&self) -> Result<()> {
+        self.wait_for_predecessor(|state| state == PredecessorState::Exited)
+            .await
+    }
+
+    /// Resolves once the process that started this one no longer drains: it exited, or it
+    /// waits out its probation (at once on a first start). A standby may start from then on.
+    pub(crate) async fn predecessor_drained(&self) -> Result<()> {
+        self.wait_for_predecessor(|state| state != PredecessorState::Draining)
+            .await
+    }
+
+    async fn wait_for_predecessor(&self, done: fn(PredecessorState) -> bool) -> Result<()> {
         let afd = {
             let parent = lock(&self.shared.parent);
             match parent.as_ref() {
@@ -75,17 +142,18 @@ impl Upgrader {
         };
         loop {
             {
-                let parent = lock(&self.shared.parent);
-                match parent.as_ref() {
-                    None => return Ok(()),
-                    Some(link)
-                        if link
-                            .parent_exited()
-                            .map_err(Error::io("watching the predecessor"))? =>
-                    {
-                        return Ok(());
-                    }
-                    Some(_) => {}
+                let mut parent = lock(&self.shared.parent);
+                let Some(link) = parent.as_mut() else {
+                    return Ok(());
+                };
+                let state = link
+                    .state()
+                    .map_err(Error::io("watching the predecessor"))?;
+                if state == PredecessorState::Exited {
+                    *parent = None;
+                }
+                if done(state) {
+                    return Ok(());
                 }
             }
             let mut guard = afd

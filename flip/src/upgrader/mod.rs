@@ -75,6 +75,8 @@ struct Shared {
     successor_link: Mutex<Option<OwnedFd>>,
     /// How the successor ended, should it end while this process still runs.
     successor_exit: watch::Sender<Option<ExitStatus>>,
+    /// Whether the successor committed the upgrade (it upgrades in turn).
+    successor_committed: watch::Sender<bool>,
     exit: watch::Sender<bool>,
 }
 
@@ -212,6 +214,7 @@ impl Upgrader {
         }
         let (exit, _) = watch::channel(false);
         let (successor_exit, _) = watch::channel(None);
+        let (successor_committed, _) = watch::channel(false);
         Upgrader {
             shared: Arc::new(Shared {
                 options,
@@ -226,6 +229,7 @@ impl Upgrader {
                 ancestors: start.ancestors,
                 successor_link: Mutex::new(None),
                 successor_exit,
+                successor_committed,
                 exit,
             }),
         }

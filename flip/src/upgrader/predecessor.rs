@@ -9,7 +9,8 @@ use std::sync::Mutex;
 use super::adopt::{Survey, adopt_all};
 use crate::error::HandoffError;
 use crate::handoff::{
-    self, ANCESTORS_VAR, GENERATION_VAR, MARKER_VAR, Manifest, Marker, READY_BYTE, STDERR_VAR,
+    self, ANCESTORS_VAR, COMMIT_BYTE, DRAINED_BYTE, GENERATION_VAR, MARKER_VAR, Manifest, Marker,
+    READY_BYTE, STDERR_VAR,
 };
 use crate::registry::Registered;
 use crate::sys;
@@ -116,12 +117,27 @@ pub(crate) struct Inherited {
 #[derive(Debug)]
 pub(crate) struct PredecessorLink {
     pub(crate) pid: u32,
-    /// Write end of the ready pipe; `None` once readiness was sent.
+    /// Write end of the ready pipe: readiness goes there, then (on probation) the commit.
     ready: Option<OwnedFd>,
+    /// Whether readiness was sent.
+    said_ready: bool,
     /// Read end of the pipe the predecessor holds open until it exits; EOF means it is gone.
     alive: OwnedFd,
+    /// Whether the predecessor said its drain is over (it waits out its probation).
+    drained: bool,
     /// The real standard error, put back in place at ready; until then the predecessor relays ours.
     real_stderr: Option<OwnedFd>,
+}
+
+/// Where the predecessor stands, as its pipes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PredecessorState {
+    /// It drains what it accepted.
+    Draining,
+    /// Its drain is over; it waits out the probation, ready to take service back.
+    OnProbation,
+    /// It exited.
+    Exited,
 }
 
 impl PredecessorLink {
@@ -132,15 +148,36 @@ impl PredecessorLink {
         {
             tracing::warn!(error = %e, "could not put the real stderr back; the predecessor relays it");
         }
-        match self.ready.take() {
+        if self.said_ready {
+            return Ok(());
+        }
+        self.said_ready = true;
+        match &self.ready {
             Some(fd) => sys::fd::write_all(fd.as_fd(), READY_BYTE),
             None => Ok(()),
         }
     }
 
-    /// Whether the predecessor has exited, without blocking.
-    pub(crate) fn parent_exited(&self) -> io::Result<bool> {
-        parent_exited(self.alive.as_fd())
+    /// Commits the upgrade that started this process: the predecessor, on probation, will not
+    /// take service back and exits. Sent once, after ready.
+    pub(crate) fn commit(&mut self) -> io::Result<()> {
+        match self.ready.take() {
+            Some(fd) if self.said_ready => sys::fd::write_all(fd.as_fd(), &[COMMIT_BYTE]),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where the predecessor stands now, without blocking.
+    pub(crate) fn state(&mut self) -> io::Result<PredecessorState> {
+        let (exited, drained) = read_parent_pipe(self.alive.as_fd())?;
+        self.drained |= drained;
+        Ok(if exited {
+            PredecessorState::Exited
+        } else if self.drained {
+            PredecessorState::OnProbation
+        } else {
+            PredecessorState::Draining
+        })
     }
 
     /// A descriptor of the parent pipe registered with tokio, to wait for the predecessor's exit
@@ -218,7 +255,9 @@ fn read_handoff(value: &std::ffi::OsStr) -> Result<Inherited, HandoffError> {
         parent: PredecessorLink {
             pid: adopted.parent_pid,
             ready: Some(adopted.ready),
+            said_ready: false,
             alive: adopted.alive,
+            drained: false,
             real_stderr,
         },
     })
@@ -250,14 +289,16 @@ fn read_manifest(control: BorrowedFd<'_>) -> Result<Vec<u8>, HandoffError> {
     }
 }
 
-/// Whether the parent pipe says the predecessor exited (EOF), without blocking.
-fn parent_exited(alive: BorrowedFd<'_>) -> io::Result<bool> {
+/// Reads what the parent pipe holds, without blocking: whether the predecessor exited (EOF),
+/// and whether it said its drain is over.
+fn read_parent_pipe(alive: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
     let mut buf = [0u8; 16];
+    let mut drained = false;
     loop {
         match sys::fd::read(alive, &mut buf) {
-            Ok(0) => return Ok(true),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Ok(0) => return Ok((true, drained)),
+            Ok(n) => drained |= buf[..n].contains(&DRAINED_BYTE),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, drained)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }

@@ -12,7 +12,7 @@ use std::path::Path;
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, ExitStatus, Repr};
-use crate::handoff::{Handing, Layout, ProcessName, ReadyPipe, Token};
+use crate::handoff::{COMMIT_BYTE, Handing, Layout, ProcessName, ReadyPipe, Token};
 use crate::key::Key;
 use crate::launch::{self, ExitWatch, Launch, StderrTail};
 use crate::registry::Registered;
@@ -40,6 +40,9 @@ pub(crate) trait Spawner: Send + Sync + std::fmt::Debug {
 
 /// What a serving successor's end is reported to.
 pub(crate) type OnExit = Box<dyn FnOnce(ExitStatus) + Send>;
+
+/// What a serving successor's commit (see `handoff::COMMIT_BYTE`) is reported to.
+pub(crate) type OnCommit = Box<dyn FnOnce() + Send>;
 
 /// A started successor. Until [`hand_over`](Successor::hand_over) it holds the descriptors and
 /// waits for the manifest (a standby waits there until the next upgrade); then it starts, until
@@ -82,8 +85,9 @@ pub(crate) trait Successor: Send + std::fmt::Debug {
 
     /// It is ready and serves. Returns the write end of the pipe that tells it when the
     /// predecessor exits (keep it open until then); `on_exit` hears how it ended, should it
-    /// end while the predecessor still runs.
-    fn serve(self: Box<Self>, on_exit: OnExit) -> Option<OwnedFd>;
+    /// end while the predecessor still runs, and `on_commit` that it committed the upgrade
+    /// (it is upgrading in turn).
+    fn serve(self: Box<Self>, on_exit: OnExit, on_commit: OnCommit) -> Option<OwnedFd>;
 }
 
 impl Spawner for Launch {
@@ -297,23 +301,38 @@ impl Successor for Process {
         }
     }
 
-    fn serve(mut self: Box<Self>, on_exit: OnExit) -> Option<OwnedFd> {
+    fn serve(mut self: Box<Self>, on_exit: OnExit, on_commit: OnCommit) -> Option<OwnedFd> {
         let alive = self.alive.take();
         let pid = self.pid;
         self.done = true; // the task below takes over
-        if let Ok(watch) = ExitWatch::new(pid) {
-            tokio::spawn(async move {
-                let status = watch.reap().await;
-                // A clean end is a stop, or (with several generations draining) an upgrade
-                // in turn: an ordinary event. Anything else is a crash.
-                if matches!(status, ExitStatus::Code(0 | 3)) {
-                    tracing::info!(pid, %status, "the successor exited while this process was draining");
-                } else {
-                    tracing::error!(pid, %status, "the successor exited while this process was draining");
+        let Ok(watch) = ExitWatch::new(pid) else {
+            return alive;
+        };
+        tokio::spawn(async move {
+            // Holds the ready pipe, where a commit comes.
+            let process = self;
+            let mut on_commit = Some(on_commit);
+            let reap = watch.reap();
+            tokio::pin!(reap);
+            let status = loop {
+                tokio::select! {
+                    status = &mut reap => break status,
+                    committed = said_commit(&process.ready), if on_commit.is_some() => {
+                        if let (true, Some(report)) = (committed, on_commit.take()) {
+                            report();
+                        }
+                    }
                 }
-                on_exit(status);
-            });
-        }
+            };
+            // A clean end is a stop, or (with several generations draining) an upgrade
+            // in turn: an ordinary event. Anything else is a crash.
+            if matches!(status, ExitStatus::Code(0 | 3)) {
+                tracing::info!(pid, %status, "the successor exited while this process was draining");
+            } else {
+                tracing::error!(pid, %status, "the successor exited while this process was draining");
+            }
+            on_exit(status);
+        });
         alive
     }
 }
@@ -341,6 +360,21 @@ async fn said_ready(ready: &AsyncFd<OwnedFd>) -> bool {
             Ok(Ok(ReadyPipe::Ready)) => return true,
             Ok(_) => return false,
             Err(_would_block) => {}
+        }
+    }
+}
+
+/// Whether the ready pipe, after readiness, says the successor committed (`false`: EOF).
+async fn said_commit(ready: &AsyncFd<OwnedFd>) -> bool {
+    let mut buf = [0u8; 8];
+    loop {
+        let Ok(mut guard) = ready.readable().await else {
+            return false;
+        };
+        match guard.try_io(|fd| sys::fd::read(fd.get_ref().as_fd(), &mut buf)) {
+            Ok(Ok(0)) | Ok(Err(_)) => return false,
+            Ok(Ok(n)) if buf[..n].contains(&COMMIT_BYTE) => return true,
+            Ok(Ok(_)) | Err(_) => {}
         }
     }
 }

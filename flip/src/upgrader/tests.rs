@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::successor::{OnExit, Spawner, Successor};
+use super::successor::{OnCommit, OnExit, Spawner, Successor};
 use super::{FreshStart, Options, Start, SuccessorStart, Upgrader};
 use crate::error::{Error, ErrorKind, ExitStatus, Repr};
 use crate::handoff::ProcessName;
@@ -42,6 +42,7 @@ struct Proc {
     killed: AtomicBool,
     stopped: AtomicBool,
     on_exit: Mutex<Option<OnExit>>,
+    on_commit: Mutex<Option<OnCommit>>,
 }
 
 impl std::fmt::Debug for Proc {
@@ -74,6 +75,13 @@ impl Proc {
         self.die(status);
         if let Some(on_exit) = lock(&self.on_exit).take() {
             on_exit(status);
+        }
+    }
+
+    /// Commits the upgrade that started it (it upgrades in turn).
+    fn commit(&self) {
+        if let Some(on_commit) = lock(&self.on_commit).take() {
+            on_commit();
         }
     }
 
@@ -156,6 +164,7 @@ impl Spawner for FakeSpawner {
             killed: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             on_exit: Mutex::new(None),
+            on_commit: Mutex::new(None),
         });
         lock(&world.spawned).push(Arc::clone(&proc));
         let handed = fds.into_iter().map(|r| (r.key, r.file)).collect();
@@ -245,9 +254,10 @@ impl Successor for Fake {
         drop(self);
     }
 
-    fn serve(mut self: Box<Self>, on_exit: OnExit) -> Option<OwnedFd> {
+    fn serve(mut self: Box<Self>, on_exit: OnExit, on_commit: OnCommit) -> Option<OwnedFd> {
         self.serving = true;
         *lock(&self.proc.on_exit) = Some(on_exit);
+        *lock(&self.proc.on_commit) = Some(on_commit);
         None
     }
 }
@@ -513,4 +523,29 @@ async fn no_upgrade_before_ready() {
     );
     assert!(matches!(up.upgrade().await, Err(e) if e.kind() == ErrorKind::NotReady));
     assert!(world.spawned().is_empty());
+}
+
+#[tokio::test]
+async fn a_successor_that_commits_is_reported_and_a_resume_forgets_it() {
+    let world = World::new(&[Then::Ready, Then::Ready]);
+    let up = upgrader(&world, without_standby());
+    let pid = up.upgrade().await.unwrap();
+    let committed = up.successor_committed();
+    world.process(pid).commit();
+    tokio::time::timeout(Duration::from_secs(5), committed)
+        .await
+        .unwrap();
+    // A crash after that is still reported (the Bootstrap decides what to do with it), and
+    // taking service back starts a fresh verdict.
+    world.process(pid).crash(ExitStatus::Signal(9));
+    up.resume().unwrap();
+    let again = up.successor_committed();
+    let pid = up.upgrade().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), again)
+            .await
+            .is_err(),
+        "a new successor has not committed"
+    );
+    world.process(pid).commit();
 }

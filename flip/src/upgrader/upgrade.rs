@@ -94,11 +94,19 @@ impl Upgrader {
         }
         let pid = child.pid();
         let shared = Arc::downgrade(&self.shared);
-        *lock(&self.shared.successor_link) = child.serve(Box::new(move |status| {
-            if let Some(shared) = shared.upgrade() {
-                shared.successor_exit.send_replace(Some(status));
-            }
-        }));
+        let committed = Arc::downgrade(&self.shared);
+        *lock(&self.shared.successor_link) = child.serve(
+            Box::new(move |status| {
+                if let Some(shared) = shared.upgrade() {
+                    shared.successor_exit.send_replace(Some(status));
+                }
+            }),
+            Box::new(move || {
+                if let Some(shared) = committed.upgrade() {
+                    shared.successor_committed.send_replace(true);
+                }
+            }),
+        );
         {
             let mut phase = lock(&self.shared.phase);
             reset.armed = false;
@@ -200,6 +208,14 @@ impl Upgrader {
             && self.shared.options.max_draining.is_none()
         {
             return Err(Error::from(Repr::PredecessorAlive { pid: parent_pid }));
+        }
+        // A predecessor that only waits out its probation is told that this upgrade commits
+        // the one before: the operator has moved on, so it exits rather than take service back.
+        if let Some(pid) = self.commit_predecessor()? {
+            tracing::info!(
+                predecessor = pid,
+                "committed the upgrade on probation: upgrading in turn"
+            );
         }
         let cancel = Arc::new(Notify::new());
         *phase = Phase::Upgrading(cancel.clone());
