@@ -24,10 +24,10 @@ where
 }
 
 fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, BoxError> {
-    let certs = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice())
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())?
-        .ok_or("no private key in HTTPS_KEY")?;
+    use rustls_pki_types::pem::PemObject;
+    let certs =
+        rustls_pki_types::CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
