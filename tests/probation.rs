@@ -24,6 +24,8 @@ fn serving(name: &str, window: &str) -> (Server, Load) {
         ("BOOT_PROBATION", window.to_owned()),
         ("BOOT_STANDBY", "0".to_owned()),
     ];
+    let mut env = env;
+    env.push(("BOOT_HEALTH_INTERVAL", "1s".to_owned()));
     let server = Server::start(name, &bootserver(), &env);
     let load = Load::start(&http, CLIENTS, Mode::Close);
     load.wait_for_more(20);
@@ -91,6 +93,11 @@ fn a_successor_killed_during_the_window_is_rolled_back() {
     rolled_back("killed-in-window", "ok", |_, new| {
         signal(new, Signal::SIGKILL)
     });
+}
+
+#[test]
+fn a_build_whose_health_check_fails_is_rolled_back_under_load() {
+    rolled_back("unhealthy", "unhealthy", |_, _| {});
 }
 
 #[test]

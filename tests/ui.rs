@@ -8,4 +8,5 @@ fn macros() {
     t.pass("tests/ui/pass-*.rs");
     t.compile_fail("tests/ui/main-*.rs");
     t.compile_fail("tests/ui/starter-*.rs");
+    t.compile_fail("tests/ui/health-*.rs");
 }

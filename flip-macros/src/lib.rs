@@ -4,6 +4,7 @@
 use proc_macro::TokenStream;
 
 mod entry;
+mod health;
 mod starter;
 
 /// Turns `main` into a flip program: reads the environment, builds the `Bootstrap`, registers
@@ -18,4 +19,11 @@ pub fn main(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn starter(args: TokenStream, item: TokenStream) -> TokenStream {
     starter::starter(args.into(), item.into()).into()
+}
+
+/// Registers an `async fn() -> Result<(), E>` that `#[flip::main]` runs during an upgrade's
+/// probation. See the `flip` crate.
+#[proc_macro_attribute]
+pub fn health(args: TokenStream, item: TokenStream) -> TokenStream {
+    health::health(args.into(), item.into()).into()
 }

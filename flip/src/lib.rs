@@ -82,11 +82,12 @@ pub use adapters::http;
 pub use adapters::tls;
 
 pub use bootstrap::{
-    Bootstrap, BoxError, BoxFuture, DEFAULT_GRACE_PERIOD, Drain, ErrorSender, Observer, Outcome,
-    Shutdown, ShutdownTrigger, StartContext, StartError, StopMode, UpgradeRequester, UpgradeResult,
+    Bootstrap, BoxError, BoxFuture, DEFAULT_GRACE_PERIOD, Drain, ErrorSender,
+    HEALTH_CHECK_FAILED_EXIT, Observer, Outcome, Shutdown, ShutdownTrigger, StartContext,
+    StartError, StopMode, UpgradeRequester, UpgradeResult,
 };
 pub use error::{Chain, Error, ErrorKind, ExitStatus, HandoffError, Result};
-pub use flip_macros::{main, starter};
+pub use flip_macros::{health, main, starter};
 /// The environment variable that tells a process it was started by an upgrade (the handoff
 /// marker). flip removes it at startup, so nothing the server spawns sees it.
 pub use handoff::MARKER_VAR as HANDOFF_VAR;

@@ -9,7 +9,8 @@
 //! - `TB_FAIL_AFTER_MS`: a runtime error is reported this long after start;
 //! - `TS_EVENTS`: event log (`start <starter> <pid>`);
 //! - `TS_BEHAVIOUR`: a file; `hang` makes a successor never become ready, `crash-after <ms>`
-//!   makes it abort (SIGABRT) that long after its `main` body ran, right before ready.
+//!   makes it abort (SIGABRT) that long after its `main` body ran, right before ready;
+//!   `unhealthy` makes its `#[flip::health]` check fail.
 
 use flip_suite::events;
 
@@ -111,6 +112,27 @@ mod more {
                 errors.send("the listener broke");
             });
         }
+        Ok(())
+    }
+}
+
+/// Healthy unless this process started with the behaviour `unhealthy`: then every check but
+/// the first fails (a backend lost a moment after ready).
+#[flip::health]
+async fn backend() -> Result<(), String> {
+    static CHECKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if CHECKS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+        return Ok(());
+    }
+    static UNHEALTHY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let unhealthy = *UNHEALTHY.get_or_init(|| {
+        std::env::var_os("TS_BEHAVIOUR")
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .is_some_and(|b| b.trim() == "unhealthy")
+    });
+    if unhealthy {
+        Err("the backend is unreachable".to_owned())
+    } else {
         Ok(())
     }
 }

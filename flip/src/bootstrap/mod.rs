@@ -44,6 +44,12 @@ pub type BoxFuture<T> = crate::sync::BoxFuture<'static, T>;
 /// back after its successor died.
 type StarterFn = Arc<dyn Fn(StartContext) -> BoxFuture<Result<(), BoxError>> + Send + Sync>;
 type StopAction = Arc<dyn Fn() -> BoxFuture<()> + Send + Sync>;
+type HealthFn = Arc<dyn Fn() -> BoxFuture<Result<(), String>> + Send + Sync>;
+
+/// The exit status of a successor whose health check failed during its predecessor's
+/// probation (see [`Bootstrap::register_health_check`]): it exits at once, and the
+/// predecessor takes service back.
+pub const HEALTH_CHECK_FAILED_EXIT: i32 = 4;
 
 /// Graceful upgrades for a set of servers, as Gitaly's `bootstrap` package.
 ///
@@ -73,6 +79,8 @@ pub struct Bootstrap {
     upgrades_enabled: bool,
     grace: Duration,
     probation: Duration,
+    health_checks: Vec<(String, HealthFn)>,
+    health_interval: Duration,
     stop_mode: StopMode,
     starters: Vec<(String, StarterFn)>,
     /// flip's own starters, run after the application's.
@@ -137,6 +145,8 @@ impl Bootstrap {
             upgrades_enabled,
             grace: DEFAULT_GRACE_PERIOD,
             probation: Duration::ZERO,
+            health_checks: Vec::new(),
+            health_interval: Duration::from_secs(1),
             stop_mode: StopMode::default(),
             starters: Vec::new(),
             services: Vec::new(),
@@ -185,6 +195,40 @@ impl Bootstrap {
     /// enough to give the previous generation's memory back soon.
     pub fn set_probation(&mut self, window: Duration) -> &mut Self {
         self.probation = window;
+        self
+    }
+
+    /// Adds a health check, run during the probation of the upgrade that started this process
+    /// (see [`set_probation`](Bootstrap::set_probation)): every
+    /// [`health interval`](Bootstrap::set_health_interval) from ready on, as long as the
+    /// predecessor runs. A check that fails, or does not answer within the interval, ends
+    /// this process at once with exit status [`HEALTH_CHECK_FAILED_EXIT`], after logging
+    /// which check failed and why: the predecessor takes service back. A server without a
+    /// check is judged by staying alive. `#[flip::health]` registers an `async fn`.
+    pub fn register_health_check<F, Fut, E>(
+        &mut self,
+        name: impl Into<String>,
+        check: F,
+    ) -> &mut Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.health_checks.push((
+            name.into(),
+            Arc::new(move || {
+                let fut = check();
+                Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+            }),
+        ));
+        self
+    }
+
+    /// How often the health checks run during a probation, and how long each may take (1 s
+    /// by default; `<PREFIX>_HEALTH_INTERVAL` under `#[flip::main]`).
+    pub fn set_health_interval(&mut self, interval: Duration) -> &mut Self {
+        self.health_interval = interval.max(Duration::from_millis(1));
         self
     }
 

@@ -49,6 +49,7 @@ impl Bootstrap {
         let first = !self.upgrader.has_parent();
         self.observers.each(|o| o.ready(first));
         startup::StartupCost::log();
+        self.check_health_on_probation();
         let mut standby =
             standby_schedule::Schedule::new(&self.upgrader, self.upgrades_enabled, inherited_watch);
         loop {
@@ -244,8 +245,13 @@ impl Bootstrap {
                     }
                     // Nobody serves now but us: take service back on the same sockets.
                     if verdict_pending {
+                        let why = if status == crate::error::ExitStatus::Code(super::HEALTH_CHECK_FAILED_EXIT) {
+                            ": its health check failed"
+                        } else {
+                            ""
+                        };
                         let cause = format!(
-                            "the successor{} ended ({status}) {} ms after it said ready",
+                            "the successor{} ended ({status}{why}) {} ms after it said ready",
                             successor.map(|p| format!(" {p}")).unwrap_or_default(),
                             ready_at.elapsed().as_millis()
                         );
@@ -261,6 +267,33 @@ impl Bootstrap {
                 }
             }
         }
+    }
+
+    /// In a successor with health checks: runs them while its predecessor runs (drains, then
+    /// waits out its probation); a failure ends this process so that the predecessor takes
+    /// service back.
+    fn check_health_on_probation(&self) {
+        if self.health_checks.is_empty() || !self.upgrader.has_parent() {
+            return;
+        }
+        let checks = self.health_checks.clone();
+        let interval = self.health_interval;
+        let upgrader = self.upgrader.clone();
+        tokio::spawn(async move {
+            while upgrader.predecessor_alive() {
+                for (name, check) in &checks {
+                    let failure = match tokio::time::timeout(interval, check()).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => e,
+                        Err(_) => format!("no answer within {interval:?}"),
+                    };
+                    tracing::error!(check = %name, error = %failure, "health check failed during the probation: exiting so that the predecessor takes service back");
+                    std::process::exit(super::HEALTH_CHECK_FAILED_EXIT);
+                }
+                tokio::time::sleep(interval).await;
+            }
+            tracing::debug!("the predecessor exited: health checks stop");
+        });
     }
 
     /// Starts or replaces the standby process when [`Options::standby`] asks for one.

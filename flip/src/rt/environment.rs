@@ -59,6 +59,9 @@ pub struct Environment {
     /// `<PREFIX>_PROBATION` (a duration; `0` turns it off); `None` when unset, and then the
     /// attribute's `probation` (see [`Bootstrap::set_probation`](crate::Bootstrap::set_probation)).
     pub probation: Option<Duration>,
+    /// `<PREFIX>_HEALTH_INTERVAL` (a duration above 0); `None` when unset: 1 s (see
+    /// [`Bootstrap::set_health_interval`](crate::Bootstrap::set_health_interval)).
+    pub health_interval: Option<Duration>,
 }
 
 /// A duration as flip's variables and attributes write it: a whole number and a unit, `ms`,
@@ -147,6 +150,21 @@ pub fn read_environment(
             }
         },
     };
+    let health_var = format!("{}_HEALTH_INTERVAL", config.env_prefix);
+    let health_interval = match get(&health_var) {
+        None => None,
+        Some(v) if v.is_empty() => None,
+        Some(v) => match parse_duration(&v.to_string_lossy()) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                return Err(EnvError {
+                    name: health_var,
+                    value: v.to_string_lossy().into_owned(),
+                    reason: "expected a duration above 0 such as 250ms or 1s",
+                });
+            }
+        },
+    };
     let timeout_var = format!("{}_UPGRADE_TIMEOUT", config.env_prefix);
     let upgrade_timeout = match get(&timeout_var) {
         None => None,
@@ -209,6 +227,7 @@ pub fn read_environment(
         max_draining,
         upgrade_timeout,
         probation,
+        health_interval,
         stop,
         executable,
     })

@@ -38,6 +38,35 @@ pub fn starters() -> Vec<&'static StarterEntry> {
     all
 }
 
+/// A health check collected by `#[flip::health]`.
+#[derive(Debug)]
+pub struct HealthEntry {
+    /// The function's name.
+    pub name: &'static str,
+    /// `module_path!()` where it is declared.
+    pub module: &'static str,
+    /// Runs the check once.
+    pub check: fn() -> BoxFuture<Result<(), String>>,
+}
+
+inventory::collect!(HealthEntry);
+
+/// What a health check may return: `Result<(), E>` with a displayable error.
+#[diagnostic::on_unimplemented(
+    message = "a health check must return `Result<(), E>` where `E` implements `Display`; it returns `{Self}`",
+    label = "this health check's result"
+)]
+pub trait HealthResult {
+    /// The error's text, if any.
+    fn into_health_result(self) -> Result<(), String>;
+}
+
+impl<E: std::fmt::Display> HealthResult for Result<(), E> {
+    fn into_health_result(self) -> Result<(), String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
 /// What a starter may return: `Result<(), E>` with an error that converts into [`BoxError`].
 #[diagnostic::on_unimplemented(
     message = "a starter must return `Result<(), E>` where `E` converts into `Box<dyn std::error::Error + Send + Sync>`; it returns `{Self}`",
@@ -222,6 +251,15 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
     bootstrap.set_stop_mode(env.stop);
     for s in starters() {
         bootstrap.register_starter(s.name, s.start);
+    }
+    let mut checks: Vec<&'static HealthEntry> =
+        inventory::iter::<HealthEntry>.into_iter().collect();
+    checks.sort_by_key(|c| (c.module, c.name));
+    for c in checks {
+        bootstrap.register_health_check(c.name, c.check);
+    }
+    if let Some(interval) = env.health_interval {
+        bootstrap.set_health_interval(interval);
     }
     let code = runtime.block_on(async move {
         if let Err(e) = body(&mut bootstrap).await {

@@ -29,6 +29,12 @@ impl Upgrader {
         }
     }
 
+    /// Whether the process that started this one still runs (drains, or waits out its
+    /// probation).
+    pub(crate) fn predecessor_alive(&self) -> bool {
+        self.predecessor().is_ok_and(|p| p.is_some())
+    }
+
     /// The pid of the process that started this one, while it drains: upgrades are refused
     /// then (without [`Options::max_draining`](super::Options::max_draining)). A predecessor
     /// whose drain is over and that only waits out its probation does not count.
