@@ -24,6 +24,7 @@ mod adopt;
 mod lineage;
 mod options;
 mod predecessor;
+mod ready_pipe;
 mod standby;
 mod successor;
 #[cfg(test)]

@@ -11,8 +11,9 @@ use std::path::Path;
 
 use tokio::io::unix::AsyncFd;
 
+use super::ready_pipe::{async_ready, read_ready, said_commit, said_ready};
 use crate::error::{Error, ExitStatus, Repr};
-use crate::handoff::{COMMIT_BYTE, Handing, Layout, ProcessName, ReadyPipe, Token};
+use crate::handoff::{Handing, Layout, ProcessName, ReadyPipe, Token};
 use crate::key::Key;
 use crate::launch::{self, ExitWatch, Launch, StderrTail};
 use crate::registry::Registered;
@@ -344,60 +345,4 @@ impl Drop for Process {
             launch::kill_and_reap_later(self.pid);
         }
     }
-}
-
-/// Whether the ready pipe said ready (`false`: EOF, the write end is closed everywhere).
-async fn said_ready(ready: &AsyncFd<OwnedFd>) -> bool {
-    loop {
-        let Ok(mut guard) = ready.readable().await else {
-            return false;
-        };
-        let read = guard.try_io(|fd| match read_ready(fd.get_ref().as_fd()) {
-            ReadyPipe::Pending => Err(io::ErrorKind::WouldBlock.into()),
-            other => Ok(other),
-        });
-        match read {
-            Ok(Ok(ReadyPipe::Ready)) => return true,
-            Ok(_) => return false,
-            Err(_would_block) => {}
-        }
-    }
-}
-
-/// Whether the ready pipe, after readiness, says the successor committed (`false`: EOF).
-async fn said_commit(ready: &AsyncFd<OwnedFd>) -> bool {
-    let mut buf = [0u8; 8];
-    loop {
-        let Ok(mut guard) = ready.readable().await else {
-            return false;
-        };
-        match guard.try_io(|fd| sys::fd::read(fd.get_ref().as_fd(), &mut buf)) {
-            Ok(Ok(0)) | Ok(Err(_)) => return false,
-            Ok(Ok(n)) if buf[..n].contains(&COMMIT_BYTE) => return true,
-            Ok(Ok(_)) | Err(_) => {}
-        }
-    }
-}
-
-/// Reads the ready pipe (non-blocking) once.
-fn read_ready(ready: BorrowedFd<'_>) -> ReadyPipe {
-    let mut buf = [0u8; 8];
-    match sys::fd::read(ready, &mut buf) {
-        Ok(0) => ReadyPipe::Closed,
-        Ok(_) => ReadyPipe::Ready,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-            ) =>
-        {
-            ReadyPipe::Pending
-        }
-        Err(_) => ReadyPipe::Closed,
-    }
-}
-
-fn async_ready(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    sys::fd::set_nonblocking(fd.as_fd())?;
-    sys::fd::async_readable(fd)
 }
