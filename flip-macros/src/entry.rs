@@ -92,6 +92,35 @@ pub(crate) fn crate_path(krate: Option<&Path>) -> TokenStream {
 
 /// Parses `crate = "path"`.
 /// `crate = "..."`; `allowed` says which arguments the attribute takes, for the error.
+/// The arguments of an attribute whose one argument is `crate = "path::to::flip"` (starters,
+/// health checks): anything else, or a second `crate`, is an error listing `allowed`.
+pub(crate) fn parse_crate_only(
+    args: TokenStream,
+    allowed: &str,
+    errors: &mut Errors,
+) -> Option<Path> {
+    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
+        Ok(metas) => metas,
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    let mut krate = None;
+    for meta in metas {
+        match &meta {
+            Meta::NameValue(nv) if nv.path.is_ident("crate") && krate.is_none() => {
+                match parse_crate(&nv.value, allowed) {
+                    Ok(path) => krate = Some(path),
+                    Err(e) => errors.push(e),
+                }
+            }
+            _ => errors.push(syn::Error::new_spanned(&meta, allowed)),
+        }
+    }
+    krate
+}
+
 pub(crate) fn parse_crate(value: &Expr, allowed: &str) -> syn::Result<Path> {
     let lit = match value {
         Expr::Lit(ExprLit {

@@ -3,12 +3,10 @@
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote, quote_spanned};
-use syn::parse::Parser;
-use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{ItemFn, Meta, Path, ReturnType, Token};
+use syn::{ItemFn, ReturnType};
 
-use crate::entry::{Errors, crate_path, parse_crate, with_error};
+use crate::entry::{Errors, crate_path, parse_crate_only, with_error};
 
 const ALLOWED_ARGS: &str =
     "#[flip::health] takes no arguments but `crate = \"path::to::flip\"`, once";
@@ -21,7 +19,7 @@ pub(crate) fn health(args: TokenStream, item: TokenStream) -> TokenStream {
         Err(e) => return with_error(item, e),
     };
     let mut errors = Errors::default();
-    let krate = parse_args(args, &mut errors);
+    let krate = parse_crate_only(args, ALLOWED_ARGS, &mut errors);
     if let Err(e) = check_signature(&func) {
         errors.push(e);
         return errors.emit(func.into_token_stream());
@@ -49,29 +47,6 @@ pub(crate) fn health(args: TokenStream, item: TokenStream) -> TokenStream {
             }
         };
     })
-}
-
-fn parse_args(args: TokenStream, errors: &mut Errors) -> Option<Path> {
-    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
-        Ok(metas) => metas,
-        Err(e) => {
-            errors.push(e);
-            return None;
-        }
-    };
-    let mut krate = None;
-    for meta in metas {
-        match &meta {
-            Meta::NameValue(nv) if nv.path.is_ident("crate") && krate.is_none() => {
-                match parse_crate(&nv.value, ALLOWED_ARGS) {
-                    Ok(path) => krate = Some(path),
-                    Err(e) => errors.push(e),
-                }
-            }
-            _ => errors.push(syn::Error::new_spanned(&meta, ALLOWED_ARGS)),
-        }
-    }
-    krate
 }
 
 fn check_signature(func: &ItemFn) -> syn::Result<()> {

@@ -2,12 +2,10 @@
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote, quote_spanned};
-use syn::parse::Parser;
-use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
-use syn::{FnArg, ItemFn, Meta, Path, ReturnType, Token, Type};
+use syn::{FnArg, ItemFn, ReturnType, Type};
 
-use crate::entry::{Errors, crate_path, parse_crate, with_error};
+use crate::entry::{Errors, crate_path, parse_crate_only, with_error};
 
 const ALLOWED_ARGS: &str =
     "#[flip::starter] takes no arguments but `crate = \"path::to::flip\"`, once";
@@ -20,7 +18,7 @@ pub(crate) fn starter(args: TokenStream, item: TokenStream) -> TokenStream {
         Err(e) => return with_error(item, e),
     };
     let mut errors = Errors::default();
-    let krate = parse_args(args, &mut errors);
+    let krate = parse_crate_only(args, ALLOWED_ARGS, &mut errors);
     let by_ref = match check_signature(&func) {
         Ok(by_ref) => by_ref,
         Err(e) => {
@@ -58,30 +56,6 @@ pub(crate) fn starter(args: TokenStream, item: TokenStream) -> TokenStream {
             }
         };
     })
-}
-
-/// The one argument a starter takes: `crate = "path::to::flip"`.
-fn parse_args(args: TokenStream, errors: &mut Errors) -> Option<Path> {
-    let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(args) {
-        Ok(metas) => metas,
-        Err(e) => {
-            errors.push(e);
-            return None;
-        }
-    };
-    let mut krate = None;
-    for meta in metas {
-        match &meta {
-            Meta::NameValue(nv) if nv.path.is_ident("crate") && krate.is_none() => {
-                match parse_crate(&nv.value, ALLOWED_ARGS) {
-                    Ok(path) => krate = Some(path),
-                    Err(e) => errors.push(e),
-                }
-            }
-            _ => errors.push(syn::Error::new_spanned(&meta, ALLOWED_ARGS)),
-        }
-    }
-    krate
 }
 
 fn is_context(ty: &Type) -> bool {

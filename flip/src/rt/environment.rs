@@ -93,6 +93,28 @@ pub struct EnvError {
     pub reason: &'static str,
 }
 
+/// The duration variable `name` through `get`: `None` when unset or empty; `reason` when it is
+/// not a duration (or is zero, unless `zero` is allowed).
+fn duration_var(
+    get: &impl Fn(&str) -> Option<std::ffi::OsString>,
+    name: String,
+    zero: bool,
+    reason: &'static str,
+) -> Result<Option<Duration>, EnvError> {
+    let Some(v) = get(&name).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let value = v.to_string_lossy();
+    match parse_duration(&value) {
+        Some(d) if zero || !d.is_zero() => Ok(Some(d)),
+        _ => Err(EnvError {
+            name,
+            value: value.into_owned(),
+            reason,
+        }),
+    }
+}
+
 /// Reads `<prefix>_PID_FILE` and `<prefix>_UPGRADES_ENABLED` through `get`.
 pub fn read_environment(
     config: &MainConfig,
@@ -135,51 +157,24 @@ pub fn read_environment(
             }
         },
     };
-    let probation_var = format!("{}_PROBATION", config.env_prefix);
-    let probation = match get(&probation_var) {
-        None => None,
-        Some(v) if v.is_empty() => None,
-        Some(v) => match parse_duration(&v.to_string_lossy()) {
-            Some(d) => Some(d),
-            None => {
-                return Err(EnvError {
-                    name: probation_var,
-                    value: v.to_string_lossy().into_owned(),
-                    reason: "expected a duration such as 0, 1500ms, 10s or 2m",
-                });
-            }
-        },
-    };
-    let health_var = format!("{}_HEALTH_INTERVAL", config.env_prefix);
-    let health_interval = match get(&health_var) {
-        None => None,
-        Some(v) if v.is_empty() => None,
-        Some(v) => match parse_duration(&v.to_string_lossy()) {
-            Some(d) if !d.is_zero() => Some(d),
-            _ => {
-                return Err(EnvError {
-                    name: health_var,
-                    value: v.to_string_lossy().into_owned(),
-                    reason: "expected a duration above 0 such as 250ms or 1s",
-                });
-            }
-        },
-    };
-    let timeout_var = format!("{}_UPGRADE_TIMEOUT", config.env_prefix);
-    let upgrade_timeout = match get(&timeout_var) {
-        None => None,
-        Some(v) if v.is_empty() => None,
-        Some(v) => match parse_duration(&v.to_string_lossy()) {
-            Some(d) if !d.is_zero() => Some(d),
-            _ => {
-                return Err(EnvError {
-                    name: timeout_var,
-                    value: v.to_string_lossy().into_owned(),
-                    reason: "expected a duration above 0 such as 1500ms, 30s, 2m or 1h",
-                });
-            }
-        },
-    };
+    let probation = duration_var(
+        &get,
+        format!("{}_PROBATION", config.env_prefix),
+        true,
+        "expected a duration such as 0, 1500ms, 10s or 2m",
+    )?;
+    let health_interval = duration_var(
+        &get,
+        format!("{}_HEALTH_INTERVAL", config.env_prefix),
+        false,
+        "expected a duration above 0 such as 250ms or 1s",
+    )?;
+    let upgrade_timeout = duration_var(
+        &get,
+        format!("{}_UPGRADE_TIMEOUT", config.env_prefix),
+        false,
+        "expected a duration above 0 such as 1500ms, 30s, 2m or 1h",
+    )?;
     let executable = get(&format!("{}_EXECUTABLE", config.env_prefix))
         .filter(|v| !v.is_empty())
         .map(std::path::PathBuf::from);
