@@ -9,8 +9,9 @@
 //!              [--json] [--plot FILE.svg]
 //! ```
 //!
-//! Exit codes: 0 done (for `check`: nothing lost); 1 the upgrade failed, or `check` saw a loss;
-//! 2 could not ask (no server, refused, bad arguments).
+//! Exit codes: 0 done (for `check`: nothing lost; for `upgrade`: committed); 1 the upgrade
+//! failed, or `check` saw a loss; 2 could not ask (no server, refused, bad arguments); 3 the
+//! upgrade was rolled back (the successor ended within the probation; the old process serves).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,12 +27,15 @@ const USAGE: &str = "usage:
   flip check   --pid-file F [--http ADDR] [--grpc ADDR] [--upgrades N] [--conns N] [--mode close|keepalive]
                [--slow-path P] [--signal] [--socket S] [--interval-ms N] [--timeout SECS]
                [--json] [--plot FILE.svg]
-exit codes: 0 done (check: nothing lost), 1 upgrade failed (check: something lost), 2 could not ask";
+exit codes: 0 done (upgrade: committed; check: nothing lost), 1 upgrade failed (check: something lost),
+  2 could not ask, 3 upgrade rolled back (the old process serves on)";
 
 /// Exit code: the upgrade failed, or the check saw a loss.
 const FAILED: u8 = 1;
 /// Exit code: could not ask (no server, refused, bad arguments).
 const COULD_NOT_ASK: u8 = 2;
+/// Exit code: the upgrade was rolled back during its probation.
+const ROLLED_BACK: u8 = 3;
 
 #[derive(Default)]
 struct Args {
@@ -156,23 +160,32 @@ fn upgrade(a: &Args) -> Outcome {
         Ok(done) => {
             if a.json {
                 say(&format!(
-                    "{{\"old_pid\":{},\"new_pid\":{},\"ready_ms\":{:.3},\"started\":{},\"old_binary\":{},\"new_binary\":{}}}\n",
+                    "{{\"verdict\":\"committed\",\"old_pid\":{},\"new_pid\":{},\"ready_ms\":{:.3},\"committed_after_ms\":{},\"started\":{},\"old_binary\":{},\"new_binary\":{}}}\n",
                     done.old_pid,
                     done.new_pid,
                     done.ready_after.as_secs_f64() * 1000.0,
+                    done.committed_after.map_or("null".into(), |d| format!(
+                        "{:.3}",
+                        d.as_secs_f64() * 1000.0
+                    )),
                     done.started.as_deref().map_or("null".into(), json),
                     json(&done.old_binary),
                     json(&done.new_binary)
                 ));
             } else {
                 say(&format!(
-                    "upgraded: pid {} -> {}, ready after {:.2} ms{}\n  old: {}\n  new: {}\n",
+                    "upgraded: pid {} -> {}, ready after {:.2} ms{}{}\n  old: {}\n  new: {}\n",
                     done.old_pid,
                     done.new_pid,
                     done.ready_after.as_secs_f64() * 1000.0,
                     done.started
                         .as_deref()
                         .map_or(String::new(), |s| format!(" ({s})")),
+                    match done.committed_after {
+                        Some(d) if !d.is_zero() =>
+                            format!(", committed after a probation of {:.1} s", d.as_secs_f64()),
+                        _ => String::new(),
+                    },
                     done.old_binary,
                     done.new_binary
                 ));
@@ -191,6 +204,22 @@ fn upgrade(a: &Args) -> Outcome {
                 }
             }
             Err((FAILED, message))
+        }
+        Err(ControlError::RolledBack {
+            new_pid,
+            cause,
+            old_pid,
+        }) => {
+            if a.json {
+                say(&format!(
+                    "{{\"verdict\":\"rolled back\",\"old_pid\":{old_pid},\"new_pid\":{new_pid},\"cause\":{}}}\n",
+                    json(&cause)
+                ));
+            }
+            Err((
+                ROLLED_BACK,
+                format!("upgrade rolled back: {cause}; pid {old_pid} serves on"),
+            ))
         }
         Err(e) => Err(could_not_ask(chain(&e))),
     }
@@ -228,6 +257,12 @@ fn status_text(s: &Status) -> String {
                 .map(|p| format!(" (pid {p})"))
                 .unwrap_or_default(),
             last.detail
+        ));
+    }
+    if let Some(h) = &s.last_health_check {
+        out.push_str(&format!(
+            "last health check: {}: {} (at {}, unix)\n",
+            h.check, h.result, h.at_unix
         ));
     }
     if let Some(running) = s.upgrading_for {
@@ -270,9 +305,18 @@ fn status_json(s: &Status) -> String {
             json(&l.detail)
         ),
     };
+    let health = match &s.last_health_check {
+        None => "null".to_owned(),
+        Some(h) => format!(
+            "{{\"check\":{},\"result\":{},\"at_unix\":{}}}",
+            json(&h.check),
+            json(&h.result),
+            h.at_unix
+        ),
+    };
     let listeners: Vec<String> = s.listeners.iter().map(|l| json(l)).collect();
     format!(
-        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"upgrades_rolled_back\":{},\"last_upgrade\":{},\"upgrading_ms\":{},\"draining_parent\":{},\"standby_pid\":{},\"standby_none\":{},\"listeners\":[{}],\"binary\":{},\"flip_version\":{}}}",
+        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"upgrades_rolled_back\":{},\"last_upgrade\":{},\"upgrading_ms\":{},\"draining_parent\":{},\"standby_pid\":{},\"standby_none\":{},\"last_health_check\":{},\"listeners\":[{}],\"binary\":{},\"flip_version\":{}}}",
         s.pid,
         s.generation,
         s.started_unix,
@@ -287,6 +331,7 @@ fn status_json(s: &Status) -> String {
         opt(s.draining_parent),
         opt(s.standby_pid),
         s.standby_none.as_deref().map_or("null".into(), json),
+        health,
         listeners.join(","),
         json(&s.binary),
         json(&s.flip_version)

@@ -647,3 +647,63 @@ fn a_stopped_standby_is_not_handed_over_to() {
     assert_ne!(new, standby, "the stopped standby took over");
     wait_exit(standby, DEADLINE);
 }
+
+#[test]
+fn upgrade_waits_for_the_verdict_exit_3_on_a_rollback_and_0_once_committed() {
+    let (server, addr) = http_server("cli-verdict", &[("FLIP_PROBATION", "60s".into())]);
+    let old = server.first_pid;
+    let load = Load::start(&addr, 3, Mode::Close);
+    load.wait_for_more(20);
+    let upgrade = Command::new(flip())
+        .args(["upgrade", "--pid-file", &pid_file(&server)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let new = wait_for("the successor", DEADLINE, || {
+        server.pid().filter(|&p| p != old)
+    });
+    load.wait_for_more(20);
+    // Ready, and on probation: `flip upgrade` still waits for the verdict.
+    signal(new, nix::sys::signal::Signal::SIGKILL);
+    let out = upgrade.wait_with_output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains(&format!("upgrade rolled back: the successor {new} ended"))
+            && said.contains(&format!("pid {old} serves on")),
+        "{said}"
+    );
+    server.wait_pid_file(old);
+    load.wait_for_more(20);
+    let status = status_of(&server);
+    assert!(status.contains("1 rolled back"), "{status}");
+    assert!(status.contains("last upgrade: rolled back"), "{status}");
+    let report = load.finish();
+    assert_eq!(report.failures.connect, 0, "nothing refused: {report:?}");
+    assert!(report.failed <= 3, "only requests on the killed process: {report:?}");
+    assert!(alive(old));
+}
+
+#[test]
+fn upgrade_with_a_short_probation_exits_0_once_committed_and_says_so() {
+    let (server, addr) = http_server("cli-commit", &[("FLIP_PROBATION", "1s".into())]);
+    let old = server.first_pid;
+    let load = Load::start(&addr, 2, Mode::KeepAlive);
+    load.wait_for_more(10);
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server), "--json"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.starts_with("{\"verdict\":\"committed\""), "{said}");
+    let after: f64 = said
+        .split("\"committed_after_ms\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(after >= 1000.0, "the verdict waits out the window: {said}");
+    let new = server.pid().unwrap();
+    wait_exit(old, DEADLINE);
+    load.wait_for_more(10);
+    load.finish().assert_lossless_across(&[old, new]);
+}

@@ -44,6 +44,22 @@ pub trait Observer: Send + Sync + 'static {
         let _ = cause;
     }
 
+    /// The upgrade to `new_pid` is final, and this process exits once its drain is over:
+    /// right after [`upgraded`](Observer::upgraded) without a probation; with one, at the
+    /// window's end, or earlier when the successor upgrades in turn or is stopped, or this
+    /// process is.
+    fn committed(&self, new_pid: Option<u32>) {
+        let _ = new_pid;
+    }
+
+    /// A health check ran in this process while its predecessor waits out its probation
+    /// (see [`Bootstrap::register_health_check`](crate::Bootstrap::register_health_check)):
+    /// `check` names it, `result` is its error, if any. A failure is followed by this
+    /// process's exit. Called on a runtime worker.
+    fn health_checked(&self, check: &str, result: Result<(), &str>) {
+        let _ = (check, result);
+    }
+
     /// The process that took over died during the drain, and this one serves again.
     fn serving_again(&self) {}
 

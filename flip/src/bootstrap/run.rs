@@ -144,11 +144,32 @@ impl Bootstrap {
     }
 
     /// Drains within the grace period, then waits out the probation (if any); takes service
-    /// back when the successor died meanwhile.
+    /// back when the successor died meanwhile. The observers hear the verdict once: committed
+    /// or rolled back.
     async fn drain(&mut self, signals: &mut Signals, successor: Option<u32>) -> DrainEnd {
+        let mut verdict_pending = true;
+        if self.probation.is_zero() {
+            verdict_pending = false;
+            self.observers.each(|o| o.committed(successor));
+        }
+        let end = self
+            .drain_on_probation(signals, successor, &mut verdict_pending)
+            .await;
+        if verdict_pending && matches!(end, DrainEnd::Ended(_)) {
+            // Stopped, or out of time, before the window's end: the successor serves on.
+            self.observers.each(|o| o.committed(successor));
+        }
+        end
+    }
+
+    async fn drain_on_probation(
+        &mut self,
+        signals: &mut Signals,
+        successor: Option<u32>,
+        verdict_pending: &mut bool,
+    ) -> DrainEnd {
         let ready_at = tokio::time::Instant::now();
         let window_end = ready_at + self.probation;
-        let on_probation = !self.probation.is_zero();
         tracing::info!(grace = ?self.grace, probation = ?self.probation, "draining");
         let action = self.stop_action.clone();
         let mut group = self.start_drain();
@@ -168,13 +189,12 @@ impl Bootstrap {
         let mut stopping = None;
         let committed = self.upgrader.successor_committed();
         tokio::pin!(committed);
-        let mut verdict_pending = on_probation;
         // The drain is over, and this process waits out the probation.
         let mut drained = false;
         loop {
             tokio::select! {
                 _ = &mut drain, if !drained => {
-                    if !(verdict_pending && watching_successor) {
+                    if !(*verdict_pending && watching_successor) {
                         return DrainEnd::Ended(Drain::Completed);
                     }
                     drained = true;
@@ -182,21 +202,24 @@ impl Bootstrap {
                     tracing::info!(?left, "drained; on probation, ready to take service back");
                     self.upgrader.on_probation();
                 }
-                () = tokio::time::sleep_until(window_end), if verdict_pending => {
-                    verdict_pending = false;
+                () = tokio::time::sleep_until(window_end), if *verdict_pending => {
+                    *verdict_pending = false;
                     tracing::info!(successor, probation = ?self.probation, "upgrade committed: the probation is over");
+                    self.observers.each(|o| o.committed(successor));
                     if drained {
                         return DrainEnd::Ended(Drain::Completed);
                     }
                 }
-                () = &mut committed, if verdict_pending => {
-                    verdict_pending = false;
+                () = &mut committed, if *verdict_pending => {
+                    *verdict_pending = false;
                     tracing::info!(successor, "upgrade committed: the successor upgrades in turn");
+                    self.observers.each(|o| o.committed(successor));
                     if drained {
                         return DrainEnd::Ended(Drain::Completed);
                     }
                 }
-                () = &mut deadline => return DrainEnd::Ended(Drain::GracePeriodExpired),
+                // The grace period bounds the drain, not the probation that follows it.
+                () = &mut deadline, if !drained => return DrainEnd::Ended(Drain::GracePeriodExpired),
                 _ = signals.term.recv() => {
                     if let Some(forced) = self.stop_while_draining(&mut stopping, "SIGTERM") {
                         return DrainEnd::Ended(forced);
@@ -244,7 +267,8 @@ impl Bootstrap {
                         return DrainEnd::Ended(Drain::Forced("the successor's stop"));
                     }
                     // Nobody serves now but us: take service back on the same sockets.
-                    if verdict_pending {
+                    if *verdict_pending {
+                        *verdict_pending = false;
                         let why = if status == crate::error::ExitStatus::Code(super::HEALTH_CHECK_FAILED_EXIT) {
                             ": its health check failed"
                         } else {
@@ -279,14 +303,19 @@ impl Bootstrap {
         let checks = self.health_checks.clone();
         let interval = self.health_interval;
         let upgrader = self.upgrader.clone();
+        let observers = self.observers.clone();
         tokio::spawn(async move {
             while upgrader.predecessor_alive() {
                 for (name, check) in &checks {
                     let failure = match tokio::time::timeout(interval, check()).await {
-                        Ok(Ok(())) => continue,
+                        Ok(Ok(())) => {
+                            observers.each(|o| o.health_checked(name, Ok(())));
+                            continue;
+                        }
                         Ok(Err(e)) => e,
                         Err(_) => format!("no answer within {interval:?}"),
                     };
+                    observers.each(|o| o.health_checked(name, Err(&failure)));
                     tracing::error!(check = %name, error = %failure, "health check failed during the probation: exiting so that the predecessor takes service back");
                     std::process::exit(super::HEALTH_CHECK_FAILED_EXIT);
                 }

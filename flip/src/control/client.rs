@@ -50,6 +50,17 @@ pub enum ControlError {
         /// The last lines the successor wrote to its standard error.
         stderr: Vec<String>,
     },
+    /// The successor said ready, then ended within the probation, and the server took service
+    /// back: the old process serves on.
+    #[error("upgrade rolled back: {cause}")]
+    RolledBack {
+        /// The successor that ended.
+        new_pid: u32,
+        /// Why, in the server's words: how the successor ended, and when.
+        cause: String,
+        /// The process that serves again.
+        old_pid: u32,
+    },
 }
 
 /// What a successful upgrade reported.
@@ -69,6 +80,9 @@ pub struct UpgradeReport {
     /// How the successor was started: `standby`, or `fresh: ` and why (see
     /// [`SuccessorStart`](crate::SuccessorStart)). `None` from a server that does not say.
     pub started: Option<String>,
+    /// From readiness to the verdict: the probation the upgrade waited out (zero without
+    /// one). `None` from a server that answers at readiness (before flip 0.2).
+    pub committed_after: Option<Duration>,
 }
 
 /// How the last upgrade ended, as [`Status`] reports it.
@@ -118,6 +132,20 @@ pub struct Status {
     pub binary: String,
     /// The flip version the server was built with.
     pub flip_version: String,
+    /// The last health check that ran in the server (during its predecessor's probation).
+    pub last_health_check: Option<HealthCheck>,
+}
+
+/// A health check's result, as [`Status`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthCheck {
+    /// The check's name (its function's path with `#[flip::health]`).
+    pub check: String,
+    /// `ok`, or `failed: ` and the error.
+    pub result: String,
+    /// When it ran, seconds since the Unix epoch.
+    pub at_unix: u64,
 }
 
 /// A flip server's control socket.
@@ -163,7 +191,10 @@ impl Client {
         }
     }
 
-    /// Asks the server to upgrade and waits until the upgrade ended, at most `timeout`.
+    /// Asks the server to upgrade and waits for the verdict, at most `timeout`: the successor's
+    /// readiness, then the probation if the server has one (see
+    /// [`Bootstrap::set_probation`](crate::Bootstrap::set_probation)).
+    /// [`ControlError::RolledBack`] when the successor ended within it.
     pub fn upgrade(&self, timeout: Duration) -> Result<UpgradeReport, ControlError> {
         let r = self.ask(Request::Upgrade, timeout)?;
         let p = ControlError::Protocol;
@@ -175,6 +206,12 @@ impl Client {
                 old_binary: r.require("old_binary").map_err(p)?.to_owned(),
                 new_binary: r.require("new_binary").map_err(p)?.to_owned(),
                 started: r.all("started").next().map(str::to_owned),
+                committed_after: r.millis("verdict_ms").ok(),
+            }),
+            "rolled-back" => Err(ControlError::RolledBack {
+                new_pid: r.number("new_pid").map_err(p)?,
+                old_pid: r.number("old_pid").map_err(p)?,
+                cause: r.require("cause").map_err(p)?.to_owned(),
             }),
             // The server's reason names the refusal or failure itself: said once.
             "refused" => Err(ControlError::Refused {
@@ -200,7 +237,7 @@ impl Client {
             })?;
         let timeout = timeout.max(Duration::from_millis(1));
         let what = match request {
-            Request::Upgrade => "the upgrade to end",
+            Request::Upgrade => "the upgrade's verdict",
             Request::Status => "the status",
         };
         let timed_out = |e: std::io::Error| match e.kind() {
@@ -259,5 +296,13 @@ fn parse_status(r: &Response) -> Result<Status, String> {
         listeners: r.all("listener").map(str::to_owned).collect(),
         binary: r.require("binary")?.to_owned(),
         flip_version: r.require("flip_version")?.to_owned(),
+        last_health_check: match (r.get("health_check"), r.get("health_result")) {
+            (Some(check), Some(result)) => Some(HealthCheck {
+                check: check.to_owned(),
+                result: result.to_owned(),
+                at_unix: r.number("health_at_unix").unwrap_or(0),
+            }),
+            _ => None,
+        },
     })
 }

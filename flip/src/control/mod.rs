@@ -31,7 +31,7 @@ mod client;
 mod identity;
 mod protocol;
 
-pub use client::{Client, ControlError, LastUpgrade, Status, UpgradeReport};
+pub use client::{Client, ControlError, HealthCheck, LastUpgrade, Status, UpgradeReport};
 
 use crate::bootstrap::{Bootstrap, Observer, Shutdown, UpgradeRequester, UpgradeResult};
 use crate::error::{Chain, Error, Repr};
@@ -60,6 +60,78 @@ struct State {
     rolled_back: u64,
     upgrade_began: Option<Instant>,
     last: Option<Last>,
+    /// How the last successful upgrade was judged, once it was.
+    verdict: Option<Verdict>,
+    /// The client of an upgrade that waits for its verdict.
+    waiting: Option<Waiting>,
+    /// The last health check that ran here.
+    health: Option<Health>,
+}
+
+#[derive(Debug, Clone)]
+enum Verdict {
+    Committed { after: Duration },
+    RolledBack { cause: String, after: Duration },
+}
+
+/// An upgrade answer held back until the verdict: the fields so far, and the client.
+#[derive(Debug)]
+struct Waiting {
+    fields: Vec<(&'static str, String)>,
+    client: std::os::unix::net::UnixStream,
+    ready: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Health {
+    check: String,
+    failure: Option<String>,
+    at_unix: u64,
+}
+
+impl State {
+    /// Sends the held-back answer, now that the verdict is known.
+    fn answer_waiting(&mut self) {
+        let Some(verdict) = &self.verdict else {
+            return;
+        };
+        let Some(waiting) = self.waiting.take() else {
+            return;
+        };
+        let text = verdict_answer(waiting.fields, verdict);
+        let mut client = waiting.client;
+        // A few hundred bytes to a fresh socket: the buffer takes them without waiting. A
+        // client that vanished meanwhile learns nothing, and costs nothing.
+        let _ = client.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = std::io::Write::write_all(&mut client, text.as_bytes());
+    }
+}
+
+/// The answer to an upgrade whose verdict is known.
+fn verdict_answer(fields: Vec<(&'static str, String)>, verdict: &Verdict) -> String {
+    let (kind, after) = match verdict {
+        Verdict::Committed { after } => ("ok", after),
+        Verdict::RolledBack { after, .. } => ("rolled-back", after),
+    };
+    let mut w = Writer::new(kind);
+    for (key, value) in fields {
+        w.field(key, value);
+    }
+    w.field("verdict_ms", protocol::ms(*after));
+    match verdict {
+        Verdict::Committed { .. } => w.field("verdict", "committed"),
+        Verdict::RolledBack { cause, .. } => {
+            w.field("verdict", "rolled back").field("cause", cause)
+        }
+    };
+    w.finish()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Clone)]
@@ -75,7 +147,24 @@ struct Follow(Arc<Mutex<State>>);
 
 impl Observer for Follow {
     fn upgrade_started(&self) {
-        crate::sync::lock(&self.0).upgrade_began = Some(Instant::now());
+        let mut s = crate::sync::lock(&self.0);
+        s.upgrade_began = Some(Instant::now());
+        s.verdict = None;
+    }
+
+    fn committed(&self, _new_pid: Option<u32>) {
+        let mut s = crate::sync::lock(&self.0);
+        let after = since_ready(&s);
+        s.verdict = Some(Verdict::Committed { after });
+        s.answer_waiting();
+    }
+
+    fn health_checked(&self, check: &str, result: Result<(), &str>) {
+        crate::sync::lock(&self.0).health = Some(Health {
+            check: check.to_owned(),
+            failure: result.err().map(str::to_owned),
+            at_unix: unix_now(),
+        });
     }
 
     fn upgraded(&self, new_pid: u32) {
@@ -112,6 +201,12 @@ impl Observer for Follow {
             elapsed,
             detail: cause.to_owned(),
         });
+        let after = since_ready(&s);
+        s.verdict = Some(Verdict::RolledBack {
+            cause: cause.to_owned(),
+            after,
+        });
+        s.answer_waiting();
     }
 
     fn upgrade_failed(&self, error: &Error) {
@@ -136,6 +231,14 @@ impl Observer for Follow {
     }
 }
 
+/// How long the verdict took after readiness, as the waiting client saw it.
+fn since_ready(s: &State) -> Duration {
+    s.waiting
+        .as_ref()
+        .map(|w| w.ready.elapsed())
+        .unwrap_or_default()
+}
+
 fn failed_pid(error: &Error) -> Option<u32> {
     error.is_failed_upgrade().then(|| error.pid()).flatten()
 }
@@ -152,16 +255,16 @@ fn binary_of(pid: u32) -> String {
 /// `#[flip::main]` calls this (see `<PREFIX>_CONTROL_SOCKET`).
 pub fn serve(bootstrap: &mut Bootstrap, path: PathBuf) {
     let state = Arc::new(Mutex::new(State {
-        started_unix: SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        started_unix: unix_now(),
         binary: binary_of(std::process::id()),
         succeeded: 0,
         failed: 0,
         rolled_back: 0,
         upgrade_began: None,
         last: None,
+        verdict: None,
+        waiting: None,
+        health: None,
     }));
     bootstrap.observe(Follow(state.clone()));
     let requester = bootstrap.upgrade_requester();
@@ -224,14 +327,14 @@ impl Server {
         Ok(())
     }
 
-    async fn answer(self, stream: UnixStream) {
+    async fn answer(self, mut stream: UnixStream) {
         // Judged at once, answered once the request is read (an answer before that would
         // reach the client as a reset).
         let allowed = permitted(&stream);
-        let (read, mut write) = stream.into_split();
         let mut line = String::new();
-        let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+        let mut reader = BufReader::new((&mut stream).take(MAX_REQUEST as u64 + 1));
         let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
+        drop(reader);
         let response = match read {
             Err(_) => error("no request within 5 s"),
             Ok(Err(e)) => error(&format!("reading the request: {e}")),
@@ -246,11 +349,36 @@ impl Server {
             Ok(Ok(_)) => match Request::decode(&line) {
                 Err(reason) => error(&reason),
                 Ok(Request::Status) => self.status(),
-                Ok(Request::Upgrade) => self.upgrade().await,
+                Ok(Request::Upgrade) => match self.upgrade().await {
+                    Answer::Now(text) => text,
+                    Answer::AtVerdict(fields) => return self.wait_for_verdict(stream, fields),
+                },
             },
         };
-        let _ = write.write_all(response.as_bytes()).await;
-        let _ = write.shutdown().await;
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
+
+    /// Holds the client of a successful upgrade until the verdict (at once without a
+    /// probation): the observer answers it, before this process may exit.
+    fn wait_for_verdict(&self, stream: UnixStream, fields: Vec<(&'static str, String)>) {
+        let client = match stream.into_std().and_then(|c| {
+            c.set_nonblocking(false)?;
+            Ok(c)
+        }) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket: cannot hold the upgrade's client for the verdict");
+                return;
+            }
+        };
+        let mut s = crate::sync::lock(&self.state);
+        s.waiting = Some(Waiting {
+            fields,
+            client,
+            ready: Instant::now(),
+        });
+        s.answer_waiting();
     }
 
     fn status(&self) -> String {
@@ -269,6 +397,16 @@ impl Server {
             if let Some(pid) = last.new_pid {
                 w.field("last_new_pid", pid);
             }
+        }
+        if let Some(h) = &s.health {
+            w.field("health_check", &h.check)
+                .field("health_at_unix", h.at_unix)
+                .field(
+                    "health_result",
+                    h.failure
+                        .as_deref()
+                        .map_or("ok".to_owned(), |f| format!("failed: {f}")),
+                );
         }
         if let Some(began) = s.upgrade_began {
             w.field("upgrading_ms", protocol::ms(began.elapsed()));
@@ -290,21 +428,22 @@ impl Server {
         w.finish()
     }
 
-    async fn upgrade(&self) -> String {
+    async fn upgrade(&self) -> Answer {
         let UpgradeResult { result, elapsed } = self.requester.upgrade().await;
         match result {
             Ok(new_pid) => {
                 let old_binary = crate::sync::lock(&self.state).binary.clone();
-                let mut w = Writer::new("ok");
-                w.field("old_pid", std::process::id())
-                    .field("new_pid", new_pid)
-                    .field("ready_ms", protocol::ms(elapsed));
+                let mut fields = vec![
+                    ("old_pid", std::process::id().to_string()),
+                    ("new_pid", new_pid.to_string()),
+                    ("ready_ms", protocol::ms(elapsed)),
+                ];
                 if let Some(start) = self.upgrader.last_successor_start() {
-                    w.field("started", start);
+                    fields.push(("started", start.to_string()));
                 }
-                w.field("old_binary", old_binary)
-                    .field("new_binary", binary_of(new_pid));
-                w.finish()
+                fields.push(("old_binary", old_binary));
+                fields.push(("new_binary", binary_of(new_pid)));
+                Answer::AtVerdict(fields)
             }
             Err(e) => {
                 let mut w = Writer::new(if e.is_refusal() { "refused" } else { "failed" });
@@ -315,10 +454,16 @@ impl Server {
                 if let Some(pid) = failed_pid(&e) {
                     w.field("new_pid", pid);
                 }
-                w.finish()
+                Answer::Now(w.finish())
             }
         }
     }
+}
+
+/// An answer to a request: now, or once the upgrade's verdict is known.
+enum Answer {
+    Now(String),
+    AtVerdict(Vec<(&'static str, String)>),
 }
 
 /// Whether the peer may use the control socket: root, or the server's own effective user.
