@@ -108,13 +108,17 @@ fn a_build_that_crashes_after_the_window_is_committed_and_not_rolled_back() {
     server.wait_pid_file(new);
     // The successor's status shows its health check, which ran during the probation.
     let control = flip::control::Client::for_pid_file(&server.pid_file);
-    let health = wait_for("the successor's health check in its status", DEADLINE, || {
-        control
-            .status()
-            .ok()
-            .filter(|s| s.pid == new)
-            .and_then(|s| s.last_health_check)
-    });
+    let health = wait_for(
+        "the successor's health check in its status",
+        DEADLINE,
+        || {
+            control
+                .status()
+                .ok()
+                .filter(|s| s.pid == new)
+                .and_then(|s| s.last_health_check)
+        },
+    );
     assert_eq!(health.result, "ok", "{health:?}");
     assert!(health.check.contains("backend"), "{health:?}");
     wait_for("the commit", DEADLINE, || {

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! flip upgrade (--pid-file F | --socket S) [--timeout SECS] [--json]
+//! flip rollback (--pid-file F | --socket S) [--timeout SECS] [--json]
 //! flip status  (--pid-file F | --socket S) [--json]
 //! flip check   --pid-file F (--http ADDR | --grpc ADDR)... [--upgrades N] [--conns N] [--mode close|keepalive]
 //!              [--slow-path P] [--signal] [--socket S] [--interval-ms N] [--timeout SECS]
@@ -22,7 +23,9 @@ use flip::testing::load::Mode;
 use flip::testing::{Check, Via};
 
 const USAGE: &str = "usage:
-  flip upgrade (--pid-file F | --socket S) [--timeout SECS] [--json]
+  flip upgrade  (--pid-file F | --socket S) [--timeout SECS] [--json]
+  flip rollback (--pid-file F | --socket S) [--timeout SECS] [--json]
+                (an upgrade to the build the running one replaced, even if its file is gone)
   flip status  (--pid-file F | --socket S) [--json]
   flip check   --pid-file F [--http ADDR] [--grpc ADDR] [--upgrades N] [--conns N] [--mode close|keepalive]
                [--slow-path P] [--signal] [--socket S] [--interval-ms N] [--timeout SECS]
@@ -125,7 +128,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let result = match command.as_str() {
-        "upgrade" => upgrade(&args),
+        "upgrade" => upgrade(&args, false),
+        "rollback" => upgrade(&args, true),
         "status" => status(&args),
         "check" => check(&args),
         "help" | "--help" | "-h" => {
@@ -153,10 +157,15 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     flip::Chain(e).to_string()
 }
 
-fn upgrade(a: &Args) -> Outcome {
+fn upgrade(a: &Args, rollback: bool) -> Outcome {
     let client = client(a).map_err(could_not_ask)?;
     let timeout = a.timeout.unwrap_or(Duration::from_secs(120));
-    match client.upgrade(timeout) {
+    let asked = if rollback {
+        client.rollback(timeout)
+    } else {
+        client.upgrade(timeout)
+    };
+    match asked {
         Ok(done) => {
             if a.json {
                 say(&format!(
@@ -174,7 +183,12 @@ fn upgrade(a: &Args) -> Outcome {
                 ));
             } else {
                 say(&format!(
-                    "upgraded: pid {} -> {}, ready after {:.2} ms{}{}\n  old: {}\n  new: {}\n",
+                    "{}: pid {} -> {}, ready after {:.2} ms{}{}\n  old: {}\n  new: {}\n",
+                    if rollback {
+                        "rolled back to the previous build"
+                    } else {
+                        "upgraded"
+                    },
                     done.old_pid,
                     done.new_pid,
                     done.ready_after.as_secs_f64() * 1000.0,
@@ -259,6 +273,11 @@ fn status_text(s: &Status) -> String {
             last.detail
         ));
     }
+    if let Some(previous) = &s.previous_binary {
+        out.push_str(&format!(
+            "previous build: {previous} (flip rollback starts it)\n"
+        ));
+    }
     if let Some(h) = &s.last_health_check {
         out.push_str(&format!(
             "last health check: {}: {} (at {}, unix)\n",
@@ -316,7 +335,7 @@ fn status_json(s: &Status) -> String {
     };
     let listeners: Vec<String> = s.listeners.iter().map(|l| json(l)).collect();
     format!(
-        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"upgrades_rolled_back\":{},\"last_upgrade\":{},\"upgrading_ms\":{},\"draining_parent\":{},\"standby_pid\":{},\"standby_none\":{},\"last_health_check\":{},\"listeners\":[{}],\"binary\":{},\"flip_version\":{}}}",
+        "{{\"pid\":{},\"generation\":{},\"started_unix\":{},\"upgrades_succeeded\":{},\"upgrades_failed\":{},\"upgrades_rolled_back\":{},\"last_upgrade\":{},\"upgrading_ms\":{},\"draining_parent\":{},\"standby_pid\":{},\"standby_none\":{},\"last_health_check\":{},\"listeners\":[{}],\"binary\":{},\"previous_binary\":{},\"flip_version\":{}}}",
         s.pid,
         s.generation,
         s.started_unix,
@@ -334,6 +353,7 @@ fn status_json(s: &Status) -> String {
         health,
         listeners.join(","),
         json(&s.binary),
+        s.previous_binary.as_deref().map_or("null".into(), json),
         json(&s.flip_version)
     )
 }

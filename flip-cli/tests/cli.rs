@@ -681,7 +681,10 @@ fn upgrade_waits_for_the_verdict_exit_3_on_a_rollback_and_0_once_committed() {
     assert!(status.contains("last upgrade: rolled back"), "{status}");
     let report = load.finish();
     assert_eq!(report.failures.connect, 0, "nothing refused: {report:?}");
-    assert!(report.failed <= 3, "only requests on the killed process: {report:?}");
+    assert!(
+        report.failed <= 3,
+        "only requests on the killed process: {report:?}"
+    );
     assert!(alive(old));
 }
 
@@ -706,4 +709,86 @@ fn upgrade_with_a_short_probation_exits_0_once_committed_and_says_so() {
     wait_exit(old, DEADLINE);
     load.wait_for_more(10);
     load.finish().assert_lossless_across(&[old, new]);
+}
+
+/// The inode of the executable `pid` runs.
+fn exe_inode(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino()
+}
+
+#[test]
+fn rollback_starts_the_previous_build_after_a_deploy_replaced_its_file() {
+    use std::os::unix::fs::MetadataExt;
+    let scratch = Scratch::new("cli-rollback");
+    let app = scratch.path("app");
+    std::fs::copy(example_path("http"), &app).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_in(scratch, &app, &[("HTTP_ADDR", addr.clone())]);
+    let v1 = std::fs::metadata(&app).unwrap().ino();
+    let first = server.first_pid;
+
+    // A first start has nothing to roll back to: refused, nothing started.
+    let out = run(&["rollback", "--pid-file", &pid_file(&server)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("there is no previous build"),
+        "{}",
+        text(&out)
+    );
+    assert!(!status_of(&server).contains("previous build:"));
+
+    // v2: another file at the same path (the same program, with bytes appended), renamed over
+    // v1's as a deploy does; v1's file is gone from the directory.
+    let staged = app.with_extension("v2");
+    let mut bytes = std::fs::read(example_path("http")).unwrap();
+    bytes.extend_from_slice(b"v2");
+    std::fs::write(&staged, bytes).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &app).unwrap();
+    let v2 = std::fs::metadata(&app).unwrap().ino();
+    assert_ne!(v1, v2);
+
+    let load = Load::start(&addr, 3, Mode::KeepAlive);
+    load.wait_for_more(10);
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let on_v2 = server.pid().unwrap();
+    assert_eq!(exe_inode(on_v2), v2);
+    wait_exit(first, DEADLINE);
+    let status = status_of(&server);
+    assert!(
+        status.contains(&format!("previous build: {} (deleted)", app.display())),
+        "status names the replaced build: {status}"
+    );
+
+    let out = run(&["rollback", "--pid-file", &pid_file(&server)]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.starts_with("rolled back to the previous build: pid "),
+        "{said}"
+    );
+    assert!(
+        said.contains("(fresh: a rollback to the previous build)"),
+        "{said}"
+    );
+    let on_v1 = server.pid().unwrap();
+    assert_eq!(exe_inode(on_v1), v1, "the new process runs v1's very file");
+    wait_exit(on_v2, DEADLINE);
+    let status = status_of(&server);
+    assert!(
+        status.contains(&format!("previous build: {} (build-id", app.display())),
+        "v2, still at the path, is the build to go back to: {status}"
+    );
+
+    // The rolled-back process upgrades to what is deployed at the path again, not to itself.
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let again = server.pid().unwrap();
+    assert_eq!(exe_inode(again), v2);
+    wait_exit(on_v1, DEADLINE);
+    load.wait_for_more(10);
+    load.finish()
+        .assert_lossless_across(&[first, on_v2, on_v1, again]);
 }

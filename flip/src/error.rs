@@ -51,6 +51,9 @@ pub enum ErrorKind {
     /// This process was started by an upgrade and its predecessor has not exited yet:
     /// upgrading now would leave three generations alive. [`Error::pid`] names it.
     PredecessorAlive,
+    /// A rollback was asked for, and there is no previous build to start: this process is a
+    /// first start, or its predecessor did not pass its build on.
+    NoPreviousBuild,
     /// An upgrade would end the service: this process is PID 1 of its pid namespace, or what
     /// started it (a container init, a process supervisor) follows its pid. The supervisor
     /// mode (`FLIP_SUPERVISE=1`) is what works there.
@@ -97,6 +100,10 @@ pub(crate) enum Repr {
     Terminating,
     #[error("upgrade refused: the predecessor {pid} has not exited yet")]
     PredecessorAlive { pid: u32 },
+    #[error(
+        "rollback refused: there is no previous build (this process was not started by an upgrade)"
+    )]
+    NoPreviousBuild,
     #[error("upgrade refused: {reason}")]
     WouldEndService { reason: String },
     #[error("the successor {pid} exited before it was ready ({status})")]
@@ -152,6 +159,7 @@ impl Error {
             Repr::AlreadyUpgraded => ErrorKind::AlreadyUpgraded,
             Repr::Terminating => ErrorKind::Terminating,
             Repr::PredecessorAlive { .. } => ErrorKind::PredecessorAlive,
+            Repr::NoPreviousBuild => ErrorKind::NoPreviousBuild,
             Repr::WouldEndService { .. } => ErrorKind::WouldEndService,
             Repr::SuccessorExited { .. } => ErrorKind::SuccessorExited,
             Repr::Timeout { .. } => ErrorKind::Timeout,
@@ -179,6 +187,7 @@ impl Error {
                 | ErrorKind::AlreadyUpgraded
                 | ErrorKind::Terminating
                 | ErrorKind::PredecessorAlive
+                | ErrorKind::NoPreviousBuild
                 | ErrorKind::WouldEndService
         )
     }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::error::Error;
 use crate::upgrader::Options;
@@ -91,8 +91,8 @@ pub struct Bootstrap {
     shutdown_tx: watch::Sender<Stage>,
     tasks: group::DrainGroup,
     observers: Observers,
-    requests_tx: mpsc::UnboundedSender<oneshot::Sender<UpgradeResult>>,
-    requests_rx: mpsc::UnboundedReceiver<oneshot::Sender<UpgradeResult>>,
+    requests_tx: mpsc::UnboundedSender<requests::Asked>,
+    requests_rx: mpsc::UnboundedReceiver<requests::Asked>,
 }
 
 /// Every [`Observer`], told in the order they were added.

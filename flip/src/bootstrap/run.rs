@@ -100,16 +100,17 @@ impl Bootstrap {
                             tracing::warn!(more_since_last = more, "SIGHUP ignored: {}", Error::from(Repr::InProgress));
                         }
                     } else {
-                        in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone(), "SIGHUP")));
+                        in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone(), "SIGHUP", false)));
                     }
                 }
-                Some(reply) = self.requests_rx.recv() => {
+                Some(super::requests::Asked { rollback, reply }) = self.requests_rx.recv() => {
                     if !self.upgrades_enabled {
                         let _ = reply.send(UpgradeResult::refused(Error::from(Repr::UpgradesDisabled)));
                     } else if in_flight.is_some() {
                         let _ = reply.send(UpgradeResult::refused(Error::from(Repr::InProgress)));
                     } else {
-                        in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone(), "requested")));
+                        let why = if rollback { "rollback requested" } else { "requested" };
+                        in_flight = Some(Box::pin(upgrade(self.upgrader.clone(), self.observers.clone(), why, rollback)));
                         asked = Some(reply);
                     }
                 }
@@ -364,11 +365,24 @@ enum DrainEnd {
 }
 
 /// One upgrade, logged with its outcome and duration; the new pid on success.
-async fn upgrade(upgrader: Upgrader, observers: Observers, why: &'static str) -> UpgradeResult {
+async fn upgrade(
+    upgrader: Upgrader,
+    observers: Observers,
+    why: &'static str,
+    rollback: bool,
+) -> UpgradeResult {
     let started = Instant::now();
-    tracing::info!("{why}: upgrading");
+    if rollback {
+        tracing::info!(previous_build = ?upgrader.previous_build(), "{why}: upgrading to the previous build");
+    } else {
+        tracing::info!("{why}: upgrading");
+    }
     observers.each(|o| o.upgrade_started());
-    let result = upgrader.upgrade().await;
+    let result = if rollback {
+        upgrader.rollback().await
+    } else {
+        upgrader.upgrade().await
+    };
     let elapsed = started.elapsed();
     match &result {
         Ok(pid) => {

@@ -130,6 +130,9 @@ pub struct Status {
     pub listeners: Vec<String>,
     /// The binary's path and build identity.
     pub binary: String,
+    /// The build the predecessor ran, which [`Client::rollback`] starts again: path (marked
+    /// `(deleted)` once a deploy replaced it) and build identity. `None` in a first start.
+    pub previous_binary: Option<String>,
     /// The flip version the server was built with.
     pub flip_version: String,
     /// The last health check that ran in the server (during its predecessor's probation).
@@ -196,7 +199,22 @@ impl Client {
     /// [`Bootstrap::set_probation`](crate::Bootstrap::set_probation)).
     /// [`ControlError::RolledBack`] when the successor ended within it.
     pub fn upgrade(&self, timeout: Duration) -> Result<UpgradeReport, ControlError> {
-        let r = self.ask(Request::Upgrade, timeout)?;
+        self.upgrade_with(Request::Upgrade, timeout)
+    }
+
+    /// Asks the server to upgrade to the build its predecessor ran ([`Status::previous_binary`],
+    /// pinned by descriptor, so it starts even after a deploy replaced the file), and waits for
+    /// the verdict as [`upgrade`](Client::upgrade) does. Refused when there is none.
+    pub fn rollback(&self, timeout: Duration) -> Result<UpgradeReport, ControlError> {
+        self.upgrade_with(Request::Rollback, timeout)
+    }
+
+    fn upgrade_with(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<UpgradeReport, ControlError> {
+        let r = self.ask(request, timeout)?;
         let p = ControlError::Protocol;
         match r.kind.as_str() {
             "ok" => Ok(UpgradeReport {
@@ -237,7 +255,7 @@ impl Client {
             })?;
         let timeout = timeout.max(Duration::from_millis(1));
         let what = match request {
-            Request::Upgrade => "the upgrade's verdict",
+            Request::Upgrade | Request::Rollback => "the upgrade's verdict",
             Request::Status => "the status",
         };
         let timed_out = |e: std::io::Error| match e.kind() {
@@ -295,6 +313,7 @@ fn parse_status(r: &Response) -> Result<Status, String> {
         standby_none: r.get("standby_none").map(str::to_owned),
         listeners: r.all("listener").map(str::to_owned).collect(),
         binary: r.require("binary")?.to_owned(),
+        previous_binary: r.get("previous_binary").map(str::to_owned),
         flip_version: r.require("flip_version")?.to_owned(),
         last_health_check: match (r.get("health_check"), r.get("health_result")) {
             (Some(check), Some(result)) => Some(HealthCheck {

@@ -245,9 +245,14 @@ fn failed_pid(error: &Error) -> Option<u32> {
 
 /// The binary process `pid` runs: its path and build identity.
 fn binary_of(pid: u32) -> String {
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let path = std::fs::read_link(&exe).unwrap_or_else(|_| exe.clone());
-    format!("{} ({})", path.display(), identity::of_file(&exe))
+    describe(Path::new(&format!("/proc/{pid}/exe")))
+}
+
+/// A binary's path and build identity, through `link` (a `/proc` link to it): the path is
+/// marked `(deleted)` once a deploy replaced the file.
+fn describe(link: &Path) -> String {
+    let path = std::fs::read_link(link).unwrap_or_else(|_| link.to_owned());
+    format!("{} ({})", path.display(), identity::of_file(link))
 }
 
 /// Serves the control socket at `path` in `bootstrap`'s processes: a starter opens it through
@@ -349,10 +354,12 @@ impl Server {
             Ok(Ok(_)) => match Request::decode(&line) {
                 Err(reason) => error(&reason),
                 Ok(Request::Status) => self.status(),
-                Ok(Request::Upgrade) => match self.upgrade().await {
-                    Answer::Now(text) => text,
-                    Answer::AtVerdict(fields) => return self.wait_for_verdict(stream, fields),
-                },
+                Ok(request @ (Request::Upgrade | Request::Rollback)) => {
+                    match self.upgrade(request == Request::Rollback).await {
+                        Answer::Now(text) => text,
+                        Answer::AtVerdict(fields) => return self.wait_for_verdict(stream, fields),
+                    }
+                }
             },
         };
         let _ = stream.write_all(response.as_bytes()).await;
@@ -423,13 +430,20 @@ impl Server {
         for key in self.upgrader.fds().keys() {
             w.field("listener", key);
         }
+        if let Some(previous) = self.upgrader.previous_build() {
+            w.field("previous_binary", describe(&previous));
+        }
         w.field("binary", &s.binary)
             .field("flip_version", env!("CARGO_PKG_VERSION"));
         w.finish()
     }
 
-    async fn upgrade(&self) -> Answer {
-        let UpgradeResult { result, elapsed } = self.requester.upgrade().await;
+    async fn upgrade(&self, rollback: bool) -> Answer {
+        let UpgradeResult { result, elapsed } = if rollback {
+            self.requester.rollback().await
+        } else {
+            self.requester.upgrade().await
+        };
         match result {
             Ok(new_pid) => {
                 let old_binary = crate::sync::lock(&self.state).binary.clone();

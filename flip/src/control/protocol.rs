@@ -21,6 +21,7 @@ pub(crate) const MAX_RESPONSE: usize = 1 << 20;
 pub(crate) enum Request {
     Status,
     Upgrade,
+    Rollback,
 }
 
 impl Request {
@@ -28,6 +29,7 @@ impl Request {
         let word = match self {
             Request::Status => "status",
             Request::Upgrade => "upgrade",
+            Request::Rollback => "rollback",
         };
         format!("{HEADER} {word}\n")
     }
@@ -40,10 +42,13 @@ impl Request {
         {
             [HEADER, "status"] => Ok(Request::Status),
             [HEADER, "upgrade"] => Ok(Request::Upgrade),
+            [HEADER, "rollback"] => Ok(Request::Rollback),
             [HEADER, other] => Err(format!(
-                "unknown request {other:?}: expected status or upgrade"
+                "unknown request {other:?}: expected status, upgrade or rollback"
             )),
-            _ => Err(format!("expected `{HEADER} status` or `{HEADER} upgrade`")),
+            _ => Err(format!(
+                "expected `{HEADER} status`, `{HEADER} upgrade` or `{HEADER} rollback`"
+            )),
         }
     }
 }

@@ -99,6 +99,12 @@ pub(crate) fn decode_ancestors(value: &str) -> Vec<ProcessName> {
 /// the pipe.
 pub(crate) const STDERR_VAR: &str = "FLIP_STDERR_FD";
 
+/// The environment variable that names the path upgrades start the binary from (the deploy
+/// path), as the predecessor knows it: a successor started from another file (a rollback to
+/// the pinned previous build) still upgrades to what is deployed there. Optional: without it a
+/// successor finds the path from its argv\[0\].
+pub(crate) const LAUNCH_PATH_VAR: &str = "FLIP_LAUNCH_PATH";
+
 /// The control pipe's read end in the successor: the manifest arrives here.
 pub(crate) const CONTROL_FD: RawFd = FIRST_CHILD_FD;
 /// The ready pipe's write end in the successor.

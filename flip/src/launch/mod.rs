@@ -23,7 +23,11 @@ pub(crate) use stderr::StderrTail;
 /// How the successor is started: captured once, when the first `Upgrader` is built.
 #[derive(Debug, Clone)]
 pub(crate) struct Launch {
+    /// The file to execute.
     pub(crate) program: PathBuf,
+    /// The path upgrades start from (the deploy path), passed on to successors: `program`
+    /// itself, but for a launch of the pinned previous build (see [`Launch::for_program`]).
+    pub(crate) deployed: PathBuf,
     pub(crate) args: Vec<OsString>,
     pub(crate) cwd: PathBuf,
     /// Variables every started process gets on top of this process's environment.
@@ -53,6 +57,7 @@ impl Launch {
                 .ok_or_else(|| io::Error::other("cannot tell which executable is running"))?,
         };
         Ok(Launch {
+            deployed: program.clone(),
             program,
             args,
             cwd,
@@ -71,6 +76,20 @@ impl Launch {
         };
         let running = std::env::current_exe().ok()?.canonicalize().ok()?;
         (candidate.canonicalize().ok()? == running).then_some(candidate)
+    }
+
+    /// The same launch, executing `program` instead; successors still learn the deploy path.
+    pub(crate) fn for_program(&self, program: PathBuf) -> Launch {
+        Launch {
+            program,
+            ..self.clone()
+        }
+    }
+
+    /// Upgrades start from `path` (a verified predecessor said so), not from argv\[0\].
+    pub(crate) fn deployed_at(&mut self, path: PathBuf) {
+        self.program = path.clone();
+        self.deployed = path;
     }
 
     /// The file the launch path names now; `None` when that cannot be told.

@@ -21,6 +21,7 @@ use crate::sync::lock;
 use crate::sys::pidref::ProcessRef;
 
 mod adopt;
+mod builds;
 mod lineage;
 mod options;
 mod predecessor;
@@ -79,6 +80,8 @@ struct Shared {
     /// Whether the successor committed the upgrade (it upgrades in turn).
     successor_committed: watch::Sender<bool>,
     exit: watch::Sender<bool>,
+    /// The build the predecessor ran, pinned (see `builds.rs`); set once, when built.
+    previous_build: std::sync::OnceLock<Option<std::fs::File>>,
 }
 
 /// Hands every socket to a new instance of the binary, and tells the old one when to go.
@@ -142,7 +145,7 @@ impl Upgrader {
     fn build(options: Options) -> Result<Upgrader> {
         // Before the handoff: a standby waits there, so what comes first is off the upgrade's
         // path.
-        let launch = Launch::capture(options.executable.clone(), options.successor_env.clone())
+        let mut launch = Launch::capture(options.executable.clone(), options.successor_env.clone())
             .map_err(Error::io(
                 "finding the executable, arguments and working directory",
             ))?;
@@ -165,6 +168,11 @@ impl Upgrader {
             None => 1,
             Some(_) => predecessor::take_generation().unwrap_or(0),
         };
+        // Believed only beside a verified handoff, as the lineage below.
+        let launch_path = predecessor::take_launch_path();
+        if let (Some(path), Some(_), None) = (launch_path, &inherited, &options.executable) {
+            launch.deployed_at(path);
+        }
         // The lineage is believed only beside a handoff that checked out: on a first start
         // the variable is whatever the environment says (leaked from elsewhere, or forged).
         let listed = predecessor::take_ancestors();
@@ -179,7 +187,7 @@ impl Upgrader {
             }
             Vec::new()
         };
-        Ok(Self::assemble(
+        let upgrader = Self::assemble(
             options,
             Box::new(launch),
             inherited,
@@ -188,7 +196,10 @@ impl Upgrader {
                 ancestors,
                 prepared_pid_file,
             },
-        ))
+        );
+        let previous = builds::pin(&upgrader.shared.fds, generation);
+        let _ = upgrader.shared.previous_build.set(previous);
+        Ok(upgrader)
     }
 
     /// Builds the upgrader from what [`build`](Upgrader::build) read, or what a test gives.
@@ -232,6 +243,7 @@ impl Upgrader {
                 successor_exit,
                 successor_committed,
                 exit,
+                previous_build: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -9,15 +9,21 @@ use std::sync::Mutex;
 use super::adopt::{Survey, adopt_all};
 use crate::error::HandoffError;
 use crate::handoff::{
-    self, ANCESTORS_VAR, COMMIT_BYTE, DRAINED_BYTE, GENERATION_VAR, MARKER_VAR, Manifest, Marker,
-    READY_BYTE, STDERR_VAR,
+    self, ANCESTORS_VAR, COMMIT_BYTE, DRAINED_BYTE, GENERATION_VAR, LAUNCH_PATH_VAR, MARKER_VAR,
+    Manifest, Marker, READY_BYTE, STDERR_VAR,
 };
 use crate::registry::Registered;
 use crate::sys;
 
 /// The variables that travel beside the handoff (see [`handoff`]), moved out of the
 /// environment together.
-const HANDOFF_VARS: [&str; 4] = [MARKER_VAR, GENERATION_VAR, STDERR_VAR, ANCESTORS_VAR];
+const HANDOFF_VARS: [&str; 5] = [
+    MARKER_VAR,
+    GENERATION_VAR,
+    STDERR_VAR,
+    ANCESTORS_VAR,
+    LAUNCH_PATH_VAR,
+];
 
 /// What [`stash_marker`] moved out of the environment, by name; `None` before it ran.
 type Stash = Vec<(&'static str, Option<OsString>)>;
@@ -92,6 +98,13 @@ fn peek_real_stderr_fd() -> Option<RawFd> {
 }
 
 /// The generation number the process that started this one gave it, if any.
+/// The deploy path the process that started this one upgrades to (see
+/// [`handoff::LAUNCH_PATH_VAR`]): taken in every case, used only beside a verified handoff.
+pub(crate) fn take_launch_path() -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(take_stashed(LAUNCH_PATH_VAR)?);
+    path.is_absolute().then_some(path)
+}
+
 pub(crate) fn take_generation() -> Option<u64> {
     take_stashed(GENERATION_VAR)?.to_str()?.parse().ok()
 }

@@ -43,6 +43,8 @@ pub enum FreshStart {
     SocketsChanged,
     /// The standby was stopped (SIGSTOP): it would not have become ready.
     StandbyStopped,
+    /// A rollback starts the previous build, which no standby runs.
+    Rollback,
 }
 
 impl std::fmt::Display for SuccessorStart {
@@ -62,6 +64,7 @@ impl std::fmt::Display for FreshStart {
             FreshStart::NewBinary => "a new binary landed after the standby started",
             FreshStart::SocketsChanged => "the sockets changed after the standby started",
             FreshStart::StandbyStopped => "the standby was stopped (SIGSTOP)",
+            FreshStart::Rollback => "a rollback to the previous build",
         })
     }
 }

@@ -7,7 +7,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::io::unix::AsyncFd;
 
@@ -37,6 +37,9 @@ pub(crate) trait Spawner: Send + Sync + std::fmt::Debug {
 
     /// The path a successor is started from.
     fn program(&self) -> &Path;
+
+    /// The same, starting `program` instead (a rollback to the pinned previous build).
+    fn for_program(&self, program: PathBuf) -> Box<dyn Spawner>;
 }
 
 /// What a serving successor's end is reported to.
@@ -108,6 +111,10 @@ impl Spawner for Launch {
     fn program(&self) -> &Path {
         &self.program
     }
+
+    fn for_program(&self, program: PathBuf) -> Box<dyn Spawner> {
+        Box::new(Launch::for_program(self, program))
+    }
 }
 
 /// A successor process.
@@ -169,11 +176,15 @@ impl Process {
             vec![control_r.as_fd(), ready_w.as_fd(), alive_r.as_fd()];
         passed.extend(fds.iter().map(|r| r.fd.as_fd()));
         passed.push(real_stderr.as_fd());
-        let vars: Vec<(&OsStr, &OsStr)> = layout
+        let mut vars: Vec<(&OsStr, &OsStr)> = layout
             .vars
             .iter()
             .map(|(name, value)| (OsStr::new(name), OsStr::new(value)))
             .collect();
+        vars.push((
+            OsStr::new(crate::handoff::LAUNCH_PATH_VAR),
+            launch.deployed.as_os_str(),
+        ));
         let started = launch
             .start(&vars, &passed, Some(stderr_w.as_fd()))
             .map_err(|source| {

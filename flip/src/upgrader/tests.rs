@@ -185,6 +185,10 @@ impl Spawner for FakeSpawner {
     fn program(&self) -> &Path {
         Path::new("/fake/app")
     }
+
+    fn for_program(&self, _program: std::path::PathBuf) -> Box<dyn Spawner> {
+        Box::new(FakeSpawner(Arc::clone(&self.0)))
+    }
 }
 
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 
 use super::standby::{FreshStart, SuccessorStart};
-use super::successor::Successor;
+use super::successor::{Spawner, Successor};
 use super::{Phase, Upgrader};
 use crate::error::{Error, Repr, Result};
 use crate::pidfile;
@@ -23,6 +23,25 @@ impl Upgrader {
     /// the upgrade timeout (it is then killed and reaped). After a failure this process keeps
     /// serving, and a later call may succeed. Needs a tokio runtime with I/O and time enabled.
     pub async fn upgrade(&self) -> Result<u32> {
+        self.upgrade_to(None).await
+    }
+
+    /// Upgrades to the build the predecessor ran (see
+    /// [`previous_build`](Upgrader::previous_build)), pinned by descriptor: it starts even
+    /// after a deploy replaced the file at the executable path. Otherwise as
+    /// [`upgrade`](Upgrader::upgrade); the successor's own upgrades start the executable path
+    /// again. Refused when there is no previous build (a first start).
+    pub async fn rollback(&self) -> Result<u32> {
+        let previous = self
+            .previous_build()
+            .ok_or_else(|| Error::from(Repr::NoPreviousBuild))?;
+        self.upgrade_to(Some(previous)).await
+    }
+
+    /// An upgrade to the executable path, or to `program` (the pinned previous build).
+    async fn upgrade_to(&self, program: Option<std::path::PathBuf>) -> Result<u32> {
+        let rollback = program.map(|p| self.shared.spawner.for_program(p));
+        let spawner: &dyn Spawner = rollback.as_deref().unwrap_or(self.shared.spawner.as_ref());
         let cancel = self.begin_upgrade()?;
         // Back to Ready on every path but success, including this future being dropped.
         let mut reset = PhaseReset {
@@ -33,11 +52,13 @@ impl Upgrader {
         let timeout = self.shared.options.upgrade_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         self.make_room(deadline).await?;
-        let standby = self.shared.standby.take_current(
-            self.shared.spawner.as_ref(),
-            &self.shared.fds,
-            self.pid_file(),
-        );
+        let standby = match rollback {
+            Some(_) => Err(FreshStart::Rollback),
+            None => self
+                .shared
+                .standby
+                .take_current(spawner, &self.shared.fds, self.pid_file()),
+        };
         let (mut child, mut start) = match standby {
             Ok(mut standby) => {
                 let pid = standby.pid();
@@ -47,7 +68,7 @@ impl Upgrader {
                     Err(e) => {
                         tracing::warn!(pid, error = %crate::error::Chain(&e), "the standby process is gone; starting afresh");
                         self.reclaim_pid_file(pid);
-                        let fresh = self.start_fresh(self.snapshot()?)?;
+                        let fresh = self.start_fresh(spawner, self.snapshot()?)?;
                         (fresh, SuccessorStart::Fresh(FreshStart::StandbyExited))
                     }
                 }
@@ -56,13 +77,13 @@ impl Upgrader {
                 if self.shared.options.standby {
                     tracing::info!(%why, "starting the successor afresh");
                 }
-                let fresh = self.start_fresh(self.snapshot()?)?;
+                let fresh = self.start_fresh(spawner, self.snapshot()?)?;
                 (fresh, SuccessorStart::Fresh(why))
             }
         };
         loop {
             let pid = child.pid();
-            tracing::debug!(pid, program = %self.shared.spawner.program().display(), "started the successor");
+            tracing::debug!(pid, program = %spawner.program().display(), "started the successor");
             let failed = tokio::select! {
                 ready = child.wait_ready() => match ready {
                     Ok(()) => None,
@@ -86,7 +107,7 @@ impl Upgrader {
                 // say. A fresh start is what the upgrade would have done without a standby.
                 Some(status) if start == SuccessorStart::Standby => {
                     tracing::warn!(pid, %status, "the standby process ended before it was ready; starting afresh");
-                    child = self.start_fresh(self.snapshot()?)?;
+                    child = self.start_fresh(spawner, self.snapshot()?)?;
                     start = SuccessorStart::Fresh(FreshStart::StandbyExited);
                 }
                 _ => return Err(error),
@@ -123,18 +144,20 @@ impl Upgrader {
     }
 
     /// Starts a successor with `fds` and hands them over at once.
-    fn start_fresh(&self, fds: Vec<Registered>) -> Result<Box<dyn Successor>> {
-        let mut successor = self.spawn(fds)?;
+    fn start_fresh(
+        &self,
+        spawner: &dyn Spawner,
+        fds: Vec<Registered>,
+    ) -> Result<Box<dyn Successor>> {
+        let mut successor = self.spawn(spawner, fds)?;
         successor.hand_over()?;
         Ok(successor)
     }
 
     /// Starts a successor with `fds`, not told yet what they are.
-    fn spawn(&self, fds: Vec<Registered>) -> Result<Box<dyn Successor>> {
+    fn spawn(&self, spawner: &dyn Spawner, fds: Vec<Registered>) -> Result<Box<dyn Successor>> {
         let ancestors = self.lineage_for_successor();
-        self.shared
-            .spawner
-            .spawn(fds, self.shared.generation + 1, &ancestors)
+        spawner.spawn(fds, self.shared.generation + 1, &ancestors)
     }
 
     /// Duplicates of every socket and file of the registry, for a successor.
@@ -166,7 +189,7 @@ impl Upgrader {
         if self.shared.options.max_draining.is_none() && self.living_predecessor()?.is_some() {
             return Ok(None);
         }
-        let start = || self.spawn(self.snapshot()?);
+        let start = || self.spawn(self.shared.spawner.as_ref(), self.snapshot()?);
         self.shared.standby.refresh(
             self.shared.spawner.as_ref(),
             &self.shared.fds,
