@@ -233,23 +233,107 @@ fn as_pid_1_of_a_pid_namespace_ten_upgrades_lose_nothing_and_sigterm_ends_it_wit
 }
 
 #[test]
-fn as_pid_1_a_crash_of_the_serving_process_ends_the_namespace_with_its_status() {
+fn as_pid_1_a_crash_of_the_serving_process_is_started_again_and_sigterm_ends_it_with_0() {
     let (mut s, supervisor) = Supervised::as_pid_1("pid1-crash");
     let serving = wait_for("the serving generation", DEADLINE, || {
         children_of(supervisor).first().copied()
     });
     signal(serving, Signal::SIGABRT);
+    let again = wait_for("a new serving generation", DEADLINE, || {
+        children_of(supervisor).first().copied().filter(|&p| p != serving)
+    });
+    assert!(alive(again));
+    let answer = get(&s.addr);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    signal(supervisor, Signal::SIGTERM);
     let status = wait_for("the namespace to end", DEADLINE, || {
         s.child.try_wait().unwrap()
     });
-    use std::os::unix::process::ExitStatusExt;
-    // unshare passes on how its child ended: killed by the same signal, or 128 + its number.
-    let abrt = Signal::SIGABRT as i32;
-    assert!(
-        status.signal() == Some(abrt) || status.code() == Some(128 + abrt),
-        "{status:?}; log:\n{}",
-        s.log()
+    assert_eq!(status.code(), Some(0), "log:\n{}", s.log());
+}
+
+/// One HTTP request on a new connection; the whole answer.
+fn get(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect: nothing is refused");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn a_serving_process_killed_under_load_is_started_again_on_the_same_sockets_refusing_nothing() {
+    let s = Supervised::start(
+        "supervised-kill-9",
+        Command::new(bootserver()).env("BOOT_SUPERVISE", "1"),
     );
+    let supervisor = s.child.id();
+    let load = Load::start(&s.addr, 4, Mode::Close);
+    load.wait_for_more(50);
+    // An upgrade first: the store follows the generations.
+    let upgraded = s.upgrade(supervisor);
+    load.wait_for_more(50);
+    signal(upgraded, Signal::SIGKILL);
+    // Sent while nobody may accept yet: it waits in the listen queue for the new process.
+    let answer = get(&s.addr);
+    let again = wait_for("the pid file to name the new process", DEADLINE, || {
+        pid_in(&s.pid_file).filter(|&p| p != upgraded)
+    });
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains(&format!("hello from {again}")),
+        "the connection made after the kill is served by the new process: {answer}"
+    );
+    assert_eq!(children_of(supervisor), vec![again], "its child serves");
+    load.wait_for_more(50);
+    let report = load.finish();
+    eprintln!("kill -9 under load: {report:?}");
+    assert_eq!(report.failures.connect, 0, "nothing refused: {report:?}");
+    assert!(
+        report.failed <= 4,
+        "only the requests in flight on the killed process: {report:?}"
+    );
+    assert!(report.pids.contains(&again));
+    let log = s.log();
+    assert!(
+        log.contains("the serving process ended outside an upgrade; starting the binary again on the same sockets"),
+        "{log}"
+    );
+    assert!(alive(supervisor));
+}
+
+#[test]
+fn a_build_that_keeps_crashing_is_started_again_less_and_less_often_until_a_stop() {
+    let scratch = Scratch::new("supervised-crash-loop-behaviour");
+    let behaviour = scratch.path("behaviour");
+    std::fs::write(&behaviour, "crash-after 100").unwrap();
+    let mut cmd = Command::new(bootserver());
+    cmd.env("BOOT_SUPERVISE", "1").env("TS_BEHAVIOUR", &behaviour);
+    let mut s = Supervised::start("supervised-crash-loop", &mut cmd);
+    let supervisor = s.child.id();
+    wait_for("the fourth start after a crash", DEADLINE, || {
+        s.log().contains("restart=4").then_some(())
+    });
+    let log = s.log();
+    let delays: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("starting the binary again"))
+        .filter_map(|l| l.split("delay=").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        &delays[..4],
+        ["0ns", "100ms", "200ms", "400ms"],
+        "the first crash restarts at once, quick ones wait longer each time: {log}"
+    );
+    // A stop ends the loop, whether it comes during a wait or while a generation serves.
+    signal(supervisor, Signal::SIGTERM);
+    let status = wait_for("the supervisor to end", DEADLINE, || {
+        s.child.try_wait().unwrap()
+    });
+    assert!(!status.success() || status.code() == Some(0), "{status:?}");
+    assert!(children_of(supervisor).is_empty());
 }
 
 /// The abstract name of `supervisor`'s notification socket, as anyone on the host finds it:

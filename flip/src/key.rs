@@ -81,6 +81,25 @@ impl Key {
     pub(crate) fn is_unix_path(&self) -> bool {
         matches!(self.network.as_str(), "unix" | "unixgram")
     }
+
+    /// The name of a socket in a service manager's fd store (`FDNAME=`): the key, with `%`,
+    /// `:` (systemd's separator in `LISTEN_FDNAMES`) and anything but printable ASCII
+    /// percent-encoded. `None` for a file, or when the name would pass systemd's 255 bytes.
+    pub(crate) fn store_name(&self) -> Option<String> {
+        if self.kind == Kind::File {
+            return None;
+        }
+        let name = crate::percent::encode(&self.to_string(), |c| {
+            c == '%' || c == ':' || !(' '..='~').contains(&c)
+        });
+        (name.len() <= 255).then_some(name)
+    }
+}
+
+/// Whether `name` is a name systemd accepts in `FDNAME=`: at most 255 bytes of printable ASCII
+/// without `:`.
+pub(crate) fn is_store_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b':')
 }
 
 /// `listener tcp 127.0.0.1:8080`, `packet udp [::1]:53`; a file by its name alone, `file state`.

@@ -49,6 +49,15 @@ impl Notifier {
         sys::socket::send_to(&self.socket, &self.target, lines.join("\n").as_bytes())
     }
 
+    /// Sends `lines` as one datagram with copies of `fds` (`FDSTORE=1`).
+    pub(crate) fn send_with_fds(
+        &self,
+        lines: &[String],
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> io::Result<()> {
+        sys::socket::send_with_fds(&self.socket, &self.target, lines.join("\n").as_bytes(), fds)
+    }
+
     /// The value of `NOTIFY_SOCKET` that leads here, for a successor's environment.
     pub(crate) fn value(&self) -> &OsStr {
         &self.value

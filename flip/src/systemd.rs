@@ -14,20 +14,25 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bootstrap::Observer;
 use crate::error::{Chain, Error};
 use crate::notify::{self, NOTIFY_SOCKET_VAR, Notifier};
 use crate::sys;
+use crate::upgrader::Upgrader;
 
 /// Sends systemd what the Bootstrap does: an [`Observer`] for
 /// [`Bootstrap::observe`](crate::Bootstrap::observe). `#[flip::main]` adds one when
 /// `NOTIFY_SOCKET` is set.
 #[derive(Debug)]
 pub struct Notify {
-    notifier: Notifier,
+    notifier: Arc<Notifier>,
     upgrade_timeout: Duration,
+    /// Whose sockets go to the fd store, if they do.
+    store: Option<Upgrader>,
 }
 
 impl Notify {
@@ -41,14 +46,27 @@ impl Notify {
             return Ok(None);
         };
         Ok(Some(Notify {
-            notifier: Notifier::new(&value)?,
+            notifier: Arc::new(Notifier::new(&value)?),
             upgrade_timeout,
+            store: None,
         }))
     }
 
     /// The value of `NOTIFY_SOCKET`.
     pub fn socket_value(&self) -> OsString {
         self.notifier.value().to_owned()
+    }
+
+    /// Also hands every socket of `upgrader`'s registry to the service manager's fd store
+    /// (`FDSTORE=1` with `FDNAME=`, one message per socket), so that a process started again
+    /// after a crash gets them back and no connection is refused meanwhile; takes the sockets
+    /// it let go out again (`FDSTOREREMOVE=1`). A first start stores at readiness; a process an
+    /// upgrade started, once its predecessor exited (before that, systemd hears only the main
+    /// process, which was its predecessor). The unit needs `FileDescriptorStoreMax=`;
+    /// `#[flip::main]` does this when `FLIP_FDSTORE=1` (flip's supervisor sets it) or systemd's
+    /// own `FDSTORE` is set.
+    pub fn store_sockets(&mut self, upgrader: &Upgrader) {
+        self.store = Some(upgrader.clone());
     }
 
     fn send(&self, lines: &[String]) {
@@ -68,6 +86,19 @@ impl Observer for Notify {
                 notify::status(&format!("serving (pid {})", std::process::id())),
             ]);
         }
+        let Some(upgrader) = self.store.clone() else {
+            return;
+        };
+        if first {
+            store(&self.notifier, &upgrader);
+            return;
+        }
+        let notifier = Arc::clone(&self.notifier);
+        tokio::spawn(async move {
+            if upgrader.parent_exited().await.is_ok() {
+                store(&notifier, &upgrader);
+            }
+        });
     }
 
     fn upgrade_started(&self) {
@@ -120,4 +151,30 @@ impl Observer for Notify {
     fn stopping(&self) {
         self.send(&["STOPPING=1".into(), notify::status("stopping")]);
     }
+}
+
+/// Sends the fd store every socket of `upgrader`'s registry, and takes out those it let go.
+fn store(notifier: &Notifier, upgrader: &Upgrader) {
+    let fds = upgrader.fds();
+    for name in fds.closed_store_names() {
+        let lines = ["FDSTOREREMOVE=1".to_owned(), format!("FDNAME={name}")];
+        if let Err(e) = notifier.send(&lines) {
+            tracing::warn!(error = %e, name, "could not take a socket out of the fd store");
+        }
+    }
+    let sockets = match fds.sockets_to_store() {
+        Ok(sockets) => sockets,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not copy the sockets for the fd store");
+            return;
+        }
+    };
+    let count = sockets.len();
+    for (name, fd) in sockets {
+        let lines = ["FDSTORE=1".to_owned(), format!("FDNAME={name}")];
+        if let Err(e) = notifier.send_with_fds(&lines, &[fd.as_fd()]) {
+            tracing::warn!(error = %e, name, "could not hand a socket to the fd store");
+        }
+    }
+    tracing::debug!(sockets = count, "handed the sockets to the fd store");
 }

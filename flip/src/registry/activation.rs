@@ -38,28 +38,48 @@ pub(crate) struct Activated {
     pub(crate) fd: OwnedFd,
 }
 
+/// Set by flip's supervisor beside `LISTEN_FDS` when it starts the binary again after a crash:
+/// its own pid, which stands in for `LISTEN_PID` (the supervisor cannot know its child's pid
+/// before `posix_spawn` returns). Believed only when it is this process's parent.
+pub(crate) const LISTEN_PARENT_VAR: &str = "FLIP_LISTEN_PARENT";
+
+/// Whether each process hands its sockets to the service manager's fd store (`FDSTORE=1`):
+/// `1` (flip's supervisor sets it; set it in a systemd unit with `FileDescriptorStoreMax=`).
+/// systemd 254 and later set `FDSTORE` to the store's size, which counts too.
+pub(crate) const FDSTORE_VAR: &str = "FLIP_FDSTORE";
+
 /// Takes the sockets systemd passed on a first start: `LISTEN_FDS` descriptors from 3 on, when
-/// `LISTEN_PID` is this process (another pid means the variables were inherited by accident:
-/// they are ignored). Each is made close-on-exec, and the variables are removed. Call it
-/// before other threads exist.
+/// `LISTEN_PID` is this process, or [`LISTEN_PARENT_VAR`] its parent (anything else means the
+/// variables were inherited by accident: they are ignored). Each is made close-on-exec, and the
+/// variables are removed. Call it before other threads exist.
 pub(crate) fn take_activated() -> Result<Vec<Activated>, Error> {
     let pid = sys::env::take_var("LISTEN_PID");
+    let parent = sys::env::take_var(LISTEN_PARENT_VAR);
     let fds = sys::env::take_var("LISTEN_FDS");
     let names = sys::env::take_var("LISTEN_FDNAMES");
-    let (Some(pid), Some(fds)) = (pid, fds) else {
+    let Some(fds) = fds else {
         return Ok(Vec::new());
     };
     let bad = |name: &str, value: &OsString, reason: &'static str| {
         Error::from(Repr::Activation(format!("{name}={value:?}: {reason}")))
     };
-    let Some(pid) = pid.to_str().and_then(|p| p.parse::<u32>().ok()) else {
-        return Err(bad("LISTEN_PID", &pid, "not a pid"));
+    let for_us = match (parent, pid) {
+        (Some(parent), _) => {
+            let Some(parent) = parent.to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                return Err(bad(LISTEN_PARENT_VAR, &parent, "not a pid"));
+            };
+            parent == std::os::unix::process::parent_id()
+        }
+        (None, Some(pid)) => {
+            let Some(pid) = pid.to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                return Err(bad("LISTEN_PID", &pid, "not a pid"));
+            };
+            pid == std::process::id()
+        }
+        (None, None) => false,
     };
-    if pid != std::process::id() {
-        tracing::debug!(
-            listen_pid = pid,
-            "LISTEN_FDS is for another process; ignored"
-        );
+    if !for_us {
+        tracing::debug!("LISTEN_FDS is for another process; ignored");
         return Ok(Vec::new());
     }
     let Some(count) = fds.to_str().and_then(|n| n.parse::<i32>().ok()) else {

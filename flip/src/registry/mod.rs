@@ -13,9 +13,10 @@ use crate::sys::fd::FileId;
 mod activation;
 mod open;
 mod upgrade;
+mod store;
 
 use activation::ActivatedSocket;
-pub(crate) use activation::take_activated;
+pub(crate) use activation::{FDSTORE_VAR, LISTEN_PARENT_VAR, take_activated};
 pub use open::{Listener, PacketSocket};
 
 /// Every socket and file that is handed to the next process on upgrade.
@@ -56,6 +57,8 @@ struct Registry {
     activated: Vec<ActivatedSocket>,
     /// Asked for (or created) by this process: what the next process receives.
     used: HashMap<Key, Held>,
+    /// The fd store names of the sockets closed at readiness (see `store.rs`).
+    closed_names: Vec<String>,
 }
 
 impl Registry {
@@ -126,6 +129,7 @@ impl Fds {
                     .collect(),
                 activated: Vec::new(),
                 used,
+                closed_names: Vec::new(),
             }),
             has_parent,
             settings,

@@ -20,11 +20,14 @@ impl Fds {
         for s in &activated {
             tracing::info!(name = ?s.name, local = ?s.info.local, "closed a socket systemd passed that nobody asked for");
         }
+        let mut closed_names: Vec<String> = activated.iter().filter_map(|s| s.name.clone()).collect();
         drop(activated);
         let unclaimed = std::mem::take(&mut self.lock().inherited);
         let mut keys: Vec<Key> = unclaimed.keys().cloned().collect();
         keys.sort();
         drop(unclaimed);
+        closed_names.extend(keys.iter().filter_map(Key::store_name));
+        self.lock().closed_names = closed_names;
         for key in &keys {
             // Only a socket is removed: whatever else may stand at that path now is not ours.
             let is_socket = std::fs::symlink_metadata(&key.address)

@@ -62,6 +62,10 @@ pub struct Environment {
     /// `<PREFIX>_HEALTH_INTERVAL` (a duration above 0); `None` when unset: 1 s (see
     /// [`Bootstrap::set_health_interval`](crate::Bootstrap::set_health_interval)).
     pub health_interval: Option<Duration>,
+    /// `FLIP_FDSTORE` (a flag, whatever the prefix: flip's supervisor sets it), or systemd's
+    /// `FDSTORE` above 0: hand the sockets to the service manager's fd store (see
+    /// [`Notify::store_sockets`](crate::systemd::Notify::store_sockets)).
+    pub fd_store: bool,
 }
 
 /// A duration as flip's variables and attributes write it: a whole number and a unit, `ms`,
@@ -225,5 +229,9 @@ pub fn read_environment(
         health_interval,
         stop,
         executable,
+        fd_store: flag(crate::registry::FDSTORE_VAR.to_owned(), None)?.unwrap_or(false)
+            || get("FDSTORE")
+                .and_then(|v| v.to_str().and_then(|v| v.trim().parse::<u32>().ok()))
+                .is_some_and(|n| n > 0),
     })
 }

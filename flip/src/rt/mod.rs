@@ -239,7 +239,10 @@ pub fn run(config: MainConfig, body: for<'a> fn(&'a mut Bootstrap) -> BodyFuture
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    if let Some(n) = notify {
+    if let Some(mut n) = notify {
+        if env.fd_store {
+            n.store_sockets(bootstrap.upgrader());
+        }
         bootstrap.observe(n);
     }
     if let Some(window) = env.probation.or(config.probation) {

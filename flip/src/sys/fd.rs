@@ -180,6 +180,27 @@ pub(crate) fn wait_any_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>>
     }
 }
 
+/// Waits until one of `fds` is readable or `timeout` passed; whether one is.
+pub(crate) fn wait_readable_for(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> io::Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut polled: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        match poll(&mut polled, PollTimeout::from(ms.max(1))) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Identity of the file behind a descriptor.
 pub(crate) fn identity(fd: impl AsFd) -> io::Result<Identity> {
     let st = nix::sys::stat::fstat(fd.as_fd())?;

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::sys::socket::{
@@ -192,16 +192,27 @@ pub(crate) struct Sender {
     pub(crate) uid: u32,
 }
 
+/// One datagram received by [`recv_with_sender`].
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// How many bytes of the buffer it filled.
+    pub(crate) len: usize,
+    /// Who sent it, by the kernel's word; `None` without credentials.
+    pub(crate) sender: Option<Sender>,
+    /// The descriptors it carried (`SCM_RIGHTS`), close-on-exec.
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Most descriptors one datagram may carry here; the kernel's own limit is 253.
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 16;
+
 /// Receives one datagram without blocking, with its sender's credentials (see
-/// [`abstract_datagram`]): `None` when none is queued. A datagram without credentials has
-/// sender `None`.
-pub(crate) fn recv_with_sender(
-    fd: &OwnedFd,
-    buf: &mut [u8],
-) -> io::Result<Option<(usize, Option<Sender>)>> {
+/// [`abstract_datagram`]) and the descriptors it carries: `None` when none is queued. The
+/// caller owns the descriptors: whatever it does not keep is closed when dropped.
+pub(crate) fn recv_with_sender(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<Received>> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
     let mut iov = [std::io::IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!(UnixCredentials);
+    let mut space = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_FDS_PER_MESSAGE]);
     let msg = match recvmsg::<()>(
         fd.as_raw_fd(),
         &mut iov,
@@ -213,6 +224,7 @@ pub(crate) fn recv_with_sender(
         Err(e) => return Err(e.into()),
     };
     let mut sender = None;
+    let mut fds = Vec::new();
     for cmsg in msg.cmsgs()? {
         match cmsg {
             ControlMessageOwned::ScmCredentials(creds) => {
@@ -221,16 +233,21 @@ pub(crate) fn recv_with_sender(
                     uid: creds.uid(),
                 })
             }
-            // Descriptors nobody asked for (a sender may attach some): closed, not leaked.
-            ControlMessageOwned::ScmRights(fds) => {
-                for fd in fds {
-                    let _ = nix::unistd::close(fd);
+            ControlMessageOwned::ScmRights(raw) => {
+                for r in raw {
+                    // SAFETY: the kernel just installed `r` in this process for this message;
+                    // nothing else refers to it, so it is ours to own and close.
+                    fds.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(r) });
                 }
             }
             _ => {}
         }
     }
-    Ok(Some((msg.bytes, sender)))
+    Ok(Some(Received {
+        len: msg.bytes,
+        sender,
+        fds,
+    }))
 }
 
 /// Where a datagram goes: a socket path, or an abstract name (written `@name`).
@@ -242,12 +259,26 @@ pub(crate) enum UnixTarget {
 
 /// Sends one datagram to `target` from `fd` (see [`datagram_sender`]).
 pub(crate) fn send_to(fd: &OwnedFd, target: &UnixTarget, bytes: &[u8]) -> io::Result<()> {
-    use nix::sys::socket::{MsgFlags, sendto};
+    send_with_fds(fd, target, bytes, &[])
+}
+
+/// Sends one datagram to `target` from `fd`, with copies of `fds` (`SCM_RIGHTS`).
+pub(crate) fn send_with_fds(
+    fd: &OwnedFd,
+    target: &UnixTarget,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
     let addr = match target {
         UnixTarget::Path(path) => UnixAddr::new(path.as_path())?,
         UnixTarget::Abstract(name) => UnixAddr::new_abstract(name)?,
     };
-    sendto(fd.as_raw_fd(), bytes, &addr, MsgFlags::MSG_NOSIGNAL)?;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    let iov = [std::io::IoSlice::new(bytes)];
+    sendmsg(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, Some(&addr))?;
     Ok(())
 }
 

@@ -21,18 +21,22 @@
 //! It never runs new code: it is the binary as it was at the first start, until the whole
 //! service restarts. What it runs is this file and the few syscalls below it.
 
-use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use crate::bootstrap::StopMode;
 use crate::handoff::Token;
 use crate::launch::Launch;
-use crate::notify::{self, NOTIFY_SOCKET_VAR, Notifier};
+use crate::notify::{NOTIFY_SOCKET_VAR, Notifier};
 use crate::sys;
-use crate::sys::pidref::{self, ProcessRef};
+use crate::sys::pidref::ProcessRef;
 use crate::sys::process::Ended;
-use crate::sys::socket::Sender;
+
+mod inbox;
+mod restart;
+
+use inbox::{FdStore, Inbox};
+use restart::Starter;
 
 /// Set in the first generation's environment: it is supervised and must not supervise again.
 pub(crate) const SUPERVISED_VAR: &str = "FLIP_SUPERVISED";
@@ -71,30 +75,26 @@ fn supervise(executable: Option<std::path::PathBuf>, stop: StopMode) -> std::io:
         None => None,
     };
     let launch = Launch::capture(executable, Vec::new())?;
-    let socket_value = format!("@{name}");
-    let first = launch.start(
-        &[
-            (OsStr::new(NOTIFY_SOCKET_VAR), OsStr::new(&socket_value)),
-            (OsStr::new(SUPERVISED_VAR), OsStr::new("1")),
-        ],
-        &[],
-        None,
-    )?;
-    // Our own child, not reaped yet: its pid cannot be recycled before we reap it.
-    let mut serving = Serving {
-        pid: first.pid,
-        process: ProcessRef::open(first.pid, None)?,
+    let starter = Starter {
+        launch,
+        socket_value: format!("@{name}"),
+        me,
     };
     let mut inbox = Inbox {
         socket: inbox,
         me,
         uid: sys::process::own_uid(),
         refused: 0,
+        store: FdStore::default(),
     };
+    let mut serving = starter.start(&inbox.store)?;
     tracing::info!(supervisor = me, pid = serving.pid, "supervising");
     // How the last child that was not the serving one ended: the supervisor's own end when the
     // serving process ended out of its sight (see below).
     let mut last_other = None;
+    // A stop was passed on: the serving process's end is the supervisor's, whatever it is.
+    let mut stopping = false;
+    let mut backoff = restart::Backoff::default();
     loop {
         let mut watched = vec![signals.as_fd(), inbox.socket.as_fd()];
         watched.extend(serving.process.as_ref().and_then(ProcessRef::as_fd));
@@ -107,6 +107,7 @@ fn supervise(executable: Option<std::path::PathBuf>, stop: StopMode) -> std::io:
             if sig == sys::process::SIGCHLD {
                 continue;
             }
+            stopping |= restart::is_stop(sig);
             tracing::debug!(sig, pid = serving.pid, "forwarding a signal");
             match &serving.process {
                 Some(process) => process.signal(sig)?,
@@ -114,6 +115,7 @@ fn supervise(executable: Option<std::path::PathBuf>, stop: StopMode) -> std::io:
                 None => signal_children(sig),
             }
         }
+        let mut crashed = None;
         while let Some((pid, ended)) = sys::process::reap_any()? {
             if pid != serving.pid {
                 last_other = Some(ended); // an old generation, or an orphan of one
@@ -121,6 +123,10 @@ fn supervise(executable: Option<std::path::PathBuf>, stop: StopMode) -> std::io:
             }
             inbox.read(&mut serving, upstream.as_ref())?;
             if pid == serving.pid {
+                if restart::is_crash(stopping, ended) {
+                    crashed = Some((pid, ended));
+                    break;
+                }
                 if stop == StopMode::Drain {
                     wait_for_the_rest(&signals)?;
                 }
@@ -131,7 +137,8 @@ fn supervise(executable: Option<std::path::PathBuf>, stop: StopMode) -> std::io:
         // The serving process ended, and it was not our child: its predecessor, an older
         // generation still draining, reaped it and decides. It takes service back (and says
         // so with MAINPID=), or finishes its drain and exits; when no child is left, the
-        // supervisor ends the way the last of them did.
+        // supervisor ends the way the last of them did, or starts the binary again after a
+        // crash.
         if serving.process.as_ref().is_some_and(|p| !p.runs()) {
             tracing::debug!(
                 pid = serving.pid,
@@ -139,9 +146,22 @@ fn supervise(executable: Option<std::path::PathBuf>, stop: StopMode) -> std::io:
             );
             serving.process = None;
         }
-        if serving.process.is_none() && children_of(me).is_empty() {
-            end_the_rest();
-            return Ok(last_other.unwrap_or(Ended::Exited(0)));
+        if crashed.is_none() && serving.process.is_none() && children_of(me).is_empty() {
+            let ended = last_other.unwrap_or(Ended::Exited(0));
+            if !restart::is_crash(stopping, ended) {
+                end_the_rest();
+                return Ok(ended);
+            }
+            crashed = Some((serving.pid, ended));
+        }
+        if let Some((pid, ended)) = crashed {
+            match starter.restart(pid, ended, &mut backoff, &mut inbox, &signals)? {
+                Some(next) => serving = next,
+                None => {
+                    end_the_rest();
+                    return Ok(ended);
+                }
+            }
         }
     }
 }
@@ -161,109 +181,6 @@ fn signal_children(sig: i32) {
 struct Serving {
     pid: i32,
     process: Option<ProcessRef>,
-}
-
-/// The notification socket, and what the supervisor needs to judge who writes to it.
-struct Inbox {
-    socket: OwnedFd,
-    me: i32,
-    uid: u32,
-    /// Messages dropped so far, to warn about the first few and then only now and then.
-    refused: u64,
-}
-
-impl Inbox {
-    /// Applies every queued message from a trusted sender: `MAINPID=` names the serving
-    /// generation; the rest goes to the supervisor's own supervisor, if any.
-    fn read(&mut self, serving: &mut Serving, upstream: Option<&Notifier>) -> std::io::Result<()> {
-        let mut buf = [0u8; 4096];
-        while let Some((n, sender)) = sys::socket::recv_with_sender(&self.socket, &mut buf)? {
-            if let Err(why) = self.trusted(sender) {
-                self.refuse(sender, why);
-                continue;
-            }
-            let mut forward = Vec::new();
-            for (key, value) in notify::parse(&buf[..n]) {
-                match key {
-                    "MAINPID" => match self.descendant(value) {
-                        Ok(process) => {
-                            tracing::info!(
-                                from = serving.pid,
-                                to = process.pid(),
-                                "serving process changed"
-                            );
-                            *serving = Serving {
-                                pid: process.pid(),
-                                process: Some(process),
-                            };
-                        }
-                        Err(why) => self.refuse(sender, why),
-                    },
-                    _ => forward.push(format!("{key}={value}")),
-                }
-            }
-            if let Some(up) = upstream
-                && !forward.is_empty()
-                && let Err(e) = up.send(&forward)
-            {
-                tracing::warn!(error = %e, "could not notify the supervisor's own supervisor");
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether a message from `sender` may steer the supervisor.
-    fn trusted(&self, sender: Option<Sender>) -> Result<(), &'static str> {
-        let Some(sender) = sender else {
-            return Err("the message carries no credentials");
-        };
-        if sender.pid <= 0 {
-            return Err("the sender is outside this pid namespace");
-        }
-        if pidref::descends_from(sender.pid, self.me) {
-            return Ok(());
-        }
-        // A generation that sent its last message and exited (and was reaped by its predecessor)
-        // before the message was read: no longer in /proc, but of our user.
-        if pidref::Stat::read(sender.pid).is_none() && sender.uid == self.uid {
-            return Ok(());
-        }
-        Err("the sender is not a process this supervisor started")
-    }
-
-    /// The running descendant `value` names, pinned.
-    fn descendant(&self, value: &str) -> Result<ProcessRef, &'static str> {
-        let pid = value
-            .parse::<i32>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or("MAINPID is not a pid")?;
-        if !pidref::descends_from(pid, self.me) {
-            return Err("MAINPID names a process this supervisor did not start");
-        }
-        let process = ProcessRef::open(pid, None)
-            .ok()
-            .flatten()
-            .ok_or("MAINPID names a process that does not run")?;
-        // Pinned now: checked again, so that the pid was not recycled in between.
-        if !pidref::descends_from(pid, self.me) {
-            return Err("MAINPID names a process this supervisor did not start");
-        }
-        Ok(process)
-    }
-
-    fn refuse(&mut self, sender: Option<Sender>, why: &str) {
-        self.refused += 1;
-        // A flood of forged messages must not flood the log too.
-        if self.refused <= 10 || self.refused.is_power_of_two() {
-            tracing::warn!(
-                sender_pid = sender.map(|s| s.pid),
-                sender_uid = sender.map(|s| s.uid),
-                refused = self.refused,
-                "supervisor: refused a notification: {why}"
-            );
-        }
-    }
 }
 
 /// Waits until every child has ended (older generations finishing their drain), passing
