@@ -240,7 +240,10 @@ fn as_pid_1_a_crash_of_the_serving_process_is_started_again_and_sigterm_ends_it_
     });
     signal(serving, Signal::SIGABRT);
     let again = wait_for("a new serving generation", DEADLINE, || {
-        children_of(supervisor).first().copied().filter(|&p| p != serving)
+        children_of(supervisor)
+            .first()
+            .copied()
+            .filter(|&p| p != serving)
     });
     assert!(alive(again));
     let answer = get(&s.addr);
@@ -310,7 +313,8 @@ fn a_build_that_keeps_crashing_is_started_again_less_and_less_often_until_a_stop
     let behaviour = scratch.path("behaviour");
     std::fs::write(&behaviour, "crash-after 100").unwrap();
     let mut cmd = Command::new(bootserver());
-    cmd.env("BOOT_SUPERVISE", "1").env("TS_BEHAVIOUR", &behaviour);
+    cmd.env("BOOT_SUPERVISE", "1")
+        .env("TS_BEHAVIOUR", &behaviour);
     let mut s = Supervised::start("supervised-crash-loop", &mut cmd);
     let supervisor = s.child.id();
     wait_for("the fourth start after a crash", DEADLINE, || {

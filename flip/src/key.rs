@@ -99,7 +99,11 @@ impl Key {
 /// Whether `name` is a name systemd accepts in `FDNAME=`: at most 255 bytes of printable ASCII
 /// without `:`.
 pub(crate) fn is_store_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b':')
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b':')
 }
 
 /// `listener tcp 127.0.0.1:8080`, `packet udp [::1]:53`; a file by its name alone, `file state`.
@@ -108,6 +112,30 @@ impl fmt::Display for Key {
         match self.kind {
             Kind::File => write!(f, "file {}", self.address),
             kind => write!(f, "{} {} {}", kind.as_str(), self.network, self.address),
+        }
+    }
+}
+
+#[cfg(test)]
+mod store_name_tests {
+    use super::*;
+
+    #[test]
+    fn store_names_are_names_systemd_accepts_and_files_have_none() {
+        let tcp = Key::new(Kind::Listener, "tcp", "[::1]:8080");
+        let name = tcp.store_name().unwrap();
+        assert_eq!(name, "listener tcp [%3A%3A1]%3A8080");
+        assert!(is_store_name(&name));
+        let odd = Key::new(Kind::Listener, "unix", "/run/ünï:x%.sock");
+        assert!(is_store_name(&odd.store_name().unwrap()));
+        assert_eq!(
+            Key::new(Kind::File, FILE_NETWORK, "state").store_name(),
+            None
+        );
+        let long = Key::new(Kind::Listener, "unix", &"a".repeat(300));
+        assert_eq!(long.store_name(), None);
+        for bad in ["", "a:b", "tab\there", "é"] {
+            assert!(!is_store_name(bad), "{bad:?}");
         }
     }
 }

@@ -112,14 +112,36 @@ mod tests {
             .send(&["READY=1".into(), status("serving")])
             .unwrap();
         let mut buf = [0u8; 256];
-        let (n, sender) = sys::fd::wait_readable(std::os::fd::AsFd::as_fd(&server))
+        let got = sys::fd::wait_readable(std::os::fd::AsFd::as_fd(&server))
             .and_then(|()| sys::socket::recv_with_sender(&server, &mut buf))
             .unwrap()
             .unwrap();
-        assert_eq!(&buf[..n], b"READY=1\nSTATUS=serving");
+        assert_eq!(&buf[..got.len], b"READY=1\nSTATUS=serving");
         // The kernel says who sent it.
-        let sender = sender.expect("credentials on the datagram");
+        let sender = got.sender.expect("credentials on the datagram");
         assert_eq!(sender.pid, std::process::id() as i32);
         assert_eq!(sender.uid, sys::process::own_uid());
+        assert_eq!(sender.uid, sys::process::own_uid());
+
+        // A socket goes with FDSTORE=1, and arrives as a descriptor of the same socket.
+        let stored = sys::socket::datagram_sender().unwrap();
+        notifier
+            .send_with_fds(
+                &[
+                    "FDSTORE=1".into(),
+                    "FDNAME=listener tcp 127.0.0.1%3A1".into(),
+                ],
+                &[std::os::fd::AsFd::as_fd(&stored)],
+            )
+            .unwrap();
+        let got = sys::fd::wait_readable(std::os::fd::AsFd::as_fd(&server))
+            .and_then(|()| sys::socket::recv_with_sender(&server, &mut buf))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.fds.len(), 1);
+        assert_eq!(
+            sys::fd::identity(&got.fds[0]).unwrap().file,
+            sys::fd::identity(&stored).unwrap().file
+        );
     }
 }

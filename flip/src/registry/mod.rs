@@ -12,8 +12,8 @@ use crate::sys::fd::FileId;
 
 mod activation;
 mod open;
-mod upgrade;
 mod store;
+mod upgrade;
 
 use activation::ActivatedSocket;
 pub(crate) use activation::{FDSTORE_VAR, LISTEN_PARENT_VAR, take_activated};

@@ -20,7 +20,8 @@ impl Fds {
         for s in &activated {
             tracing::info!(name = ?s.name, local = ?s.info.local, "closed a socket systemd passed that nobody asked for");
         }
-        let mut closed_names: Vec<String> = activated.iter().filter_map(|s| s.name.clone()).collect();
+        let mut closed_names: Vec<String> =
+            activated.iter().filter_map(|s| s.name.clone()).collect();
         drop(activated);
         let unclaimed = std::mem::take(&mut self.lock().inherited);
         let mut keys: Vec<Key> = unclaimed.keys().cloned().collect();

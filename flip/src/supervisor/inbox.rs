@@ -49,7 +49,10 @@ impl FdStore {
                 continue;
             }
             if self.entries.len() >= MAX_STORED {
-                tracing::warn!(name, "supervisor: the fd store is full; a socket was not kept");
+                tracing::warn!(
+                    name,
+                    "supervisor: the fd store is full; a socket was not kept"
+                );
                 continue;
             }
             tracing::debug!(name, "supervisor: keeping a copy of a socket");
@@ -199,4 +202,3 @@ impl Inbox {
         }
     }
 }
-

@@ -80,7 +80,10 @@ impl Starter {
             .join(":");
         let parent = self.me.to_string();
         let mut env: Vec<(&OsStr, &OsStr)> = vec![
-            (OsStr::new(NOTIFY_SOCKET_VAR), OsStr::new(&self.socket_value)),
+            (
+                OsStr::new(NOTIFY_SOCKET_VAR),
+                OsStr::new(&self.socket_value),
+            ),
             (OsStr::new(SUPERVISED_VAR), OsStr::new("1")),
             (OsStr::new(FDSTORE_VAR), OsStr::new("1")),
         ];
@@ -130,7 +133,10 @@ impl Starter {
             }
             for sig in sys::process::read_signals(signals)? {
                 if is_stop(sig) {
-                    tracing::info!(sig, "a stop during the restart's backoff: not starting again");
+                    tracing::info!(
+                        sig,
+                        "a stop during the restart's backoff: not starting again"
+                    );
                     super::signal_children(sig);
                     return Ok(None);
                 }

@@ -181,7 +181,10 @@ pub(crate) fn wait_any_readable(fds: &[BorrowedFd<'_>]) -> io::Result<Vec<bool>>
 }
 
 /// Waits until one of `fds` is readable or `timeout` passed; whether one is.
-pub(crate) fn wait_readable_for(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> io::Result<bool> {
+pub(crate) fn wait_readable_for(
+    fds: &[BorrowedFd<'_>],
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

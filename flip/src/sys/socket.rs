@@ -278,7 +278,13 @@ pub(crate) fn send_with_fds(
     let rights = [ControlMessage::ScmRights(&raw)];
     let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
     let iov = [std::io::IoSlice::new(bytes)];
-    sendmsg(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, Some(&addr))?;
+    sendmsg(
+        fd.as_raw_fd(),
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        Some(&addr),
+    )?;
     Ok(())
 }
 
