@@ -147,6 +147,54 @@ fn a_notify_unit_starts_reloads_ten_times_under_load_and_stops_leaving_nothing()
 }
 
 #[test]
+fn a_crash_under_load_restarts_the_unit_on_the_fd_stores_sockets_refusing_nothing() {
+    let _one = ONE_BOX.lock().unwrap_or_else(|p| p.into_inner());
+    if skip() {
+        return;
+    }
+    let (b, _http, addr, pid_file) = started_notify_unit("fdstore");
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let socket = listening_inode(port);
+    let load = Load::start(&addr, 4, Mode::Close);
+    load.wait_for_more(20);
+    // Through an upgrade first: the successor stores the sockets it holds too.
+    let upgraded = reload(&b, UNIT, &pid_file);
+    load.wait_for_more(20);
+    let before = load.answered();
+    signal(
+        b.host_pid(upgraded).expect("the main process on the host"),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let restarted = wait_for("systemd to start the service again", DEADLINE, || {
+        let main = main_pid(&b, UNIT);
+        (main != upgraded
+            && main != 0
+            && b.property(UNIT, "ActiveState") == "active"
+            && pid_in(&pid_file) == Some(main))
+        .then_some(main)
+    });
+    load.wait_for_more(50);
+    let report = load.finish();
+    eprintln!(
+        "systemd fd store, kill -9 of {upgraded}: {} answered ({} after the kill), {:?}",
+        report.answered,
+        report.answered - before,
+        report.failures
+    );
+    assert_eq!(report.failures.connect, 0, "nothing refused: {report:?}");
+    assert!(report.failed <= 4, "only what was in flight: {report:?}");
+    assert_eq!(b.property(UNIT, "NRestarts"), "1");
+    assert_eq!(
+        listening_inode(port),
+        socket,
+        "the restarted process serves on the very socket the first one bound"
+    );
+    assert_eq!(pid_in(&pid_file), Some(restarted));
+    b.systemctl_ok(&["stop", UNIT]);
+    assert_eq!(b.property(UNIT, "ActiveState"), "inactive");
+}
+
+#[test]
 fn a_socket_activated_unit_serves_on_systemds_very_socket_across_reloads() {
     let _one = ONE_BOX.lock().unwrap_or_else(|p| p.into_inner());
     if skip() {
