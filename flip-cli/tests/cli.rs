@@ -442,7 +442,7 @@ fn a_client_timeout_says_what_it_waited_for_and_a_refusal_says_so_once() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         text(&out).contains(
-            "no answer from the control socket within 1s (waiting for the upgrade to end)"
+            "no answer from the control socket within 1s (waiting for the upgrade's verdict)"
         ),
         "{}",
         text(&out)
