@@ -554,7 +554,7 @@ fn a_build_that_speaks_another_handoff_version_is_reported_with_both_versions_an
     let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).contains("speaks handoff version 9; this binary speaks version 1"),
+        text(&out).contains("speaks handoff version 9; this binary speaks versions 1 to 2"),
         "{}",
         text(&out)
     );
@@ -791,4 +791,69 @@ fn rollback_starts_the_previous_build_after_a_deploy_replaced_its_file() {
     load.wait_for_more(10);
     load.finish()
         .assert_lossless_across(&[first, on_v2, on_v1, again]);
+}
+
+/// A copy of the `http` example whose flip note declares handoff versions `lowest` to
+/// `highest` instead of its own.
+fn with_declared_versions(from: &Path, to: &Path, lowest: u32, highest: u32) {
+    let mut bytes = std::fs::read(from).unwrap();
+    // The note: name size 5, description size 8, type 1, "flip", then the two versions.
+    let mut note = Vec::new();
+    for n in [5u32, 8, 1] {
+        note.extend_from_slice(&n.to_le_bytes());
+    }
+    note.extend_from_slice(b"flip\0\0\0\0");
+    let at = bytes
+        .windows(note.len())
+        .position(|w| w == note.as_slice())
+        .expect("the flip note in the binary")
+        + note.len();
+    bytes[at..at + 4].copy_from_slice(&lowest.to_le_bytes());
+    bytes[at + 4..at + 8].copy_from_slice(&highest.to_le_bytes());
+    let staged = to.with_extension("staged");
+    std::fs::write(&staged, bytes).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, to).unwrap();
+}
+
+#[test]
+fn a_build_that_declares_only_unknown_handoff_versions_is_refused_before_anything_starts() {
+    let (server, app) = deployable_http("cli-note-version", &[]);
+    let addr_load = {
+        // The address the server listens on, from its status.
+        let status = status_of(&server);
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("listening: listener tcp "))
+            .map(str::to_owned)
+            .expect("a tcp listener in the status")
+    };
+    let load = Load::start(&addr_load, 2, Mode::KeepAlive);
+    load.wait_for_more(10);
+    with_declared_versions(&example_path("http"), &app, 9, 9);
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "upgrade failed before anything started: {} speaks handoff versions 9 to 9; this binary speaks versions 1 to 2",
+            app.display()
+        )),
+        "{said}"
+    );
+    // Nothing was started from it: no successor, and no standby either.
+    assert_eq!(server.pid(), Some(server.first_pid));
+    let log = server.log();
+    assert!(!log.contains("started the successor"), "{log}");
+    let status = status_of(&server);
+    assert!(!status.contains("standby: pid"), "{status}");
+    // A build that declares a range with a version in common is taken, speaking the highest.
+    with_declared_versions(&example_path("http"), &app, 2, 7);
+    let out = run(&["upgrade", "--pid-file", &pid_file(&server)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let new = server.pid().unwrap();
+    wait_exit(server.first_pid, DEADLINE);
+    load.wait_for_more(10);
+    load.finish()
+        .assert_lossless_across(&[server.first_pid, new]);
 }

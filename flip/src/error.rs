@@ -65,6 +65,9 @@ pub enum ErrorKind {
     Timeout,
     /// The successor could not be started at all.
     Spawn,
+    /// The new binary speaks no handoff version this one speaks (its ELF note says which it
+    /// does): nothing was started, and this process serves on.
+    HandoffVersion,
     /// The handoff from the predecessor is unusable; nothing from it was adopted. The source
     /// is a [`HandoffError`].
     Handoff,
@@ -120,6 +123,15 @@ pub(crate) enum Repr {
     },
     #[error("could not start {program}")]
     Spawn { program: PathBuf, source: io::Error },
+    #[error(
+        "upgrade failed before anything started: {program} speaks handoff versions {lowest} to {highest}; this binary speaks versions {ours}"
+    )]
+    HandoffVersion {
+        program: PathBuf,
+        lowest: u32,
+        highest: u32,
+        ours: &'static str,
+    },
     #[error("invalid handoff from the predecessor")]
     Handoff(#[from] HandoffError),
     #[error("pid file {path}")]
@@ -164,6 +176,7 @@ impl Error {
             Repr::SuccessorExited { .. } => ErrorKind::SuccessorExited,
             Repr::Timeout { .. } => ErrorKind::Timeout,
             Repr::Spawn { .. } => ErrorKind::Spawn,
+            Repr::HandoffVersion { .. } => ErrorKind::HandoffVersion,
             Repr::Handoff(_) => ErrorKind::Handoff,
             Repr::PidFile { .. } => ErrorKind::PidFile,
             Repr::Address { .. } => ErrorKind::Address,
@@ -287,7 +300,7 @@ impl std::error::Error for Error {
 pub enum HandoffError {
     /// The process that started this one speaks another version of the handoff.
     #[error(
-        "the process that started this one speaks handoff version {theirs}; this binary speaks version {ours}: it cannot take over from it (restart the service to move to this build)"
+        "the process that started this one speaks handoff version {theirs}; this binary speaks versions {ours}: it cannot take over from it (restart the service to move to this build)"
     )]
     Version {
         /// The version the marker carries.

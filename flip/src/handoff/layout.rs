@@ -38,6 +38,8 @@ pub(crate) struct Handing<'a> {
     pub(crate) generation: u64,
     /// The older generations still running, oldest first, the predecessor last.
     pub(crate) ancestors: &'a [ProcessName],
+    /// The handoff version spoken with the successor.
+    pub(crate) version: u32,
 }
 
 impl Layout {
@@ -61,6 +63,7 @@ impl Layout {
         }
         .encode();
         let marker = Marker {
+            version: h.version,
             control_fd: CONTROL_FD,
             pipe_inode: h.pipe_inode,
             token: h.token,
@@ -108,6 +111,7 @@ mod tests {
             parent_pid: 42,
             generation: 3,
             ancestors: &[(40, 9)],
+            version: 2,
         });
         let m = Manifest::decode(layout.manifest.as_bytes()).unwrap();
         assert_eq!(m.parent_pid, 42);

@@ -7,8 +7,6 @@ use std::os::fd::RawFd;
 
 use crate::error::HandoffError;
 
-const MARKER_VERSION: &str = "1";
-
 /// Highest descriptor number a handoff may name.
 const MAX_FD: RawFd = 1 << 20;
 
@@ -52,6 +50,8 @@ impl Token {
 /// The content of [`MARKER_VAR`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Marker {
+    /// The handoff version spoken (see [`super::negotiate`]).
+    pub(crate) version: u32,
     pub(crate) control_fd: RawFd,
     pub(crate) pipe_inode: u64,
     pub(crate) token: Token,
@@ -60,7 +60,8 @@ pub(crate) struct Marker {
 impl Marker {
     pub(crate) fn encode(&self) -> String {
         format!(
-            "{MARKER_VERSION}:{}:{}:{}",
+            "{}:{}:{}:{}",
+            self.version,
             self.control_fd,
             self.pipe_inode,
             self.token.to_hex()
@@ -83,12 +84,20 @@ impl Marker {
         ) else {
             return Err(bad("expected <version>:<fd>:<inode>:<token>"));
         };
-        if version != MARKER_VERSION {
-            return Err(HandoffError::Version {
-                theirs: version.chars().take(20).collect(),
-                ours: MARKER_VERSION,
-            });
-        }
+        let version = match version.parse::<u32>() {
+            Ok(v)
+                if (super::OLDEST_VERSION..=super::NEWEST_VERSION).contains(&v)
+                    && version.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                v
+            }
+            _ => {
+                return Err(HandoffError::Version {
+                    theirs: version.chars().take(20).collect(),
+                    ours: super::SPOKEN,
+                });
+            }
+        };
         let control_fd = parse_fd(fd).ok_or_else(|| bad("fd is not a number from 3 up"))?;
         let pipe_inode = inode
             .parse::<u64>()
@@ -97,6 +106,7 @@ impl Marker {
             .ok_or_else(|| bad("inode is not a number"))?;
         let token = Token::from_hex(token).ok_or_else(|| bad("token is not 32 hex digits"))?;
         Ok(Marker {
+            version,
             control_fd,
             pipe_inode,
             token,

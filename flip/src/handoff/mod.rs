@@ -105,6 +105,28 @@ pub(crate) const STDERR_VAR: &str = "FLIP_STDERR_FD";
 /// successor finds the path from its argv\[0\].
 pub(crate) const LAUNCH_PATH_VAR: &str = "FLIP_LAUNCH_PATH";
 
+/// The oldest handoff version this build speaks: version 1 is the protocol of flip up to
+/// commit a539953 (marker, manifest, ready byte, parent pipe), which every later build keeps.
+pub(crate) const OLDEST_VERSION: u32 = 1;
+
+/// The newest handoff version this build speaks. Version 2 adds, on the same pipes: the
+/// predecessor's [`DRAINED_BYTE`] (its drain is over, it waits out a probation), the
+/// successor's [`COMMIT_BYTE`], and [`LAUNCH_PATH_VAR`]. Speaking version 1 to a successor,
+/// a predecessor sends none of them, and a successor told version 1 sends no commit.
+pub(crate) const NEWEST_VERSION: u32 = 2;
+
+/// The versions this build speaks, as errors name them.
+pub(crate) const SPOKEN: &str = "1 to 2";
+
+/// The version to speak with a binary that declares `declared` (the lowest and highest it
+/// speaks, from its ELF note; `None` when it declares nothing, as flip up to a539953 or a
+/// script: version 1): the highest both speak, or `None` when they share none.
+pub(crate) fn negotiate(declared: Option<(u32, u32)>) -> Option<u32> {
+    let (lowest, highest) = declared.unwrap_or((1, 1));
+    let agreed = highest.min(NEWEST_VERSION);
+    (lowest <= highest && agreed >= lowest.max(OLDEST_VERSION)).then_some(agreed)
+}
+
 /// The control pipe's read end in the successor: the manifest arrives here.
 pub(crate) const CONTROL_FD: RawFd = FIRST_CHILD_FD;
 /// The ready pipe's write end in the successor.

@@ -16,6 +16,7 @@ use crate::sys::fd::FileId;
 use crate::sys::process::Ended;
 use crate::sys::spawn::SpawnRequest;
 
+pub(crate) mod elf;
 mod stderr;
 
 pub(crate) use stderr::StderrTail;
@@ -47,6 +48,7 @@ impl Launch {
         program: Option<PathBuf>,
         env: Vec<(OsString, OsString)>,
     ) -> io::Result<Launch> {
+        elf::keep_note();
         let args: Vec<OsString> = std::env::args_os().collect();
         let cwd = std::env::current_dir()?;
         let program = match program {

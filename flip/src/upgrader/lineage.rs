@@ -96,6 +96,14 @@ impl Upgrader {
     /// probation, ready to take service back should the successor fail: the successor may
     /// start its standby, and an upgrade it runs commits this one.
     pub(crate) fn on_probation(&self) {
+        // A successor told version 1 does not know the byte.
+        let version = self
+            .shared
+            .successor_version
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if version < 2 {
+            return;
+        }
         if let Some(link) = lock(&self.shared.successor_link).as_ref()
             && let Err(e) = crate::sys::fd::write_all(link.as_fd(), &[DRAINED_BYTE])
         {

@@ -79,6 +79,8 @@ struct Shared {
     successor_exit: watch::Sender<Option<ExitStatus>>,
     /// Whether the successor committed the upgrade (it upgrades in turn).
     successor_committed: watch::Sender<bool>,
+    /// The handoff version spoken with the successor that serves.
+    successor_version: std::sync::atomic::AtomicU32,
     exit: watch::Sender<bool>,
     /// The build the predecessor ran, pinned (see `builds.rs`); set once, when built.
     previous_build: std::sync::OnceLock<Option<std::fs::File>>,
@@ -242,6 +244,9 @@ impl Upgrader {
                 successor_link: Mutex::new(None),
                 successor_exit,
                 successor_committed,
+                successor_version: std::sync::atomic::AtomicU32::new(
+                    crate::handoff::NEWEST_VERSION,
+                ),
                 exit,
                 previous_build: std::sync::OnceLock::new(),
             }),

@@ -134,6 +134,8 @@ pub(crate) struct PredecessorLink {
     ready: Option<OwnedFd>,
     /// Whether readiness was sent.
     said_ready: bool,
+    /// The handoff version the predecessor speaks with this process.
+    version: u32,
     /// Read end of the pipe the predecessor holds open until it exits; EOF means it is gone.
     alive: OwnedFd,
     /// Whether the predecessor said its drain is over (it waits out its probation).
@@ -175,7 +177,10 @@ impl PredecessorLink {
     /// take service back and exits. Sent once, after ready.
     pub(crate) fn commit(&mut self) -> io::Result<()> {
         match self.ready.take() {
-            Some(fd) if self.said_ready => sys::fd::write_all(fd.as_fd(), &[COMMIT_BYTE]),
+            // A predecessor that speaks version 1 has no probation, and does not read it.
+            Some(fd) if self.said_ready && self.version >= 2 => {
+                sys::fd::write_all(fd.as_fd(), &[COMMIT_BYTE])
+            }
             _ => Ok(()),
         }
     }
@@ -269,6 +274,7 @@ fn read_handoff(value: &std::ffi::OsStr) -> Result<Inherited, HandoffError> {
             pid: adopted.parent_pid,
             ready: Some(adopted.ready),
             said_ready: false,
+            version: marker.version,
             alive: adopted.alive,
             drained: false,
             real_stderr,

@@ -80,6 +80,9 @@ pub(crate) trait Successor: Send + std::fmt::Debug {
     /// The file it runs, `None` when that cannot be told.
     fn binary(&self) -> Option<FileId>;
 
+    /// The handoff version spoken with it (see `handoff::negotiate`).
+    fn version(&self) -> u32;
+
     /// The sockets and files it was given, with their keys.
     fn handed(&self) -> &[(Key, FileId)];
 
@@ -135,6 +138,8 @@ pub(crate) struct Process {
     ended: Option<ExitStatus>,
     /// Set once the process was reaped, or once something else is in charge of it.
     done: bool,
+    /// The handoff version spoken with it.
+    version: u32,
 }
 
 impl Process {
@@ -144,6 +149,18 @@ impl Process {
         generation: u64,
         ancestors: &[ProcessName],
     ) -> Result<Process, Error> {
+        // What the new binary speaks, from its note, before anything is started.
+        let declared = launch::elf::handoff_versions(&launch.program);
+        let version = crate::handoff::negotiate(declared).ok_or_else(|| {
+            let (lowest, highest) = declared.unwrap_or((1, 1));
+            Error::from(Repr::HandoffVersion {
+                program: launch.program.clone(),
+                lowest,
+                highest,
+                ours: crate::handoff::SPOKEN,
+            })
+        })?;
+        tracing::debug!(?declared, version, program = %launch.program.display(), "handoff version agreed");
         let token = Token::generate().map_err(Error::io("generating the handoff token"))?;
         let (control_r, control_w) =
             sys::fd::pipe().map_err(Error::io("creating the handoff pipe"))?;
@@ -158,6 +175,7 @@ impl Process {
             pipe_inode: pipe.file.ino,
             parent_pid: std::process::id(),
             generation,
+            version,
             ancestors,
         });
         // Room for the whole manifest, so writing it never waits for the successor to read.
@@ -181,10 +199,12 @@ impl Process {
             .iter()
             .map(|(name, value)| (OsStr::new(name), OsStr::new(value)))
             .collect();
-        vars.push((
-            OsStr::new(crate::handoff::LAUNCH_PATH_VAR),
-            launch.deployed.as_os_str(),
-        ));
+        if version >= 2 {
+            vars.push((
+                OsStr::new(crate::handoff::LAUNCH_PATH_VAR),
+                launch.deployed.as_os_str(),
+            ));
+        }
         let started = launch
             .start(&vars, &passed, Some(stderr_w.as_fd()))
             .map_err(|source| {
@@ -215,6 +235,7 @@ impl Process {
                 binary: started.binary,
                 ended: None,
                 done: false,
+                version,
             }),
             Err(e) => {
                 launch::kill_and_reap_now(pid);
@@ -296,6 +317,10 @@ impl Successor for Process {
 
     fn is_stopped(&self) -> bool {
         sys::pidref::Stat::read(self.pid).is_some_and(|s| s.stopped)
+    }
+
+    fn version(&self) -> u32 {
+        self.version
     }
 
     fn binary(&self) -> Option<FileId> {

@@ -243,6 +243,10 @@ impl Successor for Fake {
         self.proc.stopped.load(Ordering::SeqCst)
     }
 
+    fn version(&self) -> u32 {
+        crate::handoff::NEWEST_VERSION
+    }
+
     fn binary(&self) -> Option<FileId> {
         Some(FileId {
             dev: 0,

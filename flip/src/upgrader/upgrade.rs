@@ -114,6 +114,9 @@ impl Upgrader {
             }
         }
         let pid = child.pid();
+        self.shared
+            .successor_version
+            .store(child.version(), std::sync::atomic::Ordering::SeqCst);
         let shared = Arc::downgrade(&self.shared);
         let committed = Arc::downgrade(&self.shared);
         *lock(&self.shared.successor_link) = child.serve(
