@@ -41,10 +41,28 @@ fn rolled_back(name: &str, behaviour: &str, end: impl FnOnce(&Server, u32)) {
     let (server, load) = serving(name, "30s");
     let old = server.first_pid;
     server.set_behaviour(behaviour);
-    let new = server.upgrade().expect("the upgrade itself succeeds");
-    server.wait_pid_file(new);
+    // Asked as `flip upgrade` asks: the answer is the verdict.
+    let control = flip::control::Client::for_pid_file(&server.pid_file);
+    let verdict = std::thread::spawn(move || control.upgrade(std::time::Duration::from_secs(60)));
+    let new = wait_for("the successor", DEADLINE, || {
+        server.pid().filter(|&p| p != old)
+    });
     load.wait_for_more(20);
     end(&server, new);
+    match verdict.join().unwrap() {
+        Err(flip::control::ControlError::RolledBack {
+            new_pid,
+            old_pid,
+            cause,
+        }) => {
+            assert_eq!((new_pid, old_pid), (new, old), "{name}: {cause}");
+            assert!(
+                cause.contains(&format!("the successor {new} ended")),
+                "{name}: {cause}"
+            );
+        }
+        other => panic!("{name}: the verdict is a rollback, not {other:?}"),
+    }
     wait_for("the rollback", DEADLINE, || {
         log_has(&server, "upgrade rolled back")
     });
