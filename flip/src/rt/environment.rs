@@ -72,6 +72,10 @@ pub struct Environment {
 /// `s`, `m` or `h` (`"1500ms"`, `"30s"`, `"2m"`, `"1h"`).
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
+    // Zero needs no unit: `FLIP_PROBATION=0` turns the probation off, as documented.
+    if text == "0" {
+        return Some(Duration::ZERO);
+    }
     let digits_end = text.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = text.split_at(digits_end);
     let n: u64 = number.parse().ok()?;
@@ -234,4 +238,14 @@ pub fn read_environment(
                 .and_then(|v| v.to_str().and_then(|v| v.trim().parse::<u32>().ok()))
                 .is_some_and(|n| n > 0),
     })
+}
+
+#[cfg(test)]
+mod zero_tests {
+    #[test]
+    fn zero_needs_no_unit() {
+        assert_eq!(super::parse_duration("0"), Some(std::time::Duration::ZERO));
+        assert_eq!(super::parse_duration("0s"), Some(std::time::Duration::ZERO));
+        assert_eq!(super::parse_duration("10"), None);
+    }
 }
