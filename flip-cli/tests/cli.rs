@@ -704,7 +704,8 @@ fn upgrade_with_a_short_probation_exits_0_once_committed_and_says_so() {
         .and_then(|r| r.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("{said}"));
-    assert!(after >= 1000.0, "the verdict waits out the window: {said}");
+    // Counted from when the answer was held back, a moment after the window opened.
+    assert!(after >= 900.0, "the verdict waits out the window: {said}");
     let new = server.pid().unwrap();
     wait_exit(old, DEADLINE);
     load.wait_for_more(10);
