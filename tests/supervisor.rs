@@ -484,12 +484,7 @@ fn an_upgrade_that_would_end_the_container_is_refused_and_says_what_to_set() {
             "{name}: the container ended:\n{said}"
         );
         assert!(alive(server), "{name}");
-        let mut s = std::net::TcpStream::connect(&addr).unwrap();
-        use std::io::{Read, Write};
-        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
+        let answer = get(&addr);
         assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
         let _ = outer.kill();
         signal(server, Signal::SIGKILL);

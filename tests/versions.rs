@@ -3,7 +3,6 @@
 //! it, under load; each side speaks the version the other does. A build that declares only
 //! versions this one does not speak is refused before anything starts (`flip-cli`'s tests).
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use flip_suite as support;
@@ -25,17 +24,9 @@ fn a539953_http() -> PathBuf {
     root.join("target/a539953/target/debug/examples/http")
 }
 
-/// Puts a copy of `binary` at `path` as a deploy does: written aside, renamed over it.
+/// Puts a copy of `binary` at `path` as a deploy does; its inode.
 fn deploy(binary: &Path, path: &Path) -> u64 {
-    let staged = path.with_extension("staged");
-    std::fs::copy(binary, &staged).unwrap();
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&staged, path).unwrap();
-    std::fs::metadata(path).unwrap().ino()
-}
-
-fn exe_inode(pid: u32) -> u64 {
-    std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino()
+    deploy_bytes(path, &std::fs::read(binary).unwrap())
 }
 
 #[test]

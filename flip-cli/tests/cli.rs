@@ -480,10 +480,7 @@ fn deployable_http(name: &str, extra: &[(&str, String)]) -> (Server, PathBuf) {
 /// Deploys a shell script with `text` at `path` as a deploy puts a binary in place: written
 /// aside, then renamed over it.
 fn deploy_script(path: &Path, text: &str) {
-    let new = path.with_extension("new");
-    std::fs::write(&new, text).unwrap();
-    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&new, path).unwrap();
+    deploy_bytes(path, text.as_bytes());
 }
 
 /// `flip status` of `server`, as text.
@@ -712,12 +709,6 @@ fn upgrade_with_a_short_probation_exits_0_once_committed_and_says_so() {
     load.finish().assert_lossless_across(&[old, new]);
 }
 
-/// The inode of the executable `pid` runs.
-fn exe_inode(pid: u32) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino()
-}
-
 #[test]
 fn rollback_starts_the_previous_build_after_a_deploy_replaced_its_file() {
     use std::os::unix::fs::MetadataExt;
@@ -741,13 +732,9 @@ fn rollback_starts_the_previous_build_after_a_deploy_replaced_its_file() {
 
     // v2: another file at the same path (the same program, with bytes appended), renamed over
     // v1's as a deploy does; v1's file is gone from the directory.
-    let staged = app.with_extension("v2");
     let mut bytes = std::fs::read(example_path("http")).unwrap();
     bytes.extend_from_slice(b"v2");
-    std::fs::write(&staged, bytes).unwrap();
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&staged, &app).unwrap();
-    let v2 = std::fs::metadata(&app).unwrap().ino();
+    let v2 = deploy_bytes(&app, &bytes);
     assert_ne!(v1, v2);
 
     let load = Load::start(&addr, 3, Mode::KeepAlive);
@@ -811,10 +798,7 @@ fn with_declared_versions(from: &Path, to: &Path, lowest: u32, highest: u32) {
         + note.len();
     bytes[at..at + 4].copy_from_slice(&lowest.to_le_bytes());
     bytes[at + 4..at + 8].copy_from_slice(&highest.to_le_bytes());
-    let staged = to.with_extension("staged");
-    std::fs::write(&staged, bytes).unwrap();
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&staged, to).unwrap();
+    deploy_bytes(to, &bytes);
 }
 
 #[test]

@@ -120,6 +120,17 @@ pub fn example_path(name: &str) -> PathBuf {
     path
 }
 
+/// Puts an executable with `bytes` at `path` as a deploy puts a binary in place: written aside,
+/// then renamed over it. Returns the new file's inode.
+pub fn deploy_bytes(path: &Path, bytes: &[u8]) -> u64 {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let staged = path.with_extension("staged");
+    std::fs::write(&staged, bytes).unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+    std::fs::metadata(path).unwrap().ino()
+}
+
 /// Writes `line` to a file, for tests that need a marker on disk.
 pub fn write_file(path: &Path, line: &str) {
     std::fs::File::create(path)

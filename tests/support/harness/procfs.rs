@@ -9,6 +9,12 @@ use nix::unistd::Pid;
 
 use super::*;
 
+/// The inode of the executable `pid` runs.
+pub fn exe_inode(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/exe")).unwrap().ino()
+}
+
 /// The pid a pid file names, if it names one.
 pub fn pid_in(pid_file: &Path) -> Option<u32> {
     std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
