@@ -17,11 +17,11 @@
 //! A request is one line of at most 512
 //! bytes, read within 5 s: anything else gets an error answer, and a client that says nothing
 //! holds up nobody but itself. It sits beside the Bootstrap: it asks for upgrades with an
-//! [`UpgradeRequester`] and follows them as an [`Observer`].
+//! [`UpgradeRequester`] and follows them as an [`Observer`](crate::Observer) (`state.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -30,10 +30,13 @@ use tokio::task::JoinSet;
 mod client;
 mod identity;
 mod protocol;
+mod state;
+
+use state::{Follow, State, Waiting, binary_of, describe, failed_pid};
 
 pub use client::{Client, ControlError, HealthCheck, LastUpgrade, Status, UpgradeReport};
 
-use crate::bootstrap::{Bootstrap, Observer, Shutdown, UpgradeRequester, UpgradeResult};
+use crate::bootstrap::{Bootstrap, Shutdown, UpgradeRequester, UpgradeResult};
 use crate::error::{Chain, Error, Repr};
 use crate::upgrader::Upgrader;
 use protocol::{MAX_REQUEST, Request, Writer};
@@ -50,227 +53,11 @@ pub fn default_socket_path(pid_file: &Path) -> PathBuf {
     pid_file.with_extension("ctl")
 }
 
-/// What the control socket knows of this process's upgrades.
-#[derive(Debug)]
-struct State {
-    started_unix: u64,
-    binary: String,
-    succeeded: u64,
-    failed: u64,
-    rolled_back: u64,
-    upgrade_began: Option<Instant>,
-    last: Option<Last>,
-    /// How the last successful upgrade was judged, once it was.
-    verdict: Option<Verdict>,
-    /// The client of an upgrade that waits for its verdict.
-    waiting: Option<Waiting>,
-    /// The last health check that ran here.
-    health: Option<Health>,
-}
-
-#[derive(Debug, Clone)]
-enum Verdict {
-    Committed { after: Duration },
-    RolledBack { cause: String, after: Duration },
-}
-
-/// An upgrade answer held back until the verdict: the fields so far, and the client.
-#[derive(Debug)]
-struct Waiting {
-    fields: Vec<(&'static str, String)>,
-    client: std::os::unix::net::UnixStream,
-    ready: Instant,
-}
-
-#[derive(Debug, Clone)]
-struct Health {
-    check: String,
-    failure: Option<String>,
-    at_unix: u64,
-}
-
-impl State {
-    /// Sends the held-back answer, now that the verdict is known.
-    fn answer_waiting(&mut self) {
-        let Some(verdict) = &self.verdict else {
-            return;
-        };
-        let Some(waiting) = self.waiting.take() else {
-            return;
-        };
-        let text = verdict_answer(waiting.fields, verdict);
-        let mut client = waiting.client;
-        // A few hundred bytes to a fresh socket: the buffer takes them without waiting. A
-        // client that vanished meanwhile learns nothing, and costs nothing.
-        let _ = client.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = std::io::Write::write_all(&mut client, text.as_bytes());
-    }
-}
-
-/// The answer to an upgrade whose verdict is known.
-fn verdict_answer(fields: Vec<(&'static str, String)>, verdict: &Verdict) -> String {
-    let (kind, after) = match verdict {
-        Verdict::Committed { after } => ("ok", after),
-        Verdict::RolledBack { after, .. } => ("rolled-back", after),
-    };
-    let mut w = Writer::new(kind);
-    for (key, value) in fields {
-        w.field(key, value);
-    }
-    w.field("verdict_ms", protocol::ms(*after));
-    match verdict {
-        Verdict::Committed { .. } => w.field("verdict", "committed"),
-        Verdict::RolledBack { cause, .. } => {
-            w.field("verdict", "rolled back").field("cause", cause)
-        }
-    };
-    w.finish()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-#[derive(Debug, Clone)]
-struct Last {
-    result: &'static str,
-    new_pid: Option<u32>,
-    elapsed: Duration,
-    detail: String,
-}
-
-/// Follows the Bootstrap's upgrades for `status`.
-struct Follow(Arc<Mutex<State>>);
-
-impl Observer for Follow {
-    fn upgrade_started(&self) {
-        let mut s = crate::sync::lock(&self.0);
-        s.upgrade_began = Some(Instant::now());
-        s.verdict = None;
-    }
-
-    fn committed(&self, _new_pid: Option<u32>) {
-        let mut s = crate::sync::lock(&self.0);
-        let after = since_ready(&s);
-        s.verdict = Some(Verdict::Committed { after });
-        s.answer_waiting();
-    }
-
-    fn health_checked(&self, check: &str, result: Result<(), &str>) {
-        crate::sync::lock(&self.0).health = Some(Health {
-            check: check.to_owned(),
-            failure: result.err().map(str::to_owned),
-            at_unix: unix_now(),
-        });
-    }
-
-    fn upgraded(&self, new_pid: u32) {
-        let mut s = crate::sync::lock(&self.0);
-        s.succeeded += 1;
-        let elapsed = s
-            .upgrade_began
-            .take()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        let new_binary = binary_of(new_pid);
-        tracing::info!(new_pid, old_binary = %s.binary, %new_binary, "upgraded to a build");
-        let detail = format!("{} -> {new_binary}", s.binary);
-        s.last = Some(Last {
-            result: "succeeded",
-            new_pid: Some(new_pid),
-            elapsed,
-            detail,
-        });
-    }
-
-    fn rolled_back(&self, cause: &str) {
-        let mut s = crate::sync::lock(&self.0);
-        s.succeeded = s.succeeded.saturating_sub(1);
-        s.rolled_back += 1;
-        let (new_pid, elapsed) = s
-            .last
-            .as_ref()
-            .map(|l| (l.new_pid, l.elapsed))
-            .unwrap_or_default();
-        s.last = Some(Last {
-            result: "rolled back",
-            new_pid,
-            elapsed,
-            detail: cause.to_owned(),
-        });
-        let after = since_ready(&s);
-        s.verdict = Some(Verdict::RolledBack {
-            cause: cause.to_owned(),
-            after,
-        });
-        s.answer_waiting();
-    }
-
-    fn upgrade_failed(&self, error: &Error) {
-        let mut s = crate::sync::lock(&self.0);
-        let elapsed = s
-            .upgrade_began
-            .take()
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        let result = if error.is_refusal() {
-            "refused"
-        } else {
-            s.failed += 1;
-            "failed"
-        };
-        s.last = Some(Last {
-            result,
-            new_pid: failed_pid(error),
-            elapsed,
-            detail: Chain(error).to_string(),
-        });
-    }
-}
-
-/// How long the verdict took after readiness, as the waiting client saw it.
-fn since_ready(s: &State) -> Duration {
-    s.waiting
-        .as_ref()
-        .map(|w| w.ready.elapsed())
-        .unwrap_or_default()
-}
-
-fn failed_pid(error: &Error) -> Option<u32> {
-    error.is_failed_upgrade().then(|| error.pid()).flatten()
-}
-
-/// The binary process `pid` runs: its path and build identity.
-fn binary_of(pid: u32) -> String {
-    describe(Path::new(&format!("/proc/{pid}/exe")))
-}
-
-/// A binary's path and build identity, through `link` (a `/proc` link to it): the path is
-/// marked `(deleted)` once a deploy replaced the file.
-fn describe(link: &Path) -> String {
-    let path = std::fs::read_link(link).unwrap_or_else(|_| link.to_owned());
-    format!("{} ({})", path.display(), identity::of_file(link))
-}
-
 /// Serves the control socket at `path` in `bootstrap`'s processes: a starter opens it through
 /// the registry, and it answers once the process is ready, until the drain begins.
 /// `#[flip::main]` calls this (see `<PREFIX>_CONTROL_SOCKET`).
 pub fn serve(bootstrap: &mut Bootstrap, path: PathBuf) {
-    let state = Arc::new(Mutex::new(State {
-        started_unix: unix_now(),
-        binary: binary_of(std::process::id()),
-        succeeded: 0,
-        failed: 0,
-        rolled_back: 0,
-        upgrade_began: None,
-        last: None,
-        verdict: None,
-        waiting: None,
-        health: None,
-    }));
+    let state = Arc::new(Mutex::new(State::new()));
     bootstrap.observe(Follow(state.clone()));
     let requester = bootstrap.upgrade_requester();
     bootstrap.register_service("control", move |ctx: crate::bootstrap::StartContext| {
